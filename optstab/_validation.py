@@ -1,0 +1,102 @@
+"""Argument checking shared by every optstab constructor.
+
+Every public constructor validates its arguments here, at construction time, so
+bad input fails with one message format naming the argument, the value it got
+and the range it allows. Schedules (callables) are accepted wherever a
+``ScalarOrSchedule`` is, and are checked when they are called, not here.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+__all__ = [
+    "check_in_range",
+    "check_learning_rate",
+    "check_positive_int",
+    "check_non_negative",
+    "check_positive",
+    "check_percentile",
+]
+
+
+def _is_real_scalar(value: Any) -> bool:
+  if isinstance(value, bool):
+    return False
+  if isinstance(value, numbers.Real):
+    return True
+  # 0-d numpy / jax arrays
+  shape = getattr(value, "shape", None)
+  return shape == () and hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "fiu"
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+  raise ValueError(f"{name} must be {allowed}; got {value!r}.")
+
+
+def check_in_range(
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = False,
+    allow_schedule: bool = False,
+) -> None:
+  """Raises ``ValueError`` unless ``value`` is a finite real in the interval.
+
+  Args:
+    name: the argument's name, as the user wrote it.
+    value: the argument's value.
+    low: lower bound.
+    high: upper bound (may be ``math.inf``).
+    low_inclusive: whether ``low`` itself is allowed.
+    high_inclusive: whether ``high`` itself is allowed.
+    allow_schedule: accept a callable (an optax schedule) without checking it.
+  """
+  if allow_schedule and callable(value):
+    return
+  left = "[" if low_inclusive else "("
+  right = "]" if high_inclusive and math.isfinite(high) else ")"
+  allowed = f"a finite real number in {left}{low:g}, {high:g}{right}"
+  if allow_schedule:
+    allowed += " or a schedule (step -> value)"
+  if not _is_real_scalar(value):
+    _fail(name, value, allowed)
+  x = float(value)
+  if not math.isfinite(x):
+    _fail(name, value, allowed)
+  if x < low or (x == low and not low_inclusive):
+    _fail(name, value, allowed)
+  if x > high or (x == high and not high_inclusive):
+    _fail(name, value, allowed)
+
+
+def check_learning_rate(name: str, value: Any) -> None:
+  """A learning rate: a finite real >= 0, or a schedule."""
+  check_in_range(name, value, 0.0, math.inf, allow_schedule=True)
+
+
+def check_non_negative(name: str, value: Any) -> None:
+  """A finite real >= 0."""
+  check_in_range(name, value, 0.0, math.inf)
+
+
+def check_positive(name: str, value: Any) -> None:
+  """A finite real > 0."""
+  check_in_range(name, value, 0.0, math.inf, low_inclusive=False)
+
+
+def check_percentile(name: str, value: Any) -> None:
+  """A percentile in (0, 100]."""
+  check_in_range(name, value, 0.0, 100.0, low_inclusive=False, high_inclusive=True)
+
+
+def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> None:
+  """An integer >= ``minimum`` (bools and floats such as 10.0 are rejected)."""
+  is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+  if not is_int or int(value) < minimum:
+    _fail(name, value, f"an integer >= {minimum}")
