@@ -7,11 +7,24 @@ call it. Each function writes one PNG and returns its path.
 
 from __future__ import annotations
 
-import matplotlib
+import os
+from typing import Union
 
-matplotlib.use("Agg")  # headless by default; a notebook's inline backend still works via savefig
+# matplotlib.figure.Figure, not pyplot: no global state, no GUI backend needed,
+# so plotting works the same headless, in CI and in a notebook.
+from matplotlib.figure import Figure
 
-import matplotlib.pyplot as plt  # noqa: E402
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _save(fig: Figure, path: PathLike) -> str:
+  """Writes ``fig`` to ``path`` (PNG), creating parent folders; returns the path."""
+  path = os.fspath(path)
+  parent = os.path.dirname(path)
+  if parent:
+    os.makedirs(parent, exist_ok=True)
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  return path
 
 # --- gradient norms (telemetry, S5) ---
 # --- end gradient norms ---
