@@ -7,6 +7,16 @@ re-exported here.
 __version__ = "0.1.0"
 
 # --- optimizers (S1) ---
+from optstab.optimizers import FaqRmsPropState as FaqRmsPropState
+from optstab.optimizers import ScaleByFaqAdamState as ScaleByFaqAdamState
+from optstab.optimizers import adam as adam
+from optstab.optimizers import momentum as momentum
+from optstab.optimizers import nadam as nadam
+from optstab.optimizers import nesterov as nesterov
+from optstab.optimizers import rmsprop as rmsprop
+from optstab.optimizers import scale_by_faq_adam as scale_by_faq_adam
+from optstab.optimizers import scale_by_faq_nadam as scale_by_faq_nadam
+from optstab.optimizers import sgd as sgd
 # --- end optimizers ---
 
 # --- schedules (S4) ---
@@ -27,6 +37,13 @@ from optstab.clipping import percentile_clip
 # --- end clipping ---
 
 # --- telemetry ---
+from optstab.telemetry import ClippingSummary
+from optstab.telemetry import GradNormLogState
+from optstab.telemetry import GradNormRecorder
+from optstab.telemetry import record_grad_norm
+from optstab.telemetry import recorded_grad_norms
+from optstab.telemetry import summarize_clip_state
+from optstab.telemetry import summarize_clipping
 # --- end telemetry ---
 
 # --- diagnosis (S2) ---

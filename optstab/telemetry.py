@@ -1,0 +1,370 @@
+"""Unclipped gradient-norm telemetry without a host sync per step (FAQ S2, S5).
+
+The FAQ asks to log the L2 norm of the full (unclipped) gradient during
+training: the log shows outliers behind mid-training instability and tells how
+aggressively to clip. Reading a scalar back to the host every step
+(``float(norm)``, ``.item()``) stalls JAX's asynchronous dispatch, so here:
+
+* :func:`record_grad_norm` is a ``GradientTransformation`` that leaves the
+  updates unchanged and writes their global norm into a fixed-size float32
+  ring buffer in its state (:class:`GradNormLogState`), on the device. Put it
+  first in the chain (before any clipping) so it sees the unclipped gradient.
+* :func:`recorded_grad_norms` reads that buffer back (one transfer) as NumPy.
+* :class:`GradNormRecorder` is the host-side reader for a whole run: call
+  :meth:`GradNormRecorder.observe` every step; it fetches the buffer only every
+  ``fetch_every`` steps (default: the buffer's capacity), so a run of any length
+  is logged completely with one transfer per ``capacity`` steps.
+* :func:`summarize_clipping` / :func:`summarize_clip_state` report the fraction
+  of clipped updates and say plainly, above 50%, to lower the learning rate
+  instead (FAQ S5).
+
+For the last norm alone, ``optax.snapshot("grad_norm", optax.tree.norm)`` is
+enough; and :func:`optstab.percentile_clip` already exposes ``grad_norm``,
+``threshold`` and ``clipped`` in its state. The default plots (norm vs step,
+histogram) are :func:`optstab.plots.plot_grad_norms` and
+:func:`optstab.plots.plot_grad_norm_histogram`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optstab import _validation
+
+__all__ = [
+    "GradNormLogState",
+    "record_grad_norm",
+    "recorded_grad_norms",
+    "GradNormRecorder",
+    "ClippingSummary",
+    "summarize_clipping",
+    "summarize_clip_state",
+]
+
+
+class GradNormLogState(NamedTuple):
+  """State of :func:`record_grad_norm`.
+
+  Attributes:
+    grad_norm_log: float32 ``[capacity]`` ring buffer; the norm of step ``t``
+      (counting from 0) is at index ``t % capacity`` until overwritten ``capacity``
+      steps later. Unwritten slots are NaN.
+    grad_norm_log_count: int32, number of norms written so far (saturates at
+      the int32 maximum, after which the last slot is overwritten).
+  """
+
+  grad_norm_log: jax.Array
+  grad_norm_log_count: jax.Array
+
+
+def record_grad_norm(capacity: int = 1000) -> optax.GradientTransformation:
+  r"""Records the global L2 norm of the updates every step, on the device.
+
+  .. math::
+
+    \text{log}[t \bmod C] \leftarrow \|g_t\|_2 = \sqrt{\textstyle\sum_i g_{t,i}^2},
+    \qquad g'_t = g_t
+
+  The updates pass through unchanged. Memory is ``4 * capacity`` bytes
+  whatever the run length; the cost is one global-norm reduction per step (on
+  sharded arrays, XLA inserts the cross-device sum) and a one-element write.
+
+  Args:
+    capacity: length of the ring buffer, an integer >= 1. A reader must fetch
+      at least every ``capacity`` steps to lose nothing (:class:`GradNormRecorder`
+      does).
+
+  Returns:
+    An ``optax.GradientTransformation`` with state :class:`GradNormLogState`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optstab
+    >>> opt = optax.chain(optstab.record_grad_norm(capacity=8), optax.sgd(0.1))
+    >>> params = jnp.zeros(2)
+    >>> state = opt.init(params)
+    >>> for g in ([3.0, 4.0], [0.0, 1.0]):
+    ...   _, state = opt.update(jnp.array(g), state, params)
+    >>> optstab.recorded_grad_norms(state)
+    array([5., 1.], dtype=float32)
+  """
+  _validation.check_positive_int("capacity", capacity)
+
+  def init_fn(params: optax.Params) -> GradNormLogState:
+    del params
+    return GradNormLogState(
+        grad_norm_log=jnp.full([capacity], jnp.nan, jnp.float32),
+        grad_norm_log_count=jnp.zeros([], jnp.int32),
+    )
+
+  def update_fn(updates, state: GradNormLogState, params=None):
+    del params
+    norm = optax.tree.norm(updates).astype(jnp.float32)
+    count = state.grad_norm_log_count
+    log = state.grad_norm_log.at[count % capacity].set(norm)
+    return updates, GradNormLogState(log, optax.safe_increment(count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _find_log(opt_state: Any) -> GradNormLogState:
+  if isinstance(opt_state, GradNormLogState):
+    return opt_state
+  found = optax.tree.get(opt_state, "GradNormLogState")
+  if found is None:
+    raise ValueError("opt_state must contain a GradNormLogState (chain optstab.record_grad_norm() "
+                     "into the optimizer); none found.")
+  return found
+
+
+def _unroll(log: np.ndarray, count: int, start: int) -> np.ndarray:
+  """Norms of steps ``[start, count)`` from a ring buffer, oldest first."""
+  capacity = log.shape[0]
+  steps = np.arange(start, count)
+  return log[steps % capacity]
+
+
+def recorded_grad_norms(opt_state: Any, *, with_steps: bool = False):
+  """The norms still held in the ring buffer, oldest first, as NumPy.
+
+  One device-to-host transfer. Returns the last ``min(count, capacity)`` norms,
+  i.e. all of them if the run is no longer than the buffer; use
+  :class:`GradNormRecorder` to keep every step of a longer run.
+
+  Args:
+    opt_state: an optimizer state containing a :class:`GradNormLogState`
+      (anywhere in a chain; found with ``optax.tree.get``).
+    with_steps: also return the step index (from 0) of each norm.
+
+  Returns:
+    ``norms`` (float32 ``[n]``), or ``(steps, norms)`` if ``with_steps``.
+  """
+  log, count = jax.device_get(tuple(_find_log(opt_state)))
+  count = int(count)
+  start = max(0, count - log.shape[0])
+  norms = _unroll(np.asarray(log), count, start)
+  if with_steps:
+    return np.arange(start, count), norms
+  return norms
+
+
+class GradNormRecorder:
+  """Host-side log of every step's unclipped norm, fetched in batches.
+
+  Call :meth:`observe` once per training step with the current optimizer
+  state: it only counts, except every ``fetch_every`` calls, when it copies the
+  device ring buffer to the host once and appends the norms written since the
+  previous fetch. :meth:`norms` fetches what remains and returns the whole run.
+
+  Args:
+    fetch_every: steps between fetches, an integer in [1, capacity]; ``None``
+      (default) uses the buffer's capacity (one transfer per ``capacity``
+      steps).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, optstab
+    >>> opt = optax.chain(optstab.record_grad_norm(capacity=4), optax.sgd(0.1))
+    >>> params = jnp.zeros(1)
+    >>> state = opt.init(params)
+    >>> recorder = optstab.GradNormRecorder()
+    >>> for step in range(10):
+    ...   _, state = opt.update(jnp.array([float(step)]), state, params)
+    ...   recorder.observe(state)   # fetches at steps 3 and 7 only
+    >>> recorder.norms(state)
+    array([0., 1., 2., 3., 4., 5., 6., 7., 8., 9.], dtype=float32)
+  """
+
+  def __init__(self, fetch_every: int | None = None):
+    if fetch_every is not None:
+      _validation.check_positive_int("fetch_every", fetch_every)
+    self._fetch_every = fetch_every
+    self._calls = 0
+    self._fetched = 0  # device count at the last fetch
+    self._chunks: list[np.ndarray] = []
+    self._capacity: int | None = None
+    self.num_fetches = 0
+
+  def observe(self, opt_state: Any) -> None:
+    """Records one step; transfers only every ``fetch_every`` calls."""
+    self._calls += 1
+    every = self._fetch_every
+    if every is None:
+      if self._capacity is None:
+        self._capacity = _find_log(opt_state).grad_norm_log.shape[0]  # static shape: no sync
+      every = self._capacity
+    if self._calls % every == 0:
+      self.fetch(opt_state)
+
+  def fetch(self, opt_state: Any) -> None:
+    """Copies the buffer to the host now and appends the new norms."""
+    state = _find_log(opt_state)
+    capacity = state.grad_norm_log.shape[0]
+    if self._fetch_every is not None and self._fetch_every > capacity:
+      raise ValueError(f"fetch_every must be an integer in [1, capacity={capacity}]; "
+                       f"got {self._fetch_every!r}.")
+    log, count = jax.device_get(tuple(state))
+    count = int(count)
+    self.num_fetches += 1
+    if count < self._fetched:
+      raise ValueError("opt_state's grad_norm_log_count went backwards; use one recorder per run.")
+    start = max(self._fetched, count - capacity)
+    if start > self._fetched:
+      lost = start - self._fetched
+      warnings.warn(f"GradNormRecorder: {lost} norms were overwritten before being fetched "
+                    "(fetch at least every `capacity` steps); they are recorded as NaN.",
+                    RuntimeWarning, stacklevel=2)
+      self._chunks.append(np.full([lost], np.nan, np.float32))
+    self._chunks.append(_unroll(np.asarray(log), count, start))
+    self._fetched = count
+
+  def norms(self, opt_state: Any | None = None) -> np.ndarray:
+    """All recorded norms (step 0 first); fetches first if ``opt_state`` is given."""
+    if opt_state is not None:
+      self.fetch(opt_state)
+    if not self._chunks:
+      return np.zeros([0], np.float32)
+    return np.concatenate(self._chunks)
+
+
+_ADVICE = ("{pct:.3g}% of updates were clipped (more than 50%): clipping this aggressively "
+           "is a strange way to lower the learning rate (FAQ S5). Lower the learning rate "
+           "instead, or raise the clipping threshold.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClippingSummary:
+  """How much clipping a run did (FAQ S5).
+
+  Attributes:
+    num_steps: updates considered.
+    num_clipped: updates clipped.
+    fraction_clipped: ``num_clipped / num_steps``.
+    num_nonfinite: updates whose norm was NaN or Inf (never clipped).
+    threshold: the (final, for an adaptive threshold) threshold, or ``None``.
+    median_norm: median of the finite unclipped norms (NaN if unknown).
+    p90_norm: their 90th percentile, the FAQ's default threshold (NaN if unknown).
+    max_norm: their maximum (NaN if unknown).
+    advice: ``None``, or, when more than 50% of updates were clipped, the
+      advice to lower the learning rate instead.
+  """
+
+  num_steps: int
+  num_clipped: int
+  fraction_clipped: float
+  num_nonfinite: int
+  threshold: float | None
+  median_norm: float
+  p90_norm: float
+  max_norm: float
+  advice: str | None
+
+  def __str__(self) -> str:
+    lines = [f"clipped {self.num_clipped} of {self.num_steps} updates "
+             f"({100 * self.fraction_clipped:.3g}%)"]
+    if self.threshold is not None:
+      lines.append(f"threshold: {self.threshold:.4g}")
+    if np.isfinite(self.median_norm):
+      lines.append(f"unclipped norm: median {self.median_norm:.4g}, 90th percentile "
+                   f"{self.p90_norm:.4g}, max {self.max_norm:.4g}")
+    if self.num_nonfinite:
+      lines.append(f"non-finite norms: {self.num_nonfinite}")
+    if self.advice:
+      lines.append(self.advice)
+    return "\n".join(lines)
+
+
+def _make_summary(num_steps, num_clipped, num_nonfinite, threshold, finite_norms):
+  fraction = num_clipped / num_steps if num_steps else 0.0
+  if finite_norms is not None and finite_norms.size:
+    median, p90, top = (float(np.median(finite_norms)), float(np.percentile(finite_norms, 90.0)),
+                        float(np.max(finite_norms)))
+  else:
+    median = p90 = top = float("nan")
+  advice = _ADVICE.format(pct=100 * fraction) if fraction > 0.5 else None
+  return ClippingSummary(num_steps=int(num_steps), num_clipped=int(num_clipped),
+                         fraction_clipped=float(fraction), num_nonfinite=int(num_nonfinite),
+                         threshold=threshold, median_norm=median, p90_norm=p90, max_norm=top,
+                         advice=advice)
+
+
+def summarize_clipping(norms: Any, threshold: Any) -> ClippingSummary:
+  """Summary of clipping a log of unclipped norms at ``threshold``.
+
+  An update counts as clipped when its norm is finite and above the threshold
+  in force at that step (the FAQ's rule ``||g|| > lambda``).
+
+  Args:
+    norms: 1-D array-like of unclipped global norms, one per update.
+    threshold: a finite real > 0 (fixed clipping), or a 1-D array-like of the
+      per-step thresholds (adaptive clipping, e.g. the ``threshold`` field of
+      :class:`optstab.PercentileClipState` recorded each step; ``inf`` where
+      no clipping was in force).
+
+  Returns:
+    A :class:`ClippingSummary`; its ``threshold`` is the fixed one or the last
+    per-step one.
+
+  Raises:
+    ValueError: if ``norms`` is empty or has no finite entry, or
+      ``threshold`` is not positive / not the same length as ``norms``.
+
+  Example:
+    >>> import optstab
+    >>> s = optstab.summarize_clipping([1.0, 5.0, 6.0, 7.0], threshold=2.0)
+    >>> s.fraction_clipped, s.advice is not None
+    (0.75, True)
+  """
+  arr = np.asarray(norms, dtype=np.float64)
+  if arr.ndim != 1 or arr.size == 0:
+    raise ValueError(f"norms must be a non-empty 1-D array of gradient norms; got shape {arr.shape}.")
+  finite = np.isfinite(arr)
+  if not finite.any():
+    raise ValueError(f"norms must contain at least one finite value; got {arr.size} NaN/Inf entries.")
+  thr = np.asarray(threshold, dtype=np.float64)
+  if thr.ndim == 0:
+    _validation.check_positive("threshold", float(thr))
+    last = float(thr)
+  else:
+    if thr.shape != arr.shape:
+      raise ValueError(f"threshold must be a positive scalar or an array shaped like norms "
+                       f"{arr.shape}; got shape {thr.shape}.")
+    if np.any(np.isnan(thr)) or np.any(thr <= 0):
+      raise ValueError("threshold must be > 0 (inf allowed) at every step; got a NaN or a value <= 0.")
+    last = float(thr[-1])
+  clipped = finite & (arr > thr)
+  return _make_summary(arr.size, int(clipped.sum()), int((~finite).sum()), last, arr[finite])
+
+
+def summarize_clip_state(opt_state: Any, norms: Any | None = None) -> ClippingSummary:
+  """Summary from the counters of :func:`optstab.percentile_clip`'s state.
+
+  Reads ``num_steps``, ``num_clipped``, ``num_nonfinite`` and ``threshold``
+  with ``optax.tree.get`` (one transfer), so it works anywhere in a chain.
+
+  Args:
+    opt_state: an optimizer state containing a ``PercentileClipState``.
+    norms: optional log of unclipped norms for the median/percentile/max
+      fields (e.g. from :class:`GradNormRecorder`).
+
+  Returns:
+    A :class:`ClippingSummary` over every update the state has seen.
+  """
+  fields = ("num_steps", "num_clipped", "num_nonfinite", "threshold")
+  values = [optax.tree.get(opt_state, f) for f in fields]
+  if any(v is None for v in values):
+    raise ValueError("opt_state must contain a PercentileClipState (num_steps, num_clipped, "
+                     "num_nonfinite, threshold); none found.")
+  num_steps, num_clipped, num_nonfinite, threshold = jax.device_get(values)
+  finite_norms = None
+  if norms is not None:
+    arr = np.asarray(norms, dtype=np.float64)
+    finite_norms = arr[np.isfinite(arr)]
+  thr = float(threshold)
+  return _make_summary(int(num_steps), int(num_clipped), int(num_nonfinite),
+                       thr if np.isfinite(thr) else None, finite_norms)
