@@ -44,8 +44,10 @@ def _linear_ramp(peak: jax.typing.ArrayLike, warmup_steps: int) -> optax.Schedul
     # cancels digits near t = 0 (about 1e-5 relative error at t = 1 for
     # W = 1000 in float32); this form is exact at t = 0 and t = W and within
     # one float32 rounding of peak * t / W elsewhere.
+    # Under jit XLA may turn t / W into t * (1 / W), which is not exactly 1 at
+    # t = W; the select makes the value at and after W exactly `peak`.
     t = jnp.clip(jnp.asarray(step), 0, warmup_steps)
-    return peak * (t / warmup_steps)
+    return jnp.where(t >= warmup_steps, peak, peak * (t / warmup_steps))
 
   return schedule
 
