@@ -1,0 +1,146 @@
+"""Nothing lost: an append-only JSONL record of finished trials, for resuming.
+
+Every trial a sweep, confirmation run or warmup search finishes is appended to
+``<out_dir>/trials.jsonl`` at once, one JSON object per line, flushed and
+``fsync``-ed before the next trial starts. The line is keyed by
+``TrialConfig.key()``, so running the same procedure into the same folder again
+skips every trial already recorded and runs only the missing ones.
+
+A process killed in the middle of a write leaves at most one half-written last
+line. Loading ignores it, and the store cuts it off before appending, so the
+next record starts on a fresh line. A trial that raised is recorded too (with
+its error), so a resumed sweep does not retry it.
+
+Record format (one line)::
+
+  {"key": <TrialConfig.key()>, "status": "ok" | "error",
+   "result": <TrialResult.to_dict()> | null, "error": <str> | null,
+   "seconds": <float>}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional, Union
+
+from optstab.diagnosis.trial import TrialConfig, TrialResult
+
+__all__ = ["TrialRecord", "TrialStore", "TRIALS_FILE"]
+
+#: File name of the store inside an output folder.
+TRIALS_FILE = "trials.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialRecord:
+  """One finished trial: its result, or the error it raised.
+
+  Attributes:
+    config: the trial's configuration.
+    result: what the training function returned (``None`` if it raised). Always
+      the JSON round-tripped form, so a resumed sweep sees exactly what an
+      uninterrupted one saw (Inf is stored, like NaN, as non-finite ``NaN``).
+    error: ``"ExceptionType: message"`` if the training function raised.
+    seconds: wall-clock seconds the trial took.
+  """
+
+  config: TrialConfig
+  result: Optional[TrialResult]
+  error: Optional[str] = None
+  seconds: float = 0.0
+
+  @property
+  def key(self) -> str:
+    return self.config.key()
+
+  def to_dict(self) -> dict[str, Any]:
+    return {
+        "key": self.key,
+        "status": "ok" if self.error is None else "error",
+        "config": self.config.to_dict(),
+        "result": None if self.result is None else self.result.to_dict(),
+        "error": self.error,
+        "seconds": float(self.seconds),
+    }
+
+  @classmethod
+  def from_dict(cls, data: dict[str, Any]) -> "TrialRecord":
+    result = data.get("result")
+    return cls(
+        config=TrialConfig.from_dict(data["config"]),
+        result=None if result is None else TrialResult.from_dict(result),
+        error=data.get("error"),
+        seconds=float(data.get("seconds", 0.0)),
+    )
+
+  def round_tripped(self) -> "TrialRecord":
+    """The record as a reload from disk would return it."""
+    return TrialRecord.from_dict(json.loads(json.dumps(self.to_dict())))
+
+
+class TrialStore:
+  """Finished trials of one output folder, keyed by ``TrialConfig.key()``.
+
+  Example:
+    >>> import tempfile
+    >>> store = TrialStore(tempfile.mkdtemp())
+    >>> len(store)
+    0
+  """
+
+  def __init__(self, out_dir: Union[str, "os.PathLike[str]"]):
+    self.out_dir = os.fspath(out_dir)
+    os.makedirs(self.out_dir, exist_ok=True)
+    self.path = os.path.join(self.out_dir, TRIALS_FILE)
+    self._records: dict[str, TrialRecord] = {}
+    self.ignored_lines = 0
+    self._load()
+
+  def _load(self) -> None:
+    if not os.path.exists(self.path):
+      return
+    with open(self.path, "rb") as f:
+      data = f.read()
+    complete_end = data.rfind(b"\n") + 1  # bytes up to the last full line
+    if complete_end < len(data):
+      # A half-written last line (killed mid-write): cut it off so the next
+      # append starts on a clean line.
+      self.ignored_lines += 1
+      with open(self.path, "r+b") as f:
+        f.truncate(complete_end)
+        f.flush()
+        os.fsync(f.fileno())
+    for line in data[:complete_end].splitlines():
+      if not line.strip():
+        continue
+      try:
+        record = TrialRecord.from_dict(json.loads(line))
+      except (ValueError, KeyError, TypeError):
+        self.ignored_lines += 1
+        continue
+      self._records[record.key] = record
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __contains__(self, config: TrialConfig) -> bool:
+    return config.key() in self._records
+
+  def get(self, config: TrialConfig) -> Optional[TrialRecord]:
+    """The stored record of ``config``, or ``None``."""
+    return self._records.get(config.key())
+
+  def records(self) -> list[TrialRecord]:
+    """All stored records, in the order they were first written."""
+    return list(self._records.values())
+
+  def append(self, record: TrialRecord) -> None:
+    """Appends ``record`` durably (write, flush, fsync) before returning."""
+    line = json.dumps(record.to_dict(), allow_nan=False) + "\n"
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(line)
+      f.flush()
+      os.fsync(f.fileno())
+    self._records[record.key] = record

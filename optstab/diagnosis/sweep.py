@@ -1,0 +1,389 @@
+"""Learning-rate sweeps: find lr*, mark infeasible trials, spot the edge (S2).
+
+The FAQ's procedure starts with a learning-rate sweep: train at each rate of a
+grid (log-spaced by default, ``log_grid``), mark the trials that produce NaNs
+or abnormally high loss as infeasible (``FeasibilityRule``), and pick the best
+rate lr* by a metric (the final evaluation ``"loss"`` by default, lower is
+better). If lr*'s higher grid neighbour is infeasible, lr* "sits at the edge of
+feasibility", which the FAQ reads as a sign of optimization instability.
+
+Every finished trial is appended durably to ``<out_dir>/trials.jsonl``
+(``TrialStore``) the moment it ends; re-running the same sweep into the same
+folder skips the trials already there. A trial that raises is recorded with its
+error and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from optstab import _validation
+from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
+from optstab.diagnosis.store import TrialRecord, TrialStore
+from optstab.diagnosis.trial import TrialConfig, TrialFn, TrialResult
+
+__all__ = [
+    "log_grid",
+    "run_trials",
+    "learning_rate_sweep",
+    "metric_value",
+    "SweepTrial",
+    "SweepResult",
+    "TRAIN_LOSS",
+]
+
+#: Metric name meaning "the training loss" rather than an evaluation metric.
+TRAIN_LOSS = "train_loss"
+
+_MODES = ("min", "max")
+_REDUCES = ("final", "best")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def log_grid(low: float, high: float, num: int) -> np.ndarray:
+  """``num`` log-spaced values from ``low`` to ``high``, both included.
+
+  Args:
+    low: the smallest value, > 0.
+    high: the largest value, > ``low`` (or equal to it when ``num == 1``).
+    num: how many values, >= 1.
+
+  Returns:
+    A float64 array of shape ``[num]``.
+
+  Example:
+    >>> log_grid(1e-3, 1.0, 4).round(6).tolist()
+    [0.001, 0.01, 0.1, 1.0]
+  """
+  _validation.check_positive("low", low)
+  _validation.check_positive("high", high)
+  _validation.check_positive_int("num", num)
+  if num == 1:
+    if high != low:
+      raise ValueError(f"high must equal low when num == 1; got low={low!r}, high={high!r}.")
+    return np.array([float(low)])
+  if not high > low:
+    raise ValueError(f"high must be > low; got low={low!r}, high={high!r}.")
+  grid = np.logspace(math.log10(low), math.log10(high), num)
+  grid[0], grid[-1] = float(low), float(high)
+  return grid
+
+
+def _check_learning_rates(learning_rates: Iterable[float]) -> list[float]:
+  if isinstance(learning_rates, np.ndarray):
+    learning_rates = learning_rates.ravel()
+  rates = list(learning_rates)
+  if not rates:
+    raise ValueError("learning_rates must hold at least one rate; got an empty grid.")
+  for i, rate in enumerate(rates):
+    _validation.check_positive(f"learning_rates[{i}]", rate)
+  rates = sorted(float(r) for r in rates)
+  duplicates = sorted({r for r in rates if rates.count(r) > 1})
+  if duplicates:
+    raise ValueError(f"learning_rates must be distinct; got duplicates {duplicates}.")
+  return rates
+
+
+def run_trials(
+    train_fn: TrialFn,
+    configs: Sequence[TrialConfig],
+    *,
+    out_dir: Optional[PathLike] = None,
+    store: Optional[TrialStore] = None,
+    progress: bool = True,
+    desc: str = "trials",
+) -> list[TrialRecord]:
+  """Runs each configuration once, durably recording each as it finishes.
+
+  Trials already in the store are not run again. A trial that raises (any
+  ``Exception``), or returns something that is not a ``TrialResult`` of its own
+  configuration, is recorded with the error, and the next trial runs.
+
+  Args:
+    train_fn: the user's training function (``TrialFn``).
+    configs: the trials to run.
+    out_dir: folder of the store (``<out_dir>/trials.jsonl``); ``None`` with
+      ``store=None`` keeps nothing on disk.
+    store: an open ``TrialStore`` (instead of ``out_dir``).
+    progress: show a tqdm progress bar.
+    desc: the progress bar's label.
+
+  Returns:
+    One ``TrialRecord`` per configuration, in the order given, each in the form
+    a reload from disk returns.
+  """
+  if store is None and out_dir is not None:
+    store = TrialStore(out_dir)
+  records = []
+  bar = tqdm(configs, desc=desc, disable=not progress, leave=False)
+  for config in bar:
+    if not isinstance(config, TrialConfig):
+      raise TypeError(f"configs must hold TrialConfig objects; got {type(config).__name__}.")
+    stored = store.get(config) if store is not None else None
+    if stored is not None:
+      records.append(stored)
+      continue
+    bar.set_postfix(lr=f"{config.learning_rate:.3g}", warmup=config.warmup_steps)
+    start = time.perf_counter()
+    try:
+      result = train_fn(config)
+      if not isinstance(result, TrialResult):
+        raise TypeError(f"the training function returned {type(result).__name__}, not TrialResult")
+      if result.config.key() != config.key():
+        raise ValueError("the training function returned a TrialResult of another config")
+      record = TrialRecord(config, result, None, time.perf_counter() - start)
+    except Exception as e:  # pylint: disable=broad-except
+      record = TrialRecord(config, None, f"{type(e).__name__}: {e}", time.perf_counter() - start)
+    record = record.round_tripped()
+    if store is not None:
+      store.append(record)
+    records.append(record)
+  return records
+
+
+def metric_value(result: TrialResult, metric: str = "loss", mode: str = "min", reduce: str = "final") -> float:
+  """The number a sweep ranks a trial by.
+
+  Args:
+    result: a trial's result.
+    metric: an evaluation metric's name, or ``"train_loss"``.
+    mode: ``"min"`` (lower is better) or ``"max"``.
+    reduce: ``"final"``: the last value; ``"best"``: the best value over the
+      evaluations (best-checkpoint selection).
+
+  Returns:
+    The value (NaN if it is not finite).
+  """
+  if mode not in _MODES:
+    raise ValueError(f"mode must be one of {_MODES}; got {mode!r}.")
+  if reduce not in _REDUCES:
+    raise ValueError(f"reduce must be one of {_REDUCES}; got {reduce!r}.")
+  if metric == TRAIN_LOSS:
+    values = result.train_loss
+  elif metric in result.eval_metrics:
+    values = result.eval_metrics[metric]
+  else:
+    raise ValueError(
+        f"metric {metric!r} is not among the trial's evaluation metrics "
+        f"{sorted(result.eval_metrics)} (or {TRAIN_LOSS!r})."
+    )
+  if values.size == 0:
+    return math.nan
+  if reduce == "final":
+    value = float(values[-1])
+  else:
+    finite = values[np.isfinite(values)]
+    value = math.nan if finite.size == 0 else float(finite.min() if mode == "min" else finite.max())
+  return value if math.isfinite(value) else math.nan
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepTrial:
+  """One sweep point: the trial record, its feasibility and its metric value."""
+
+  record: TrialRecord
+  feasible: bool
+  reason: Optional[str]
+  metric_value: float
+
+  @property
+  def config(self) -> TrialConfig:
+    return self.record.config
+
+  @property
+  def learning_rate(self) -> float:
+    return self.record.config.learning_rate
+
+  @property
+  def result(self) -> Optional[TrialResult]:
+    return self.record.result
+
+  def to_dict(self) -> dict[str, Any]:
+    return {
+        "learning_rate": self.learning_rate,
+        "feasible": self.feasible,
+        "reason": self.reason,
+        "metric_value": self.metric_value if math.isfinite(self.metric_value) else None,
+        "seconds": self.record.seconds,
+    }
+
+
+def judge(record: TrialRecord, rule: FeasibilityRule, metric: str, mode: str, reduce: str) -> SweepTrial:
+  """Feasibility and metric value of one finished trial."""
+  if record.result is None:
+    verdict = Feasibility(False, f"the training function raised {record.error}")
+  else:
+    verdict = check_feasibility(record.result, rule)
+  value = math.nan
+  if verdict.feasible:
+    value = metric_value(record.result, metric, mode, reduce)
+    if math.isnan(value):
+      verdict = Feasibility(False, f"{metric} is not finite")
+  return SweepTrial(record, verdict.feasible, verdict.reason, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+  """A learning-rate sweep's outcome, trials sorted by learning rate.
+
+  Attributes:
+    trials: one ``SweepTrial`` per rate, ascending.
+    base_config: the configuration every trial copies (all but the rate).
+    metric, mode, reduce: how trials were ranked.
+    rule: the feasibility rule applied.
+  """
+
+  trials: tuple[SweepTrial, ...]
+  base_config: TrialConfig
+  metric: str
+  mode: str
+  reduce: str
+  rule: FeasibilityRule
+
+  @property
+  def learning_rates(self) -> np.ndarray:
+    return np.array([t.learning_rate for t in self.trials])
+
+  @property
+  def metric_values(self) -> np.ndarray:
+    return np.array([t.metric_value for t in self.trials])
+
+  @property
+  def feasible(self) -> np.ndarray:
+    return np.array([t.feasible for t in self.trials], dtype=bool)
+
+  @property
+  def best_index(self) -> Optional[int]:
+    """Index of lr* among the feasible trials (ties: the smaller rate)."""
+    values = self.metric_values
+    ok = self.feasible & np.isfinite(values)
+    if not ok.any():
+      return None
+    scores = np.where(ok, values if self.mode == "min" else -values, np.inf)
+    return int(np.argmin(scores))
+
+  @property
+  def best(self) -> Optional[SweepTrial]:
+    i = self.best_index
+    return None if i is None else self.trials[i]
+
+  @property
+  def best_learning_rate(self) -> Optional[float]:
+    """lr*, or ``None`` if no trial is feasible."""
+    best = self.best
+    return None if best is None else best.learning_rate
+
+  @property
+  def at_grid_top(self) -> bool:
+    """lr* is the largest rate of the grid: extend the grid upward."""
+    i = self.best_index
+    return i is not None and i == len(self.trials) - 1
+
+  @property
+  def at_edge_of_feasibility(self) -> bool:
+    """lr*'s higher grid neighbour is infeasible: the FAQ's sign of instability."""
+    i = self.best_index
+    return i is not None and i + 1 < len(self.trials) and not self.trials[i + 1].feasible
+
+  @property
+  def unstable_learning_rate(self) -> Optional[float]:
+    """The smallest infeasible rate above lr* (FAQ S4's unstable_base_learning_rate)."""
+    i = self.best_index
+    if i is None:
+      return None
+    for trial in self.trials[i + 1:]:
+      if not trial.feasible:
+        return trial.learning_rate
+    return None
+
+  def above_best(self, count: int = 2) -> tuple[SweepTrial, ...]:
+    """The ``count`` trials at the grid rates just above lr*."""
+    _validation.check_positive_int("count", count)
+    i = self.best_index
+    return () if i is None else self.trials[i + 1:i + 1 + count]
+
+  def to_dict(self) -> dict[str, Any]:
+    return {
+        "metric": self.metric,
+        "mode": self.mode,
+        "reduce": self.reduce,
+        "rule": self.rule.describe(),
+        "base_config": self.base_config.to_dict(),
+        "best_learning_rate": self.best_learning_rate,
+        "at_edge_of_feasibility": self.at_edge_of_feasibility,
+        "at_grid_top": self.at_grid_top,
+        "unstable_learning_rate": self.unstable_learning_rate,
+        "trials": [t.to_dict() for t in self.trials],
+    }
+
+
+def learning_rate_sweep(
+    train_fn: TrialFn,
+    learning_rates: Sequence[float],
+    num_steps: Optional[int] = None,
+    *,
+    base_config: Optional[TrialConfig] = None,
+    metric: str = "loss",
+    mode: str = "min",
+    reduce: str = "final",
+    rule: Optional[FeasibilityRule] = None,
+    out_dir: Optional[PathLike] = None,
+    store: Optional[TrialStore] = None,
+    progress: bool = True,
+) -> SweepResult:
+  """Trains at each learning rate, marks infeasible trials and picks lr*.
+
+  Args:
+    train_fn: the user's training function (``TrialFn``).
+    learning_rates: the grid (e.g. ``log_grid(1e-4, 1.0, 13)``); positive,
+      distinct; run in ascending order.
+    num_steps: training steps per trial (give this or ``base_config``).
+    base_config: a ``TrialConfig`` every trial copies, replacing only its
+      ``learning_rate`` (its own rate is ignored).
+    metric: what lr* minimizes: an evaluation metric's name (default
+      ``"loss"``) or ``"train_loss"``.
+    mode: ``"min"`` (lower is better, default) or ``"max"``.
+    reduce: ``"final"`` (last evaluation, default) or ``"best"`` (best
+      evaluation: best-checkpoint selection).
+    rule: the ``FeasibilityRule`` (default: NaN/Inf or any training loss above
+      10 x the initial one).
+    out_dir: folder to record trials in and resume from.
+    store: an open ``TrialStore`` instead of ``out_dir``.
+    progress: show a tqdm progress bar.
+
+  Returns:
+    A ``SweepResult``: ``best_learning_rate`` (lr*), ``at_edge_of_feasibility``,
+    ``unstable_learning_rate`` and every trial with its reason.
+
+  Raises:
+    ValueError: on an empty grid, a non-positive or repeated rate, a missing or
+      non-positive ``num_steps``, or a metric no trial reports.
+  """
+  rates = _check_learning_rates(learning_rates)
+  if base_config is None:
+    if num_steps is None:
+      raise ValueError("learning_rate_sweep needs num_steps or base_config; got neither.")
+    _validation.check_positive_int("num_steps", num_steps)
+    base_config = TrialConfig(learning_rate=rates[0], num_steps=num_steps)
+  elif num_steps is not None:
+    _validation.check_positive_int("num_steps", num_steps)
+    base_config = base_config.replace(num_steps=num_steps)
+  if mode not in _MODES:
+    raise ValueError(f"mode must be one of {_MODES}; got {mode!r}.")
+  if reduce not in _REDUCES:
+    raise ValueError(f"reduce must be one of {_REDUCES}; got {reduce!r}.")
+  rule = FeasibilityRule() if rule is None else rule
+  configs = [base_config.replace(learning_rate=rate) for rate in rates]
+  records = run_trials(
+      train_fn, configs, out_dir=out_dir, store=store, progress=progress, desc="learning-rate sweep"
+  )
+  trials = tuple(judge(r, rule, metric, mode, reduce) for r in records)
+  return SweepResult(trials, base_config, metric, mode, reduce, rule)
