@@ -127,6 +127,210 @@ def plot_grad_norm_histogram(norms, path: PathLike, *, threshold=None, bins: int
 # --- end gradient norms ---
 
 # --- sweeps and diagnosis (S2, S4) ---
+import numpy as _dnp  # (own alias: this section does not rely on other sections' imports)
+
+
+def _curve(values) -> "_dnp.ndarray":
+  return _dnp.asarray(values, dtype=_dnp.float64).ravel()
+
+
+def _mark_blowup(ax, steps, values, color) -> None:
+  """Marks a curve's first non-finite step with an 'x' at the last finite value."""
+  bad = _dnp.flatnonzero(~_dnp.isfinite(values))
+  if bad.size:
+    finite = values[_dnp.isfinite(values)]
+    y = finite.max() if finite.size else 1.0
+    ax.plot([steps[bad[0]]], [y], "x", color=color, ms=9, mew=2)
+
+
+def plot_learning_rate_sweep(learning_rates, metric_values, feasible, path: PathLike, *,
+                             best_learning_rate=None, metric_name: str = "validation loss",
+                             title: str = "Learning-rate sweep") -> str:
+  """FAQ Figure 7a: the hyperparameter-axis plot, metric vs base learning rate.
+
+  Feasible trials are blue dots joined by a line; infeasible trials (NaN/Inf or
+  abnormally high loss) are red crosses along the top edge; lr* is a gold star
+  with a dashed vertical line. The x axis is logarithmic.
+
+  Args:
+    learning_rates: 1-D array of base learning rates.
+    metric_values: the metric per rate (NaN for infeasible trials is fine).
+    feasible: booleans, one per rate.
+    path: PNG file to write.
+    best_learning_rate: lr*, highlighted if given.
+    metric_name: y-axis label.
+    title: figure title.
+
+  Returns:
+    ``path``.
+  """
+  lrs = _curve(learning_rates)
+  values = _curve(metric_values)
+  ok = _dnp.asarray(feasible, dtype=bool).ravel()
+  if not (lrs.size == values.size == ok.size) or lrs.size == 0:
+    raise ValueError(
+        "learning_rates, metric_values and feasible must be non-empty and of equal length; got "
+        f"{lrs.size}, {values.size}, {ok.size}.")
+  order = _dnp.argsort(lrs)
+  lrs, values, ok = lrs[order], values[order], ok[order]
+  shown = ok & _dnp.isfinite(values)
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.add_subplot()
+  ax.plot(lrs[shown], values[shown], "o-", color="tab:blue", label="feasible")
+  if (~ok).any():
+    top = values[shown].max() if shown.any() else 1.0
+    low = values[shown].min() if shown.any() else 0.0
+    edge = top + 0.1 * max(top - low, abs(top) * 0.1, 1e-12)
+    ax.plot(lrs[~ok], _dnp.full((~ok).sum(), edge), "x", color="tab:red", ms=9, mew=2,
+            label=f"infeasible ({(~ok).sum()})")
+  if best_learning_rate is not None:
+    i = int(_dnp.argmin(_dnp.abs(lrs - float(best_learning_rate))))
+    ax.axvline(float(best_learning_rate), color="goldenrod", ls="--", lw=1)
+    ax.plot([lrs[i]], [values[i]], "*", color="goldenrod", ms=16, mec="black",
+            label=f"lr* = {float(best_learning_rate):.3g}")
+  ax.set_xscale("log")
+  ax.set_xlabel("base learning rate")
+  ax.set_ylabel(metric_name)
+  ax.set_title(title)
+  ax.legend(loc="best", fontsize="small")
+  ax.grid(True, which="both", alpha=0.3)
+  return _save(fig, path)
+
+
+def plot_loss_curves(curves, path: PathLike, *, title: str = "Training loss",
+                     log_x: bool = False, log_y: bool = True, ylabel: str = "training loss") -> str:
+  """Training-loss curves (e.g. rates just above lr*, FAQ S2 / Figure 7b).
+
+  Args:
+    curves: mapping label -> 1-D per-step loss (entry ``i`` is step ``i + 1``).
+      A curve that turns NaN/Inf ends there, marked with an ``x``.
+    path: PNG file to write.
+    title: figure title.
+    log_x: logarithmic step axis.
+    log_y: logarithmic loss axis (used only if every finite value is > 0).
+    ylabel: y-axis label.
+
+  Returns:
+    ``path``.
+  """
+  items = [(str(k), _curve(v)) for k, v in dict(curves).items()]
+  if not items:
+    raise ValueError("curves must hold at least one curve; got none.")
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.add_subplot()
+  positive = True
+  for i, (label, values) in enumerate(items):
+    steps = _dnp.arange(1, values.size + 1)
+    color = f"C{i % 10}"
+    ax.plot(steps, _dnp.where(_dnp.isfinite(values), values, _dnp.nan), lw=1, color=color,
+            label=label)
+    _mark_blowup(ax, steps, values, color)
+    finite = values[_dnp.isfinite(values)]
+    positive = positive and bool((finite > 0).all())
+  if log_y and positive:
+    ax.set_yscale("log")
+  if log_x:
+    ax.set_xscale("log")
+  ax.set_xlabel("step")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.legend(loc="best", fontsize="small")
+  ax.grid(True, which="both", alpha=0.3)
+  return _save(fig, path)
+
+
+def plot_every_step_loss(train_loss, path: PathLike, *, coarse_every: int = 100,
+                         first_steps: int = 50, title: str = "Early training, every step") -> str:
+  """FAQ Figure 5: what a rare evaluation schedule sees vs every step early on.
+
+  Left panel: the loss sampled every ``coarse_every`` steps; right panel: every
+  one of the first ``first_steps`` steps, where early instability that later
+  recovers shows.
+
+  Args:
+    train_loss: 1-D per-step loss (entry ``i`` is step ``i + 1``).
+    path: PNG file to write.
+    coarse_every: sampling interval of the left panel.
+    first_steps: steps shown in the right panel.
+    title: figure title.
+
+  Returns:
+    ``path``.
+  """
+  values = _curve(train_loss)
+  if values.size == 0 or int(coarse_every) < 1 or int(first_steps) < 1:
+    raise ValueError(
+        "train_loss must be non-empty and coarse_every, first_steps >= 1; got "
+        f"{values.size} steps, coarse_every={coarse_every!r}, first_steps={first_steps!r}.")
+  steps = _dnp.arange(1, values.size + 1)
+  shown = _dnp.where(_dnp.isfinite(values), values, _dnp.nan)
+  finite = values[_dnp.isfinite(values)]
+  log_y = finite.size > 0 and bool((finite > 0).all())
+  fig = Figure(figsize=(11, 4))
+  left, right = fig.subplots(1, 2)
+  coarse = _dnp.unique(_dnp.append(_dnp.arange(coarse_every, values.size + 1, coarse_every),
+                                   values.size)) - 1
+  left.plot(steps[coarse], shown[coarse], "o-", color="tab:blue")
+  left.set_title(f"evaluated every {int(coarse_every)} steps")
+  k = min(int(first_steps), values.size)
+  right.plot(steps[:k], shown[:k], "o-", ms=3, color="tab:red")
+  _mark_blowup(right, steps[:k], values[:k], "tab:red")
+  right.set_title(f"every step, first {k} steps")
+  for ax in (left, right):
+    if log_y:
+      ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(True, which="both", alpha=0.3)
+  fig.suptitle(title)
+  return _save(fig, path)
+
+
+def plot_warmup_sweep(warmup_steps, curves, stable, path: PathLike, *, base_learning_rate=None,
+                      title: str = "Warmup sweep") -> str:
+  """FAQ Figure 6: training loss per warmup length, on a log step axis.
+
+  Args:
+    warmup_steps: 1-D array of warmup lengths, one per curve.
+    curves: sequence of 1-D per-step losses, aligned with ``warmup_steps``.
+    stable: booleans, aligned: stable runs are solid, ones that blew up dashed
+      and marked with an ``x`` where they turned NaN/Inf.
+    path: PNG file to write.
+    base_learning_rate: the peak rate, shown in the title.
+    title: figure title.
+
+  Returns:
+    ``path``.
+  """
+  lengths = [int(w) for w in _dnp.asarray(warmup_steps).ravel()]
+  curves = [_curve(c) for c in curves]
+  flags = [bool(s) for s in _dnp.asarray(stable, dtype=bool).ravel()]
+  if not lengths or not (len(lengths) == len(curves) == len(flags)):
+    raise ValueError(
+        "warmup_steps, curves and stable must be non-empty and of equal length; got "
+        f"{len(lengths)}, {len(curves)}, {len(flags)}.")
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.add_subplot()
+  positive = True
+  for i, (w, values, ok) in enumerate(zip(lengths, curves, flags)):
+    steps = _dnp.arange(1, values.size + 1)
+    color = f"C{i % 10}"
+    ax.plot(steps, _dnp.where(_dnp.isfinite(values), values, _dnp.nan), lw=1.2, color=color,
+            ls="-" if ok else "--", label=f"warmup {w}" + ("" if ok else " (blew up)"))
+    _mark_blowup(ax, steps, values, color)
+    finite = values[_dnp.isfinite(values)]
+    positive = positive and bool((finite > 0).all())
+  ax.set_xscale("log")
+  if positive:
+    ax.set_yscale("log")
+  ax.set_xlabel("step")
+  ax.set_ylabel("training loss")
+  if base_learning_rate is not None:
+    title = f"{title} (base learning rate {float(base_learning_rate):.3g})"
+  ax.set_title(title)
+  ax.legend(loc="best", fontsize="small")
+  ax.grid(True, which="both", alpha=0.3)
+  return _save(fig, path)
 # --- end sweeps and diagnosis ---
 
 # --- WideResNet figures (S6) ---
