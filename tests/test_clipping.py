@@ -1,0 +1,304 @@
+"""Tests for optstab.clipping: FAQ S5 fixed and percentile gradient clipping."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optstab
+from optstab import clipping
+
+
+def _faq_clip_numpy(tree, lam):
+  """The FAQ rule in NumPy (float64): if ||g|| > lambda then g' = lambda g / ||g||."""
+  leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+  norm = np.sqrt(sum(np.sum(x * x) for x in leaves))
+  scale = lam / norm if norm > lam else 1.0
+  return [x * scale for x in leaves], norm
+
+
+def _tree(key, scale):
+  k1, k2 = jax.random.split(key)
+  return {"w": scale * jax.random.normal(k1, (7, 5)), "b": scale * jax.random.normal(k2, (5,))}
+
+
+# --- fixed threshold: optax.clip_by_global_norm is the FAQ rule -------------
+
+
+def test_clip_by_global_norm_is_optax_and_is_the_faq_rule():
+  assert optstab.clip_by_global_norm is optax.clip_by_global_norm
+  lam = 2.0
+  update = jax.jit(optstab.clip_by_global_norm(lam).update)
+  for i, scale in enumerate([0.01, 0.1, 0.3, 1.0, 10.0, 1e4]):
+    g = _tree(jax.random.key(i), scale)
+    out, _ = update(g, optax.EmptyState())
+    want, norm = _faq_clip_numpy(g, lam)
+    for got, exp in zip(jax.tree.leaves(out), want):
+      np.testing.assert_allclose(np.asarray(got), exp, rtol=2e-6, atol=0)
+    if norm < lam:  # below the threshold: untouched, bit for bit
+      chex.assert_trees_all_equal(out, g)
+
+
+# --- clip_threshold ---------------------------------------------------------
+
+
+def test_clip_threshold_matches_numpy_percentile_on_finite_norms():
+  rng = np.random.default_rng(0)
+  norms = np.exp(rng.normal(size=301))
+  noisy = norms.copy()
+  noisy[[3, 50, 200]] = [np.nan, np.inf, -np.inf]
+  finite = noisy[np.isfinite(noisy)]
+  for p in (90.0, 50.0, 99.5, 100.0, 1e-3):
+    assert optstab.clip_threshold(noisy, p) == np.percentile(finite, p)
+  assert optstab.clip_threshold(noisy) == np.percentile(finite, 90)
+  assert optstab.clip_threshold([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(4.6)
+  assert optstab.clip_threshold(jnp.array([2.0, np.nan])) == 2.0
+
+
+@pytest.mark.parametrize("norms, percentile, match", [
+    ([1.0, 2.0], 0.0, "percentile"),
+    ([1.0, 2.0], 100.5, "percentile"),
+    ([1.0, 2.0], -5, "percentile"),
+    ([1.0, 2.0], float("nan"), "percentile"),
+    ([], 90.0, "norms"),
+    ([np.nan, np.inf], 90.0, "norms"),
+    ([[1.0, 2.0]], 90.0, "norms"),
+])
+def test_clip_threshold_bad_input(norms, percentile, match):
+  with pytest.raises(ValueError, match=match):
+    optstab.clip_threshold(norms, percentile)
+
+
+# --- percentile_clip --------------------------------------------------------
+
+
+def _norm_sequence(num_steps, seed=0):
+  """Seeded log-normal norms with spikes, a NaN and an Inf."""
+  rng = np.random.default_rng(seed)
+  norms = np.exp(rng.normal(0.0, 0.4, size=num_steps)).astype(np.float32)
+  norms[rng.choice(num_steps, size=num_steps // 10, replace=False)] *= 50.0  # spikes
+  norms[[5, 17, 60]] = [np.nan, np.inf, np.nan]
+  return norms
+
+
+def _run_scan(tx, grads):
+  """Runs tx over grads[t] (a [T, d] array) in one jitted scan; returns outputs and states."""
+  state0 = tx.init(grads[0])
+
+  def step(state, g):
+    out, state = tx.update(g, state)
+    return state, (out, state)
+
+  final, (outs, states) = jax.jit(lambda s, gs: jax.lax.scan(step, s, gs))(state0, grads)
+  return final, outs, states
+
+
+def _numpy_reference(norms, percentile, window, min_history, initial=np.inf, cap=np.inf):
+  thresholds, history = [], []
+  for n in norms:
+    if len(history) >= min_history:
+      thresholds.append(min(np.percentile(np.asarray(history[-window:], np.float64), percentile), cap))
+    else:
+      thresholds.append(initial)
+    if np.isfinite(n):
+      history.append(float(n))
+  return np.asarray(thresholds)
+
+
+@pytest.mark.parametrize("percentile, window, min_history", [(90.0, 32, 8), (50.0, 7, 1),
+                                                             (100.0, 16, 16)])
+def test_percentile_clip_matches_numpy_over_the_same_window(percentile, window, min_history):
+  num_steps, dim = 120, 4
+  norms = _norm_sequence(num_steps)
+  direction = np.random.default_rng(1).normal(size=(num_steps, dim)).astype(np.float32)
+  direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+  grads = jnp.asarray(direction * norms[:, None])
+  tx = optstab.percentile_clip(percentile, window_size=window, min_history=min_history)
+  final, outs, states = _run_scan(tx, grads)
+
+  # The same window: the NumPy reference sees the norms the device computed.
+  g_norms = np.asarray(states.grad_norm, np.float64)
+  np.testing.assert_allclose(g_norms, np.linalg.norm(np.asarray(grads, np.float64), axis=1),
+                             rtol=1e-6)
+  want = _numpy_reference(g_norms, percentile, window, min_history)
+  got = np.asarray(states.threshold)
+  np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+  # float32 on the device vs float64 in NumPy: a few float32 roundings of the
+  # interpolation between neighbours (relative to the larger neighbour).
+  np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], rtol=4e-6)
+
+  finite = np.isfinite(g_norms)
+  want_clipped = finite & (g_norms > want)
+  np.testing.assert_array_equal(np.asarray(states.clipped), want_clipped)
+  out_norms = np.linalg.norm(np.asarray(outs, np.float64), axis=1)
+  np.testing.assert_allclose(out_norms[want_clipped], got[want_clipped], rtol=1e-6)
+  untouched = finite & ~want_clipped
+  np.testing.assert_array_equal(np.asarray(outs)[untouched], np.asarray(grads)[untouched])
+  assert int(final.num_steps) == num_steps
+  assert int(final.num_clipped) == int(want_clipped.sum())
+  assert int(final.num_nonfinite) == int((~finite).sum())
+  assert int(final.history_size) == min(window, int(finite.sum()))
+  if percentile == 90.0:
+    assert 0 < want_clipped.sum() < num_steps // 2
+
+
+def test_nonfinite_norms_never_enter_the_history_and_pass_through():
+  tx = optstab.percentile_clip(90.0, window_size=4, min_history=1)
+  update = jax.jit(tx.update)
+  state = tx.init(jnp.zeros(2))
+  _, state = update(jnp.array([3.0, 4.0]), state)
+  before = state.norm_history
+  for bad in ([np.nan, 1.0], [np.inf, 0.0]):
+    out, state = update(jnp.array(bad), state)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(bad, np.float32))
+    assert not bool(state.clipped)
+  chex.assert_trees_all_equal(state.norm_history, before)
+  assert int(state.history_size) == 1 and int(state.num_nonfinite) == 2
+  assert int(state.num_steps) == 3
+
+
+class PercentileClipBehaviourTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_below_untouched_above_mapped_to_exactly_lambda(self):
+    tx = optstab.percentile_clip(50.0, window_size=8, min_history=1, initial_threshold=5.0)
+    update = self.variant(tx.update)
+    state = tx.init(_tree(jax.random.key(0), 1.0))
+    small = _tree(jax.random.key(1), 0.05)
+    out, state = update(small, state)
+    chex.assert_trees_all_equal(out, small)  # below lambda = 5 (initial threshold)
+    lam = float(state.threshold)
+    assert lam == 5.0 and not bool(state.clipped)
+    big = _tree(jax.random.key(2), 100.0)
+    out, state = update(big, state)
+    lam = float(state.threshold)  # median of one recorded norm: that norm
+    np.testing.assert_allclose(lam, float(optax.tree.norm(small)), rtol=1e-6)
+    assert bool(state.clipped)
+    np.testing.assert_allclose(float(optax.tree.norm(out)), lam, rtol=1e-6)
+    want, _ = _faq_clip_numpy(big, lam)
+    for got, exp in zip(jax.tree.leaves(out), want):
+      np.testing.assert_allclose(np.asarray(got), exp, rtol=2e-6, atol=1e-9)
+
+  def test_fixed_threshold_is_bit_identical_to_clip_by_global_norm(self):
+    lam = 1.5
+    tx = optstab.percentile_clip(window_size=64, min_history=64, initial_threshold=lam)
+    ref = optax.clip_by_global_norm(lam)
+    state = tx.init(_tree(jax.random.key(0), 1.0))
+    for i, scale in enumerate([0.1, 3.0, 0.5, 40.0, 1e3]):
+      g = _tree(jax.random.key(10 + i), scale)
+      out, state = tx.update(g, state)
+      want, _ = ref.update(g, optax.EmptyState())
+      chex.assert_trees_all_equal(out, want)
+
+  def test_warmup_of_the_window_no_clipping_until_min_history(self):
+    tx = optstab.percentile_clip(90.0, window_size=10, min_history=3)
+    state = tx.init(jnp.zeros(1))
+    for n in (1.0, 1e5, 2.0):  # a huge early norm is NOT clipped: no estimate yet
+      out, state = tx.update(jnp.array([n]), state)
+      assert float(out[0]) == n and not bool(state.clipped)
+      assert np.isinf(float(state.threshold))
+    out, state = tx.update(jnp.array([1e5]), state)  # window [1, 1e5, 2]: p90 = 80000.4
+    np.testing.assert_allclose(float(state.threshold), np.percentile([1.0, 1e5, 2.0], 90), rtol=1e-6)
+    assert bool(state.clipped)
+
+  def test_initial_threshold_clips_from_step_zero(self):
+    tx = optstab.percentile_clip(90.0, window_size=10, min_history=3, initial_threshold=4.0)
+    state = tx.init(jnp.zeros(1))
+    out, state = tx.update(jnp.array([1e5]), state)
+    assert bool(state.clipped) and float(out[0]) == 4.0
+    assert float(state.norm_history[0]) == 1e5  # the *unclipped* norm is recorded
+
+  def test_failure_mode_slowly_growing_norm_raises_the_threshold(self):
+    # The documented failure mode: a norm growing 2% a step drags the
+    # threshold up with it: every step is "clipped", by a few percent, and the updates
+    # grow unchecked 40x; max_threshold caps the threshold and the updates.
+    norms = 1.02 ** np.arange(200, dtype=np.float32)
+    grads = jnp.asarray(norms[:, None])
+    _, outs, states = _run_scan(optstab.percentile_clip(90.0, window_size=50, min_history=10),
+                                grads)
+    thresholds = np.asarray(states.threshold)[10:]
+    assert np.all(np.diff(thresholds) > 0)
+    assert bool(np.asarray(states.clipped)[10:].all())
+    # p90 of the last 50 lags ~5 steps: each update is cut by at most 1.02**6 ~ 12.6%.
+    assert float((norms[10:] / thresholds).max()) < 1.13
+    assert float(np.abs(np.asarray(outs)).max()) > 40.0
+    _, capped_outs, capped = _run_scan(
+        optstab.percentile_clip(90.0, window_size=50, min_history=10, max_threshold=5.0), grads)
+    assert float(np.asarray(capped.threshold)[10:].max()) == 5.0
+    assert float(np.abs(np.asarray(capped_outs)).max()) <= 5.0 * (1 + 1e-6)
+    at_cap = np.asarray(capped.threshold) == 5.0
+    np.testing.assert_allclose(np.abs(np.asarray(capped_outs)[at_cap, 0]), 5.0, rtol=1e-6)
+
+  def test_state_names_found_by_tree_get_in_a_chain(self):
+    opt = optax.chain(optstab.record_grad_norm(capacity=4),
+                      optstab.percentile_clip(window_size=8, min_history=1),
+                      optstab.adam(1e-3))
+    params = {"w": jnp.ones((3, 2))}
+    state = opt.init(params)
+    _, state = opt.update({"w": jnp.full((3, 2), 2.0)}, state, params)
+    for name in ("grad_norm", "threshold", "clipped", "num_steps", "num_clipped", "num_nonfinite"):
+      assert optax.tree.get(state, name) is not None, name
+    np.testing.assert_allclose(float(optax.tree.get(state, "grad_norm")), np.sqrt(24.0), rtol=1e-6)
+    assert isinstance(optax.tree.get(state, "PercentileClipState"), optstab.PercentileClipState)
+
+  def test_no_recompilation_and_bounded_state(self):
+    tx = optstab.percentile_clip(window_size=16, min_history=2)
+    update = jax.jit(chex.assert_max_traces(tx.update, n=1))
+    state = tx.init(jnp.zeros(3))
+    sizes = set()
+    for i in range(40):
+      _, state = update(jnp.full(3, float(i + 1)), state)
+      sizes.add(sum(x.size for x in jax.tree.leaves(state)))
+    assert sizes == {16 + 8} and int(state.history_size) == 16
+
+  def test_inject_hyperparams_percentile(self):
+    make = optax.inject_hyperparams(optstab.percentile_clip,
+                                    static_args=("window_size", "min_history"))
+    tx = make(percentile=90.0, window_size=8, min_history=1)
+    plain = optstab.percentile_clip(90.0, window_size=8, min_history=1)
+    state, pstate = tx.init(jnp.zeros(1)), plain.init(jnp.zeros(1))
+    update = jax.jit(tx.update)
+    for n in (1.0, 2.0, 3.0, 4.0, 10.0):
+      g = jnp.array([n])
+      out, state = update(g, state)
+      pout, pstate = plain.update(g, pstate)
+      chex.assert_trees_all_close(out, pout)
+    assert float(optax.tree.get(state, "threshold")) == pytest.approx(np.percentile([1, 2, 3, 4], 90))
+    state.hyperparams["percentile"] = jnp.asarray(50.0)
+    out, state = update(jnp.array([10.0]), state)
+    assert float(optax.tree.get(state, "threshold")) == pytest.approx(np.percentile([1, 2, 3, 4, 10], 50))
+    assert float(out[0]) == pytest.approx(3.0)
+
+  def test_inject_hyperparams_without_static_args(self):
+    tx = optax.inject_hyperparams(optstab.percentile_clip)(percentile=90.0, window_size=8,
+                                                           min_history=2)
+    state = tx.init(jnp.zeros(1))
+    update = jax.jit(tx.update)
+    for n in (1.0, 2.0, 50.0):
+      out, state = update(jnp.array([n]), state)
+    assert float(out[0]) == pytest.approx(1.9)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(percentile=0.0), "percentile"),
+    (dict(percentile=101.0), "percentile"),
+    (dict(percentile=float("inf")), "percentile"),
+    (dict(window_size=0), "window_size"),
+    (dict(window_size=2.5), "window_size"),
+    (dict(window_size=True), "window_size"),
+    (dict(min_history=0), "min_history"),
+    (dict(window_size=10, min_history=11), "min_history"),
+    (dict(initial_threshold=0.0), "initial_threshold"),
+    (dict(initial_threshold=-1.0), "initial_threshold"),
+    (dict(max_threshold=0.0), "max_threshold"),
+])
+def test_percentile_clip_bad_input(kwargs, name):
+  with pytest.raises(ValueError, match=name):
+    optstab.percentile_clip(**kwargs)
+
+
+def test_public_names():
+  for name in clipping.__all__:
+    assert getattr(optstab, name) is getattr(clipping, name)
