@@ -499,9 +499,12 @@ def scale_by_faq_adam(
   .. warning::
     :func:`optax.scale_by_adam` computes
     :math:`\hat m / (\sqrt{\hat v} + \epsilon)` with both moments
-    bias-corrected, which equals :math:`u_t` with :math:`\epsilon` replaced by
-    :math:`\epsilon \sqrt{1 - \beta_2^{t+1}}` (here :math:`\epsilon` sits
-    outside the bias correction). The two agree exactly when ``eps=0``.
+    bias-corrected. Since
+    :math:`u_t = \hat m / (\sqrt{\hat v} + \epsilon / \sqrt{1 - \beta_2^{t+1}})`,
+    this block equals optax's with :math:`\epsilon` replaced by the
+    step-dependent :math:`\epsilon / \sqrt{1 - \beta_2^{t+1}}` (here
+    :math:`\epsilon` sits outside the bias correction). The two agree exactly
+    when ``eps=0``.
 
   Args:
     b1: :math:`\beta_1 \in [0, 1)`. Default 0.9.
@@ -606,11 +609,13 @@ def adam(
   ``(ScaleByFaqAdamState(count, mu, nu), <learning-rate state>)``.
 
   .. warning::
-    ``optax.adam`` adds :math:`\epsilon` after bias-correcting :math:`v`:
-    its update equals this one with :math:`\epsilon` replaced by
-    :math:`\epsilon \sqrt{1 - \beta_2^{t+1}}`, so early steps here are damped
-    less by :math:`\epsilon` (by up to :math:`1/\sqrt{1-\beta_2} \approx 31.6`
-    for the defaults). With ``eps=0`` they are identical.
+    ``optax.adam`` adds :math:`\epsilon` after bias-correcting :math:`v`.
+    This update equals ``optax.adam``'s with :math:`\epsilon` replaced by the
+    step-dependent :math:`\epsilon / \sqrt{1 - \beta_2^{t+1}}`, so early
+    steps here are damped more by :math:`\epsilon` (by up to
+    :math:`1/\sqrt{1-\beta_2} \approx 31.6` times at ``t = 0`` for the
+    defaults, fading as :math:`\beta_2^{t+1} \to 0`). With ``eps=0`` they are
+    identical.
 
   Args:
     learning_rate: :math:`\alpha_t`: a finite real >= 0 or an optax schedule.
