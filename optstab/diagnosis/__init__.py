@@ -3,4 +3,35 @@
 from optstab.diagnosis.trial import SCHEDULES, TrialConfig, TrialFn, TrialResult
 
 # --- diagnosis API ---
+from optstab.diagnosis.confirm import ConfirmationRun, long_check, rates_above_best, short_check
+from optstab.diagnosis.detectors import (
+    EARLY_UNSTABLE,
+    MID_TRAINING_UNSTABLE,
+    STABLE,
+    DetectorThresholds,
+    GradNormOutlier,
+    LossSpike,
+    RunDiagnosis,
+    classify_run,
+    detect_grad_norm_outliers,
+    detect_loss_spikes,
+)
+from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
+from optstab.diagnosis.procedure import diagnose
+from optstab.diagnosis.report import Diagnosis, Finding, make_diagnosis, write_report
+from optstab.diagnosis.store import TrialRecord, TrialStore
+from optstab.diagnosis.sweep import (
+    SweepResult,
+    SweepTrial,
+    learning_rate_sweep,
+    log_grid,
+    metric_value,
+    run_trials,
+)
+from optstab.diagnosis.warmup_tuner import (
+    WarmupSearch,
+    WarmupTrial,
+    WarmupTuningResult,
+    tune_warmup,
+)
 # --- end diagnosis API ---

@@ -77,8 +77,9 @@ class ConfirmationRun:
 
   def describe(self) -> str:
     """One sentence with the evidence."""
+    every = "step" if self.config.eval_every == 1 else f"{self.config.eval_every} steps"
     head = (f"{self.name} at {self.factor:.3g} x lr* = {self.learning_rate:.4g} "
-            f"({self.config.total_steps} steps, evaluating every {self.config.eval_every})")
+            f"({self.config.total_steps} steps, evaluating every {every})")
     if self.diagnosis is None:
       return f"{head}: the training function raised {self.record.error}."
     text = f"{head}: {self.diagnosis.summary()}"

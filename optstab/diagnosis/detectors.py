@@ -373,7 +373,7 @@ class RunDiagnosis:
       )
     if len(self.loss_spikes) > 3:
       parts.append(f"{len(self.loss_spikes) - 3} more loss spikes")
-    if self.grad_norm_outliers:
+    if self.grad_norm_outliers and self.first_nonfinite_step is None:
       o = max(self.grad_norm_outliers, key=lambda o: o.ratio)
       parts.append(
           f"{len(self.grad_norm_outliers)} gradient-norm outlier step(s), the largest "

@@ -1,0 +1,134 @@
+"""One call for the FAQ's whole instability procedure (S2, S4): ``diagnose``.
+
+``diagnose`` runs, in order, each step recorded in ``<out_dir>/trials.jsonl``
+as it finishes (so an interrupted diagnosis resumes where it stopped):
+
+1. the learning-rate sweep (``learning_rate_sweep``): lr*, infeasible trials,
+   edge of feasibility;
+2. the curves of the rates just above lr* (``rates_above_best``);
+3. the short check: ~500 steps at 2 x lr*, evaluating every step
+   (``short_check``);
+4. the long checks at 5 x and 10 x lr* (``long_check``);
+5. if any of these shows instability and the sweep found an unstable rate, the
+   warmup search at 10 x that rate (``tune_warmup``);
+
+then writes the report (``write_report``): ``diagnosis.md``,
+``diagnosis.json`` and the figures.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from optstab import _validation
+from optstab import schedules
+from optstab.diagnosis.confirm import long_check, rates_above_best, short_check
+from optstab.diagnosis.detectors import DetectorThresholds, STABLE
+from optstab.diagnosis.feasibility import FeasibilityRule
+from optstab.diagnosis.report import Diagnosis, make_diagnosis, write_report
+from optstab.diagnosis.store import TrialStore
+from optstab.diagnosis.sweep import PathLike, learning_rate_sweep
+from optstab.diagnosis.trial import TrialConfig, TrialFn
+from optstab.diagnosis.warmup_tuner import tune_warmup
+
+__all__ = ["diagnose"]
+
+
+def diagnose(
+    train_fn: TrialFn,
+    learning_rates: Sequence[float],
+    num_steps: Optional[int] = None,
+    *,
+    out_dir: PathLike,
+    base_config: Optional[TrialConfig] = None,
+    metric: str = "loss",
+    mode: str = "min",
+    reduce: str = "final",
+    rule: Optional[FeasibilityRule] = None,
+    thresholds: Optional[DetectorThresholds] = None,
+    above_count: int = 2,
+    short_check_factor: float = 2.0,
+    short_check_steps: int = 500,
+    long_check_factors: Sequence[float] = (5.0, 10.0),
+    long_check_steps: Optional[int] = None,
+    tune_warmup_when_unstable: bool = True,
+    max_train_steps: Optional[int] = None,
+    warmup_factors: Sequence[float] = (10.0,),
+    warmup_candidates: Sequence[int] = (10, 1000, 10000, 100000),
+    progress: bool = True,
+) -> Diagnosis:
+  """Runs the FAQ's instability diagnosis and writes the report into ``out_dir``.
+
+  Args:
+    train_fn: the user's training function (``TrialFn``).
+    learning_rates: the sweep grid (e.g. ``log_grid(1e-4, 1.0, 13)``).
+    num_steps: steps per sweep trial (or give ``base_config``).
+    out_dir: output folder: trial store, report and figures.
+    base_config: the ``TrialConfig`` every trial copies (all but the rate).
+    metric, mode, reduce: how lr* is chosen (see ``learning_rate_sweep``).
+    rule: the ``FeasibilityRule`` (default ``FeasibilityRule()``).
+    thresholds: the ``DetectorThresholds`` (default ``DetectorThresholds()``).
+    above_count: how many rates above lr* to examine.
+    short_check_factor: the short check's multiple of lr* (FAQ: 2).
+    short_check_steps: the short check's length (FAQ: about 500).
+    long_check_factors: the long checks' multiples of lr* (FAQ: 5 and 10); ``()``
+      skips them.
+    long_check_steps: the long checks' length (default: the sweep's).
+    tune_warmup_when_unstable: run the S4 warmup search when instability is
+      found and the sweep has an infeasible rate above lr*.
+    max_train_steps: the budget for the warmup search (default: the sweep's
+      ``num_steps``).
+    warmup_factors: base rates as multiples of the unstable rate (FAQ: 10).
+    warmup_candidates: warmup lengths to consider (capped at 10% of
+      ``max_train_steps``).
+    progress: show progress bars.
+
+  Returns:
+    The ``Diagnosis``, with ``files`` naming what was written.
+
+  Raises:
+    ValueError: on bad input (empty grid, non-positive rates or steps, a warmup
+      budget too small for every candidate), before any trial runs.
+  """
+  if base_config is None:
+    if num_steps is None:
+      raise ValueError("diagnose needs num_steps or base_config; got neither.")
+    _validation.check_positive_int("num_steps", num_steps)
+  _validation.check_positive_int("above_count", above_count)
+  _validation.check_positive("short_check_factor", short_check_factor)
+  _validation.check_positive_int("short_check_steps", short_check_steps)
+  if long_check_steps is not None:
+    _validation.check_positive_int("long_check_steps", long_check_steps)
+  sweep_steps = num_steps if num_steps is not None else base_config.num_steps
+  if max_train_steps is None:
+    max_train_steps = sweep_steps
+  if tune_warmup_when_unstable:
+    # Fail fast, before any trial, on a budget no warmup candidate fits.
+    schedules.warmup_sweep_grid(max_train_steps, warmup_candidates)
+  thresholds = DetectorThresholds() if thresholds is None else thresholds
+  store = TrialStore(out_dir)
+  sweep = learning_rate_sweep(
+      train_fn, learning_rates, num_steps, base_config=base_config, metric=metric, mode=mode,
+      reduce=reduce, rule=rule, store=store, progress=progress,
+  )
+  if sweep.best is None:
+    return write_report(make_diagnosis(sweep), out_dir)
+  above = rates_above_best(sweep, count=above_count, thresholds=thresholds)
+  short = short_check(train_fn, sweep, factor=short_check_factor, num_steps=short_check_steps,
+                      thresholds=thresholds, store=store, progress=progress)
+  longs = ()
+  if tuple(long_check_factors):
+    longs = long_check(train_fn, sweep, factors=long_check_factors, num_steps=long_check_steps,
+                       thresholds=thresholds, store=store, progress=progress)
+  preliminary = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs)
+  warmup = None
+  if (tune_warmup_when_unstable and preliminary.verdict != STABLE
+      and sweep.unstable_learning_rate is not None):
+    warmup = tune_warmup(
+        train_fn, sweep.unstable_learning_rate, max_train_steps,
+        base_config=sweep.best.config, factors=warmup_factors, candidates=warmup_candidates,
+        rule=sweep.rule, thresholds=thresholds, store=store, progress=progress,
+    )
+  diagnosis = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs,
+                             warmup=warmup)
+  return write_report(diagnosis, out_dir)

@@ -1,0 +1,366 @@
+"""The diagnosis report: plain-language findings with evidence, as markdown, JSON and PNGs.
+
+``make_diagnosis`` turns the outcome of the FAQ's procedure (a sweep, the
+confirmation runs, an optional warmup search) into a ``Diagnosis``: a verdict
+and a list of findings, each a sentence that cites its numbers (rates, steps,
+ratios) with the same numbers as structured evidence. ``write_report`` writes
+``diagnosis.md``, ``diagnosis.json`` and the figures (via ``optstab.plots``,
+which takes plain arrays) into an output folder.
+
+Verdicts: ``"stable"`` (no evidence of instability), ``"early-unstable"``,
+``"mid-training-unstable"``, ``"unstable"`` (lr* sits at the edge of
+feasibility, but no run showed which kind), ``"no-feasible-rate"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from optstab import clipping, plots
+from optstab.diagnosis.confirm import ConfirmationRun
+from optstab.diagnosis.detectors import EARLY_UNSTABLE, MID_TRAINING_UNSTABLE, STABLE
+from optstab.diagnosis.sweep import PathLike, SweepResult
+from optstab.diagnosis.warmup_tuner import WarmupTuningResult
+
+__all__ = ["Finding", "Diagnosis", "make_diagnosis", "write_report", "VERDICTS"]
+
+VERDICTS = (STABLE, EARLY_UNSTABLE, MID_TRAINING_UNSTABLE, "unstable", "no-feasible-rate")
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+  """One finding: a topic, a plain-language sentence, and its evidence."""
+
+  topic: str
+  text: str
+  evidence: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"topic": self.topic, "text": self.text, "evidence": _jsonable(self.evidence)}
+
+
+def _jsonable(value: Any) -> Any:
+  if isinstance(value, dict):
+    return {str(k): _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if isinstance(value, (np.floating, float)):
+    return float(value) if math.isfinite(float(value)) else None
+  if isinstance(value, (np.integer,)):
+    return int(value)
+  if isinstance(value, np.bool_):
+    return bool(value)
+  return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnosis:
+  """The outcome of the FAQ's instability diagnosis.
+
+  Attributes:
+    verdict: one of ``VERDICTS``.
+    findings: the findings, in reading order.
+    sweep: the learning-rate sweep.
+    above_best: the sweep's curves at the rates just above lr*, labelled.
+    short_check: the ~500-step run at 2 x lr* evaluating every step.
+    long_checks: the runs at 5 x and 10 x lr*.
+    warmup: the warmup search, if one ran.
+    files: name -> path of every file ``write_report`` wrote.
+  """
+
+  verdict: str
+  findings: tuple[Finding, ...]
+  sweep: SweepResult
+  above_best: tuple[ConfirmationRun, ...] = ()
+  short_check: Optional[ConfirmationRun] = None
+  long_checks: tuple[ConfirmationRun, ...] = ()
+  warmup: Optional[WarmupTuningResult] = None
+  files: dict[str, str] = dataclasses.field(default_factory=dict)
+
+  def to_dict(self) -> dict[str, Any]:
+    return _jsonable({
+        "verdict": self.verdict,
+        "findings": [f.to_dict() for f in self.findings],
+        "sweep": self.sweep.to_dict(),
+        "above_best": [r.to_dict() for r in self.above_best],
+        "short_check": None if self.short_check is None else self.short_check.to_dict(),
+        "long_checks": [r.to_dict() for r in self.long_checks],
+        "warmup": None if self.warmup is None else self.warmup.to_dict(),
+        "files": {k: os.path.basename(v) for k, v in self.files.items()},
+    })
+
+  def to_markdown(self) -> str:
+    lines = ["# Optimization-instability diagnosis", "", f"**Verdict: {self.verdict}.**", ""]
+    for finding in self.findings:
+      lines += [f"- **{finding.topic}.** {finding.text}"]
+    figures = [(k, v) for k, v in self.files.items() if v.endswith(".png")]
+    if figures:
+      lines += ["", "## Figures", ""]
+      for name, path in figures:
+        lines += [f"### {name}", "", f"![{name}]({os.path.basename(path)})", ""]
+    trials = self.sweep.trials
+    lines += ["", "## Sweep trials", "",
+              f"| learning rate | feasible | {self.sweep.metric} | reason |", "|---|---|---|---|"]
+    for t in trials:
+      value = f"{t.metric_value:.4g}" if math.isfinite(t.metric_value) else "-"
+      lines += [f"| {t.learning_rate:.4g} | {'yes' if t.feasible else 'no'} | {value} | "
+                f"{t.reason or ''} |"]
+    return "\n".join(lines) + "\n"
+
+
+def _runs(*groups) -> list[ConfirmationRun]:
+  out = []
+  for group in groups:
+    if group is None:
+      continue
+    out.extend([group] if isinstance(group, ConfirmationRun) else list(group))
+  return out
+
+
+def _verdict(sweep: SweepResult, runs: list[ConfirmationRun]) -> str:
+  if sweep.best is None:
+    return "no-feasible-rate"
+  labels = {r.label for r in runs}
+  if EARLY_UNSTABLE in labels:
+    return EARLY_UNSTABLE
+  if MID_TRAINING_UNSTABLE in labels:
+    return MID_TRAINING_UNSTABLE
+  if sweep.at_edge_of_feasibility:
+    return "unstable"
+  return STABLE
+
+
+def make_diagnosis(
+    sweep: SweepResult,
+    *,
+    above_best: tuple[ConfirmationRun, ...] = (),
+    short_check: Optional[ConfirmationRun] = None,
+    long_checks: tuple[ConfirmationRun, ...] = (),
+    warmup: Optional[WarmupTuningResult] = None,
+    clip_percentile: float = 90.0,
+) -> Diagnosis:
+  """Builds the verdict and the findings from the procedure's results.
+
+  Args:
+    sweep: the learning-rate sweep.
+    above_best: ``rates_above_best``'s runs.
+    short_check: ``short_check``'s run.
+    long_checks: ``long_check``'s runs.
+    warmup: ``tune_warmup``'s result.
+    clip_percentile: percentile of lr*'s gradient norms suggested as clipping
+      threshold (FAQ S5: 90).
+
+  Returns:
+    A ``Diagnosis`` (``files`` empty until ``write_report``).
+  """
+  findings: list[Finding] = []
+  trials = sweep.trials
+  rates = sweep.learning_rates
+  infeasible = [t for t in trials if not t.feasible]
+  base = sweep.base_config
+  findings.append(Finding(
+      "Sweep",
+      f"{len(trials)} learning rates from {rates.min():.3g} to {rates.max():.3g} were trained for "
+      f"{base.total_steps} steps each; {len(trials) - len(infeasible)} feasible, "
+      f"{len(infeasible)} infeasible ({sweep.rule.describe()})."
+      + "".join(f" At {t.learning_rate:.4g}: {t.reason}." for t in infeasible[:6])
+      + (f" ({len(infeasible) - 6} more infeasible.)" if len(infeasible) > 6 else ""),
+      {"learning_rates": rates.tolist(), "feasible": sweep.feasible.tolist(),
+       "metric_values": sweep.metric_values.tolist(),
+       "reasons": [t.reason for t in trials]},
+  ))
+  best = sweep.best
+  runs = _runs(above_best, short_check, long_checks)
+  verdict = _verdict(sweep, runs)
+  if best is None:
+    findings.append(Finding(
+        "No feasible rate",
+        "Every trial was infeasible: even the smallest rate diverged or raised. Extend the grid "
+        "downward, and check the training function on a tiny rate first.",
+    ))
+    return Diagnosis(verdict, tuple(findings), sweep)
+  metric = f"{'final' if sweep.reduce == 'final' else 'best'} {sweep.metric}"
+  findings.append(Finding(
+      "Best learning rate",
+      f"lr* = {best.learning_rate:.4g} ({metric} {best.metric_value:.4g}).",
+      {"best_learning_rate": best.learning_rate, "metric_value": best.metric_value},
+  ))
+  i = sweep.best_index
+  if sweep.at_edge_of_feasibility:
+    nxt = trials[i + 1]
+    findings.append(Finding(
+        "Edge of feasibility",
+        f"lr* sits at the edge of feasibility: the next rate of the grid, {nxt.learning_rate:.4g}, "
+        f"is infeasible ({nxt.reason}). The FAQ reads this as a sign that optimization "
+        "instability limits the learning rate; fixing it usually improves training.",
+        {"next_learning_rate": nxt.learning_rate, "reason": nxt.reason},
+    ))
+  elif sweep.at_grid_top:
+    findings.append(Finding(
+        "Grid too small",
+        f"lr* = {best.learning_rate:.4g} is the largest rate tried, so the sweep cannot tell "
+        "whether instability limits it: extend the grid to higher rates.",
+    ))
+  else:
+    nxt = trials[i + 1]
+    findings.append(Finding(
+        "Not at the edge",
+        f"The next rate, {nxt.learning_rate:.4g}, is still feasible ({sweep.metric} "
+        f"{nxt.metric_value:.4g}): lr* is not at the edge of feasibility.",
+        {"next_learning_rate": nxt.learning_rate, "metric_value": nxt.metric_value},
+    ))
+  for run in above_best:
+    findings.append(Finding("Rate above lr*", run.describe(), run.to_dict()))
+  if short_check is not None:
+    text = short_check.describe()
+    if short_check.label == EARLY_UNSTABLE and short_check.diagnosis.recovered:
+      text += (" This is the FAQ's 'unstable early, then recovers' pattern (slow but stable "
+               "training), which evaluating rarely misses; warmup is the first fix to try.")
+    findings.append(Finding("Short check", text, short_check.to_dict()))
+  for run in long_checks:
+    text = run.describe()
+    if run.diagnosis is not None and any(s.step > run.diagnosis.early_steps
+                                         for s in run.diagnosis.loss_spikes):
+      text += " A sudden loss increase after a steady decline: the FAQ's Figure 7b sign of instability."
+    findings.append(Finding("Long check", text, run.to_dict()))
+  norms = best.result.grad_norms
+  finite = norms[np.isfinite(norms)]
+  if finite.size:
+    # Outliers of runs that diverged are just the divergence: count the others.
+    outliers = [o for r in runs if r.diagnosis is not None and r.diagnosis.first_nonfinite_step is None
+                for o in r.diagnosis.grad_norm_outliers]
+    threshold = clipping.clip_threshold(finite, clip_percentile)
+    text = (f"At lr* the gradient norm ranged from {finite.min():.3g} to {finite.max():.3g} "
+            f"(median {np.median(finite):.3g}); its {clip_percentile:g}th percentile, "
+            f"{threshold:.3g}, is the FAQ's starting clipping threshold.")
+    if outliers:
+      top = max(outliers, key=lambda o: o.ratio)
+      text += (f" The runs above lr* that did not diverge had {len(outliers)} gradient-norm "
+               f"outlier step(s), the "
+               f"largest {top.ratio:.3g} x its recent median at step {top.step}: outliers can "
+               "cause mid-training instability, which clipping targets.")
+    findings.append(Finding("Gradient norms", text,
+                            {"clip_threshold": threshold, "percentile": clip_percentile,
+                             "num_outliers": len(outliers)}))
+  if warmup is not None:
+    for search in warmup.searches:
+      blew = [t for t in search.trials if not t.feasible]
+      if search.shortest_stable_warmup is not None:
+        text = (f"At base rate {search.base_learning_rate:.4g} ({search.factor:g} x the unstable "
+                f"rate {warmup.unstable_base_learning_rate:.4g}), the shortest warmup that does "
+                f"not blow up is {search.shortest_stable_warmup} steps.")
+      else:
+        text = (f"At base rate {search.base_learning_rate:.4g} ({search.factor:g} x the unstable "
+                f"rate {warmup.unstable_base_learning_rate:.4g}), every warmup tried "
+                f"({', '.join(str(w) for w in warmup.grid)} steps) blew up.")
+      text += "".join(f" Warmup {t.warmup_steps}: {t.reason}." for t in blew[:4])
+      findings.append(Finding("Warmup", text, search.to_dict()))
+    if warmup.warmup_steps is not None:
+      text = (f"Prepend {warmup.warmup_steps} warmup steps to the baseline schedule "
+              f"(optstab.prepend_warmup; a {base.num_steps}-step baseline becomes "
+              f"{base.num_steps + warmup.warmup_steps} steps) at base rate "
+              f"{warmup.base_learning_rate:.4g}, and compare against the baseline with "
+              "best-checkpoint selection.")
+      if warmup.advice:
+        text += f" {warmup.advice}"
+      findings.append(Finding("Warmup result", text, {"warmup_steps": warmup.warmup_steps,
+                                                      "base_learning_rate": warmup.base_learning_rate,
+                                                      "advice": warmup.advice}))
+  steps = {
+      STABLE: "No instability found at the rates tried: no fix is needed.",
+      EARLY_UNSTABLE: "Early instability: try, in the FAQ's order, learning-rate warmup, then "
+                      "gradient clipping, then another optimizer (e.g. Adam), then architecture "
+                      "best practices (residual connections, normalization as x + Norm(f(x)), "
+                      "zero-initialized residual branches); lower the learning rate only as a "
+                      "last resort.",
+      MID_TRAINING_UNSTABLE: "Mid-training instability: try gradient clipping first (threshold at "
+                             "the 90th percentile of the norm), then another optimizer, then "
+                             "architecture best practices; lower the learning rate last.",
+      "unstable": "lr* is limited by instability: try warmup, then gradient clipping, then another "
+                  "optimizer and architecture best practices; lower the learning rate last.",
+  }
+  findings.append(Finding("Next steps", steps[verdict]))
+  return Diagnosis(verdict, tuple(findings), sweep, tuple(above_best), short_check,
+                   tuple(long_checks), warmup)
+
+
+def _plot_all(d: Diagnosis, out_dir: str) -> dict[str, str]:
+  files: dict[str, str] = {}
+  sweep = d.sweep
+  files["learning-rate sweep"] = plots.plot_learning_rate_sweep(
+      sweep.learning_rates, sweep.metric_values, sweep.feasible,
+      os.path.join(out_dir, "sweep.png"), best_learning_rate=sweep.best_learning_rate,
+      metric_name=f"{sweep.reduce} {sweep.metric}",
+  )
+  best = sweep.best
+  if best is None:
+    return files
+  curves = {f"lr* = {best.learning_rate:.3g}": best.result.train_loss}
+  for run in d.above_best:
+    if run.result is not None:
+      curves[f"lr = {run.learning_rate:.3g}"] = run.result.train_loss
+  files["rates above lr*"] = plots.plot_loss_curves(
+      curves, os.path.join(out_dir, "above_best_loss.png"),
+      title="Training loss at lr* and the rates just above it")
+  if d.short_check is not None and d.short_check.result is not None:
+    files["short check, every step"] = plots.plot_every_step_loss(
+        d.short_check.result.train_loss, os.path.join(out_dir, "short_check_every_step.png"),
+        coarse_every=sweep.base_config.eval_every,
+        title=f"Short check at {d.short_check.factor:g} x lr* = {d.short_check.learning_rate:.3g}")
+  long_curves = {f"lr* = {best.learning_rate:.3g}": best.result.train_loss}
+  for run in d.long_checks:
+    if run.result is not None:
+      long_curves[f"{run.factor:g} x lr* = {run.learning_rate:.3g}"] = run.result.train_loss
+  if len(long_curves) > 1:
+    files["long checks"] = plots.plot_loss_curves(
+        long_curves, os.path.join(out_dir, "long_checks_loss.png"),
+        title="Training loss at 5 x and 10 x lr*")
+  norms = best.result.grad_norms
+  if np.isfinite(norms).any():
+    threshold = clipping.clip_threshold(norms[np.isfinite(norms)], 90.0)
+    files["gradient norm at lr*"] = plots.plot_grad_norms(
+        norms, os.path.join(out_dir, "grad_norms.png"), threshold=threshold,
+        steps=np.arange(1, norms.size + 1), title=f"Unclipped gradient norm at lr* = {best.learning_rate:.3g}")
+    files["gradient norm histogram at lr*"] = plots.plot_grad_norm_histogram(
+        norms, os.path.join(out_dir, "grad_norm_histogram.png"), threshold=threshold)
+  if d.warmup is not None:
+    for search in d.warmup.searches:
+      done = [t for t in search.trials if t.record.result is not None]
+      if not done:
+        continue
+      name = f"warmup sweep at {search.base_learning_rate:.3g}"
+      files[name] = plots.plot_warmup_sweep(
+          [t.warmup_steps for t in done], [t.record.result.train_loss for t in done],
+          [t.feasible for t in done],
+          os.path.join(out_dir, f"warmup_sweep_{search.factor:g}x.png"),
+          base_learning_rate=search.base_learning_rate)
+  return files
+
+
+def write_report(diagnosis: Diagnosis, out_dir: PathLike) -> Diagnosis:
+  """Writes ``diagnosis.md``, ``diagnosis.json`` and the figures into ``out_dir``.
+
+  Args:
+    diagnosis: from ``make_diagnosis``.
+    out_dir: the output folder (created if missing).
+
+  Returns:
+    The diagnosis with ``files`` filled in (name -> path).
+  """
+  out_dir = os.fspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  files = _plot_all(diagnosis, out_dir)
+  files["markdown"] = os.path.join(out_dir, "diagnosis.md")
+  files["json"] = os.path.join(out_dir, "diagnosis.json")
+  diagnosis = dataclasses.replace(diagnosis, files=files)
+  with open(files["json"], "w", encoding="utf-8") as f:
+    json.dump(diagnosis.to_dict(), f, indent=2, allow_nan=False)
+  with open(files["markdown"], "w", encoding="utf-8") as f:
+    f.write(diagnosis.to_markdown())
+  return diagnosis
