@@ -47,4 +47,22 @@ from optstab.telemetry import summarize_clipping
 # --- end telemetry ---
 
 # --- diagnosis (S2) ---
+from optstab.diagnosis import DetectorThresholds
+from optstab.diagnosis import Diagnosis
+from optstab.diagnosis import FeasibilityRule
+from optstab.diagnosis import SweepResult
+from optstab.diagnosis import TrialConfig
+from optstab.diagnosis import TrialFn
+from optstab.diagnosis import TrialResult
+from optstab.diagnosis import WarmupTuningResult
+from optstab.diagnosis import classify_run
+from optstab.diagnosis import detect_grad_norm_outliers
+from optstab.diagnosis import detect_loss_spikes
+from optstab.diagnosis import diagnose
+from optstab.diagnosis import learning_rate_sweep
+from optstab.diagnosis import log_grid
+from optstab.diagnosis import long_check
+from optstab.diagnosis import rates_above_best
+from optstab.diagnosis import short_check
+from optstab.diagnosis import tune_warmup
 # --- end diagnosis ---
