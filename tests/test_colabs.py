@@ -1,0 +1,139 @@
+"""The Colab notebooks in ``colabs/``: committed clean, and executed on CPU.
+
+Each notebook is executed end to end with nbclient in a kernel running this
+very Python (the ``python3`` kernel spec, whose ``python`` argv jupyter_client
+resolves to ``sys.executable``; a cell checks ``sys.prefix``). Like papermill,
+the test inserts a cell right after the one tagged ``parameters`` that shrinks
+the notebook's sizes, so all three run in well under a minute each on 2 CPU
+cores. One test per notebook, so ``pytest -n 2`` runs them in parallel.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbclient
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COLABS = ROOT / "colabs"
+README = ROOT / "README.md"
+
+INSTALL_LINE = '%pip install -q "optstab[demo] @ git+https://github.com/optstab/optstab"'
+COLAB_URL = "https://colab.research.google.com/github/optstab/optstab/blob/main/colabs/{name}.ipynb"
+
+# The CI-sized parameters of every notebook. A notebook in colabs/ without an
+# entry here fails `test_every_notebook_has_ci_parameters`.
+CI_PARAMETERS: dict[str, dict[str, object]] = {
+    "quickstart": {"num_steps": 100},
+}
+
+# Seconds one cell may take before nbclient gives up.
+CELL_TIMEOUT = 240
+
+
+def _notebook_names() -> list[str]:
+  return sorted(p.stem for p in COLABS.glob("*.ipynb"))
+
+
+def _read(name: str) -> nbformat.NotebookNode:
+  return nbformat.read(COLABS / f"{name}.ipynb", as_version=4)
+
+
+def _parameters_index(nb: nbformat.NotebookNode) -> int:
+  tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+  assert len(tagged) == 1, f"expected exactly one cell tagged 'parameters', found {len(tagged)}"
+  assert nb.cells[tagged[0]].cell_type == "code"
+  return tagged[0]
+
+
+def _assigned_names(source: str) -> set[str]:
+  names = set()
+  for node in ast.parse(source).body:
+    targets = node.targets if isinstance(node, ast.Assign) else (
+        [node.target] if isinstance(node, ast.AnnAssign) else [])
+    for target in targets:
+      for leaf in ast.walk(target):
+        if isinstance(leaf, ast.Name):
+          names.add(leaf.id)
+  return names
+
+
+def _injected_cell(overrides: dict[str, object]) -> nbformat.NotebookNode:
+  lines = ["# Parameters injected by tests/test_colabs.py (CI sizes)."]
+  lines += [f"{name} = {value!r}" for name, value in overrides.items()]
+  return nbformat.v4.new_code_cell(
+      "\n".join(lines), metadata={"tags": ["injected-parameters"]})
+
+
+def test_every_notebook_has_ci_parameters():
+  assert _notebook_names() == sorted(CI_PARAMETERS)
+
+
+@pytest.mark.parametrize("name", sorted(CI_PARAMETERS))
+def test_committed_without_outputs(name):
+  nb = _read(name)
+  nbformat.validate(nb)
+  assert nb.nbformat == 4
+  for i, cell in enumerate(nb.cells):
+    if cell.cell_type == "code":
+      assert cell.outputs == [], f"{name}.ipynb cell {i} has outputs: clear them before committing"
+      assert cell.execution_count is None, f"{name}.ipynb cell {i} has an execution count"
+
+
+@pytest.mark.parametrize("name", sorted(CI_PARAMETERS))
+def test_layout(name):
+  """First code cell installs optstab (guarded) and prints the backend; a parameters cell exists."""
+  nb = _read(name)
+  assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+  first_code = next(c for c in nb.cells if c.cell_type == "code")
+  src = first_code.source
+  assert INSTALL_LINE in src
+  # The install runs only where optstab is not importable (Colab), never in CI.
+  assert re.search(r"if importlib\.util\.find_spec\(\"optstab\"\) is None:\n\s+" + re.escape(INSTALL_LINE), src)
+  assert "jax.default_backend()" in src and "jax.devices()" in src
+  params = nb.cells[_parameters_index(nb)]
+  overrides = CI_PARAMETERS[name]
+  missing = set(overrides) - _assigned_names(params.source)
+  assert not missing, f"CI overrides {sorted(missing)} are not assigned in the parameters cell"
+
+
+def test_readme_links_every_notebook():
+  text = README.read_text()
+  section = text.split("<!-- colabs -->", 1)[1].split("<!-- end colabs -->", 1)[0]
+  for name in _notebook_names():
+    assert COLAB_URL.format(name=name) in section, f"README colabs section lacks {name}"
+
+
+@pytest.mark.parametrize("name", sorted(CI_PARAMETERS))
+def test_executes_on_cpu(name, tmp_path, monkeypatch):
+  nb = _read(name)
+  at = _parameters_index(nb)
+  nb.cells.insert(at + 1, _injected_cell(CI_PARAMETERS[name]))
+  # Fail loudly if the kernel is not this Python (e.g. a stray system kernel).
+  nb.cells.insert(0, nbformat.v4.new_code_cell(
+      f"import sys\nassert sys.prefix == {sys.prefix!r}, (sys.executable, sys.prefix)"))
+  monkeypatch.setenv("MPLBACKEND", "Agg")
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  client = nbclient.NotebookClient(
+      nb,
+      kernel_name="python3",
+      timeout=CELL_TIMEOUT,
+      resources={"metadata": {"path": str(tmp_path)}},
+  )
+  start = time.perf_counter()
+  try:
+    client.execute()
+  finally:
+    # Keep the executed copy for debugging a failure.
+    nbformat.write(nb, tmp_path / f"{name}.executed.ipynb")
+  elapsed = time.perf_counter() - start
+  print(f"{name}.ipynb executed in {elapsed:.1f} s")
+  images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if "image/png" in o.get("data", {})]
+  assert images, f"{name}.ipynb displayed no figure"
