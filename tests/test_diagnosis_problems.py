@@ -45,7 +45,7 @@ def _train(loss_name: str, total_steps: int, rates: jax.Array, init: jax.Array):
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, state = tx.update(grads, state, params)
     params = optax.apply_updates(params, updates)
-    return (params, state), (loss, optax.global_norm(grads), loss_fn(params))
+    return (params, state), (loss, optax.tree.norm(grads), loss_fn(params))
 
   _, (losses, norms, after) = jax.lax.scan(step, (init, state), length=total_steps)
   return losses, norms, after
