@@ -298,7 +298,9 @@ def percentile_clip(
 
     def clip_leaf(t):
       scaled = (t / g_norm.astype(t.dtype)) * threshold.astype(t.dtype)
-      return jax.lax.select(jnp.broadcast_to(clipped, t.shape), scaled, t)
+      # A scalar predicate (as in optax): broadcasting it would drop the
+      # leaf's sharding under explicit-sharding meshes.
+      return jax.lax.select(clipped, scaled, t)
 
     updates = jax.tree.map(clip_leaf, updates)
 
