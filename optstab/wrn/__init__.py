@@ -5,6 +5,24 @@
 importing ``optstab.wrn`` stays light.
 """
 
+from optstab.wrn.data import (
+    CIFAR10_CLASSES,
+    CIFAR10_MD5,
+    CIFAR10_URL,
+    Augmentation,
+    Batch,
+    ChecksumError,
+    DataNotFoundError,
+    ImageDataset,
+    Prefetcher,
+    augment_images,
+    batch_iterator,
+    epoch_batches,
+    fetch_cifar10,
+    load_cifar10,
+    load_digits,
+    prefetch_to_device,
+)
 from optstab.wrn.model import (
     BATCH_NORM_EPSILON,
     BATCH_NORM_MOMENTUM,
@@ -21,6 +39,24 @@ from optstab.wrn.model import (
 )
 
 __all__ = [
+    # data
+    "CIFAR10_CLASSES",
+    "CIFAR10_MD5",
+    "CIFAR10_URL",
+    "Augmentation",
+    "Batch",
+    "ChecksumError",
+    "DataNotFoundError",
+    "ImageDataset",
+    "Prefetcher",
+    "augment_images",
+    "batch_iterator",
+    "epoch_batches",
+    "fetch_cifar10",
+    "load_cifar10",
+    "load_digits",
+    "prefetch_to_device",
+    # model
     "BATCH_NORM_EPSILON",
     "BATCH_NORM_MOMENTUM",
     "BLOCK_NORMS",
