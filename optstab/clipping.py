@@ -262,17 +262,18 @@ def percentile_clip(
     if _is_tracer(window_size):
       raise ValueError("window_size must be a concrete integer when the state is initialised; "
                        "with optax.inject_hyperparams pass static_args=('window_size', 'min_history').")
-    zero = jnp.zeros([], jnp.int32)
+    # A fresh array per field (no shared buffers), so the state can be donated.
+    zero = lambda: jnp.zeros([], jnp.int32)  # pylint: disable=unnecessary-lambda-assignment
     return PercentileClipState(
         norm_history=jnp.full([window_size], jnp.inf, jnp.float32),
-        history_size=zero,
-        history_index=zero,
+        history_size=zero(),
+        history_index=zero(),
         grad_norm=jnp.zeros([], jnp.float32),
         threshold=jnp.full([], jnp.inf, jnp.float32),
         clipped=jnp.zeros([], jnp.bool_),
-        num_steps=zero,
-        num_clipped=zero,
-        num_nonfinite=zero,
+        num_steps=zero(),
+        num_clipped=zero(),
+        num_nonfinite=zero(),
     )
 
   def update_fn(updates, state: PercentileClipState, params=None):

@@ -253,6 +253,17 @@ class PercentileClipBehaviourTest(chex.TestCase):
       sizes.add(sum(x.size for x in jax.tree.leaves(state)))
     assert sizes == {16 + 8} and int(state.history_size) == 16
 
+  def test_state_can_be_donated(self):
+    # No two state fields may share a buffer, or donating the state fails.
+    opt = optax.chain(optstab.record_grad_norm(capacity=4), optstab.percentile_clip(window_size=4, min_history=2))
+    state = opt.init(jnp.zeros(2))
+    pointers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(state)]
+    assert len(set(pointers)) == len(pointers)
+    update = jax.jit(opt.update, donate_argnums=1)
+    for _ in range(2):
+      _, state = update(jnp.ones(2), state)
+    assert int(optax.tree.get(state, "num_steps")) == 2
+
   def test_inject_hyperparams_percentile(self):
     make = optax.inject_hyperparams(optstab.percentile_clip,
                                     static_args=("window_size", "min_history"))
