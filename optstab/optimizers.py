@@ -122,21 +122,25 @@ def _cast_like(tree: optax.Updates, like: optax.Updates) -> optax.Updates:
   return jax.tree.map(lambda x, y: jnp.asarray(x).astype(jnp.asarray(y).dtype), tree, like)
 
 
-def _keep_update_dtype(
+def _keep_dtypes(
     tx: optax.GradientTransformation,
 ) -> optax.GradientTransformationExtraArgs:
-  """Casts each update leaf back to the dtype of the incoming gradient leaf.
+  """Keeps update dtypes equal to the gradients' and state dtypes constant.
 
   optax's :func:`optax.scale_by_learning_rate` keeps the dtype for a Python
   float or a schedule, but an array learning rate (what
   :func:`optax.inject_hyperparams` passes) promotes ``bfloat16`` updates to
-  ``float32``. The cast is a no-op (and compiles to nothing) otherwise.
+  ``float32``; likewise :func:`optax.trace` with an array ``decay`` turns a
+  ``bfloat16`` accumulator into ``float32`` after the first step (which also
+  retraces a jitted step). Casting each update leaf to its gradient's dtype
+  and each state leaf to its previous dtype fixes both; the casts are no-ops
+  (and compile to nothing) otherwise.
   """
   inner = optax.with_extra_args_support(tx)
 
   def update_fn(updates, state, params=None, **extra_args):
     new_updates, new_state = inner.update(updates, state, params, **extra_args)
-    return _cast_like(new_updates, updates), new_state
+    return _cast_like(new_updates, updates), _cast_like(new_state, state)
 
   return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
@@ -179,7 +183,7 @@ def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationEx
     [ 0.95 -2.1 ]
   """
   _validated(_validation.check_learning_rate, "learning_rate", learning_rate)
-  return _keep_update_dtype(optax.scale_by_learning_rate(learning_rate))
+  return _keep_dtypes(optax.scale_by_learning_rate(learning_rate))
 
 
 def momentum(
@@ -235,7 +239,7 @@ def momentum(
   """
   _validated(_validation.check_learning_rate, "learning_rate", learning_rate)
   _validated(_check_decay, "momentum", momentum)
-  return _keep_update_dtype(
+  return _keep_dtypes(
       optax.chain(
           optax.trace(decay=momentum, nesterov=False, accumulator_dtype=accumulator_dtype),
           optax.scale_by_learning_rate(learning_rate),
@@ -287,7 +291,7 @@ def nesterov(
   """
   _validated(_validation.check_learning_rate, "learning_rate", learning_rate)
   _validated(_check_decay, "momentum", momentum)
-  return _keep_update_dtype(
+  return _keep_dtypes(
       optax.chain(
           optax.trace(decay=momentum, nesterov=True, accumulator_dtype=accumulator_dtype),
           optax.scale_by_learning_rate(learning_rate),
@@ -413,7 +417,7 @@ def rmsprop(
         nu=_cast_like(nu, state.nu),
         mom=mom,
     )
-    return _cast_like(new_updates, updates), new_state
+    return _cast_like(new_updates, updates), _cast_like(new_state, state)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -470,7 +474,7 @@ def _scale_by_faq_adam_family(
     new_state = ScaleByFaqAdamState(
         count=count_inc, mu=_cast_like(mu, state.mu), nu=_cast_like(nu, state.nu)
     )
-    return _cast_like(new_updates, updates), new_state
+    return _cast_like(new_updates, updates), _cast_like(new_state, state)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -648,7 +652,7 @@ def adam(
     <https://arxiv.org/abs/1412.6980>`_, 2014 (Section 2's "efficient" form).
   """
   _validated(_validation.check_learning_rate, "learning_rate", learning_rate)
-  return _keep_update_dtype(
+  return _keep_dtypes(
       optax.chain(
           scale_by_faq_adam(b1, b2, eps, mu_dtype=mu_dtype),
           optax.scale_by_learning_rate(learning_rate),
@@ -714,7 +718,7 @@ def nadam(
     <https://openreview.net/pdf?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
   """
   _validated(_validation.check_learning_rate, "learning_rate", learning_rate)
-  return _keep_update_dtype(
+  return _keep_dtypes(
       optax.chain(
           scale_by_faq_nadam(b1, b2, eps, mu_dtype=mu_dtype),
           optax.scale_by_learning_rate(learning_rate),
