@@ -368,8 +368,8 @@ class RunDiagnosis:
     for s in self.loss_spikes[:3]:
       state = f"recovered after {s.duration} steps" if s.recovered else "did not recover"
       parts.append(
-          f"the loss jumped {s.size:.3g} x above its best level {s.baseline_loss:.4g} at "
-          f"step {s.step} (peak {s.peak_loss:.4g} at step {s.peak_step}) and {state}"
+          f"from step {s.step} the loss rose to {s.size:.3g} x its best level so far "
+          f"{s.baseline_loss:.4g} (peak {s.peak_loss:.4g} at step {s.peak_step}) and {state}"
       )
     if len(self.loss_spikes) > 3:
       parts.append(f"{len(self.loss_spikes) - 3} more loss spikes")

@@ -285,7 +285,11 @@ def make_diagnosis(
       "unstable": "lr* is limited by instability: try warmup, then gradient clipping, then another "
                   "optimizer and architecture best practices; lower the learning rate last.",
   }
-  findings.append(Finding("Next steps", steps[verdict]))
+  text = steps[verdict]
+  if warmup is not None and warmup.warmup_steps is None and verdict != STABLE:
+    text = ("Warmup did not help at the rates and lengths tried (it fixes instability caused by "
+            "high curvature early in training, not a curvature that stays high). " + text)
+  findings.append(Finding("Next steps", text))
   return Diagnosis(verdict, tuple(findings), sweep, tuple(above_best), short_check,
                    tuple(long_checks), warmup)
 
