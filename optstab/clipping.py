@@ -166,7 +166,7 @@ def _window_percentile(sorted_history: jax.Array, size: jax.Array, q: jax.Array)
 def percentile_clip(
     percentile: float = 90.0,
     window_size: int = 1000,
-    min_history: int = 100,
+    min_history: int | None = None,
     initial_threshold: float | None = None,
     max_threshold: float | None = None,
 ) -> optax.GradientTransformation:
@@ -212,7 +212,7 @@ def percentile_clip(
     percentile: the percentile of recent norms to clip at, in (0, 100].
     window_size: number of recent norms kept, an integer >= 1.
     min_history: finite norms needed before the percentile is used, an integer
-      in [1, window_size].
+      in [1, window_size]; ``None`` (default) means ``min(100, window_size)``.
     initial_threshold: threshold in force until then (a finite real > 0), or
       ``None`` for no clipping until then.
     max_threshold: optional upper bound on the adaptive threshold (a finite
@@ -251,6 +251,8 @@ def percentile_clip(
   # window length from the state, so traced values are fine there.
   if not _is_tracer(window_size):
     window_size = _as_int("window_size", window_size, minimum=1)
+    if min_history is None:
+      min_history = min(100, window_size)
     if not _is_tracer(min_history):
       min_history = _as_int("min_history", min_history, minimum=1)
       if min_history > window_size:
@@ -291,7 +293,8 @@ def percentile_clip(
       adaptive = jnp.minimum(adaptive, jnp.asarray(max_threshold, jnp.float32))
     fallback = jnp.asarray(jnp.inf if initial_threshold is None else initial_threshold,
                            jnp.float32)
-    threshold = jnp.where(size >= min_history, adaptive, fallback)
+    needed = min(100, window) if min_history is None else min_history
+    threshold = jnp.where(size >= needed, adaptive, fallback)
 
     # The FAQ's rule, written like optax.clip_by_global_norm so a fixed
     # threshold gives bit-identical results.

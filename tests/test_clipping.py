@@ -282,6 +282,15 @@ class PercentileClipBehaviourTest(chex.TestCase):
     assert float(optax.tree.get(state, "threshold")) == pytest.approx(np.percentile([1, 2, 3, 4, 10], 50))
     assert float(out[0]) == pytest.approx(3.0)
 
+  def test_default_min_history_fits_the_window(self):
+    tx = optstab.percentile_clip(window_size=3)  # min_history = min(100, 3) = 3
+    state = tx.init(jnp.zeros(1))
+    update = jax.jit(tx.update)
+    for n in (1.0, 2.0, 3.0, 40.0):
+      out, state = update(jnp.array([n]), state)
+    assert bool(state.clipped) and float(out[0]) == pytest.approx(np.percentile([1, 2, 3], 90))
+    assert int(state.num_clipped) == 1
+
   def test_inject_hyperparams_without_static_args(self):
     tx = optax.inject_hyperparams(optstab.percentile_clip)(percentile=90.0, window_size=8,
                                                            min_history=2)
