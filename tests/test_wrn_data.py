@@ -1,11 +1,11 @@
 """Tests for optstab.wrn.data: bundled digits, CIFAR-10 files, batches, prefetch. No network."""
 
+import gc
 import hashlib
 import itertools
 import pathlib
 import pickle
 import tarfile
-import threading
 import urllib.error
 
 import jax
@@ -317,7 +317,15 @@ def test_prefetch_with_sharding_errors_and_close():
   assert len(produced) <= 5  # bounded read-ahead, then stopped
   with pytest.raises(StopIteration):
     next(it)
-  assert threading.active_count() >= 1
+
+  # An abandoned prefetcher stops its thread when garbage collected.
+  it = D.prefetch_to_device(endless(), buffer_size=1)
+  next(it)
+  thread = it._thread
+  del it
+  gc.collect()
+  thread.join(timeout=5.0)
+  assert not thread.is_alive()
 
 
 def test_module_exports():

@@ -661,49 +661,51 @@ class _Raised(NamedTuple):
 _DONE = object()
 
 
+def _put_unless_stopped(q: queue.Queue, stop: threading.Event, item: Any) -> bool:
+  while not stop.is_set():
+    try:
+      q.put(item, timeout=0.1)
+      return True
+    except queue.Full:
+      continue
+  return False
+
+
+def _produce(source: Iterator[Any], sharding: Any, q: queue.Queue, stop: threading.Event) -> None:
+  # A plain function holding no reference to the Prefetcher, so an abandoned
+  # Prefetcher is garbage collected, and its __del__ stops this thread.
+  try:
+    for item in source:
+      if stop.is_set():
+        return
+      item = jax.device_put(item) if sharding is None else jax.device_put(item, sharding)
+      if not _put_unless_stopped(q, stop, item):
+        return
+  except BaseException as e:  # re-raised in the consumer's thread
+    _put_unless_stopped(q, stop, _Raised(e))
+    return
+  _put_unless_stopped(q, stop, _DONE)
+
+
 class Prefetcher:
   """Iterator that device-puts the items of another one from a background thread.
 
   Up to ``buffer_size`` items are transferred ahead of the consumer. Errors in
   the source iterator are re-raised by ``next``. Call :meth:`close` (or use it as
-  a context manager) to stop the thread when not exhausting the source.
+  a context manager) to stop the thread early; an abandoned ``Prefetcher`` stops
+  it when garbage collected.
   """
 
   def __init__(self, iterator: Iterable[Any], buffer_size: int = 2, *,
                sharding: Any = None):
     _validation.check_positive_int("buffer_size", buffer_size)
-    self._source = iter(iterator)
-    self._sharding = sharding
     self._queue: queue.Queue = queue.Queue(maxsize=buffer_size)
     self._stop = threading.Event()
     self._finished = False
-    self._thread = threading.Thread(target=self._produce, name="optstab-prefetch", daemon=True)
+    self._thread = threading.Thread(
+        target=_produce, args=(iter(iterator), sharding, self._queue, self._stop),
+        name="optstab-prefetch", daemon=True)
     self._thread.start()
-
-  def _put(self, item: Any) -> bool:
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  def _produce(self) -> None:
-    try:
-      for item in self._source:
-        if self._stop.is_set():
-          return
-        if self._sharding is None:
-          item = jax.device_put(item)
-        else:
-          item = jax.device_put(item, self._sharding)
-        if not self._put(item):
-          return
-    except BaseException as e:  # re-raised in the consumer's thread
-      self._put(_Raised(e))
-      return
-    self._put(_DONE)
 
   def __iter__(self) -> "Prefetcher":
     return self
