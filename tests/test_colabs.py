@@ -31,6 +31,10 @@ COLAB_URL = "https://colab.research.google.com/github/optstab/optstab/blob/main/
 # entry here fails `test_every_notebook_has_ci_parameters`.
 CI_PARAMETERS: dict[str, dict[str, object]] = {
     "quickstart": {"num_steps": 100},
+    "diagnose_your_model": {
+        "num_steps": 200, "num_learning_rates": 3, "eval_every": 50, "short_check_steps": 50,
+        "warmup_candidates": (10, 20), "batch_size": 64,
+    },
 }
 
 # Seconds one cell may take before nbclient gives up.
