@@ -144,6 +144,20 @@ def test_percentile_clip_matches_numpy_over_the_same_window(percentile, window, 
     assert 0 < want_clipped.sum() < num_steps // 2
 
 
+def test_sorted_window_with_repeated_norms():
+  # Many ties: the incremental sorted window must drop exactly one copy.
+  rng = np.random.default_rng(3)
+  norms = rng.choice([1.0, 2.0, 3.0, np.nan], size=60).astype(np.float32)
+  grads = jnp.asarray(norms[:, None])
+  final, _, states = _run_scan(optstab.percentile_clip(70.0, window_size=5, min_history=1), grads)
+  want = _numpy_reference(norms, 70.0, 5, 1)
+  got = np.asarray(states.threshold)
+  np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+  np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], rtol=1e-6)
+  window = np.asarray(final.norm_history)
+  np.testing.assert_array_equal(np.asarray(final.sorted_history), np.sort(window))
+
+
 def test_nonfinite_norms_never_enter_the_history_and_pass_through():
   tx = optstab.percentile_clip(90.0, window_size=4, min_history=1)
   update = jax.jit(tx.update)
@@ -251,7 +265,7 @@ class PercentileClipBehaviourTest(chex.TestCase):
     for i in range(40):
       _, state = update(jnp.full(3, float(i + 1)), state)
       sizes.add(sum(x.size for x in jax.tree.leaves(state)))
-    assert sizes == {16 + 8} and int(state.history_size) == 16
+    assert sizes == {2 * 16 + 8} and int(state.history_size) == 16
 
   def test_state_can_be_donated(self):
     # No two state fields may share a buffer, or donating the state fails.
