@@ -76,8 +76,9 @@ def diagnose(
     long_check_steps: the long checks' length (default: the sweep's).
     tune_warmup_when_unstable: run the S4 warmup search when instability is
       found and the sweep has an infeasible rate above lr*.
-    max_train_steps: the budget for the warmup search (default: the sweep's
-      ``num_steps``).
+    max_train_steps: the budget for the warmup search. Default: the sweep's
+      ``num_steps``; if no warmup candidate fits 10% of that, the search is
+      skipped and the report says so (an explicit value that fits none raises).
     warmup_factors: base rates as multiples of the unstable rate (FAQ: 10).
     warmup_candidates: warmup lengths to consider (capped at 10% of
       ``max_train_steps``).
@@ -100,11 +101,19 @@ def diagnose(
   if long_check_steps is not None:
     _validation.check_positive_int("long_check_steps", long_check_steps)
   sweep_steps = num_steps if num_steps is not None else base_config.num_steps
-  if max_train_steps is None:
-    max_train_steps = sweep_steps
+  warmup_skipped = None
   if tune_warmup_when_unstable:
-    # Fail fast, before any trial, on a budget no warmup candidate fits.
-    schedules.warmup_sweep_grid(max_train_steps, warmup_candidates)
+    if max_train_steps is not None:
+      # Fail fast, before any trial, on a budget no warmup candidate fits.
+      schedules.warmup_sweep_grid(max_train_steps, warmup_candidates)
+    else:
+      max_train_steps = sweep_steps
+      try:
+        schedules.warmup_sweep_grid(max_train_steps, warmup_candidates)
+      except ValueError as e:
+        warmup_skipped = (f"No warmup search: the default budget max_train_steps = num_steps = "
+                          f"{sweep_steps} is too short for the warmup candidates ({e}). Pass "
+                          "max_train_steps (your real training budget) to search.")
   thresholds = DetectorThresholds() if thresholds is None else thresholds
   store = TrialStore(out_dir)
   sweep = learning_rate_sweep(
@@ -122,13 +131,16 @@ def diagnose(
                        thresholds=thresholds, store=store, progress=progress)
   preliminary = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs)
   warmup = None
-  if (tune_warmup_when_unstable and preliminary.verdict != STABLE
+  if (tune_warmup_when_unstable and warmup_skipped is None and preliminary.verdict != STABLE
       and sweep.unstable_learning_rate is not None):
     warmup = tune_warmup(
         train_fn, sweep.unstable_learning_rate, max_train_steps,
         base_config=sweep.best.config, factors=warmup_factors, candidates=warmup_candidates,
         rule=sweep.rule, thresholds=thresholds, store=store, progress=progress,
     )
+  notes = ()
+  if warmup_skipped is not None and preliminary.verdict != STABLE:
+    notes = (warmup_skipped,)
   diagnosis = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs,
-                             warmup=warmup)
+                             warmup=warmup, notes=notes)
   return write_report(diagnosis, out_dir)

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -144,6 +144,7 @@ def make_diagnosis(
     long_checks: tuple[ConfirmationRun, ...] = (),
     warmup: Optional[WarmupTuningResult] = None,
     clip_percentile: float = 90.0,
+    notes: Sequence[str] = (),
 ) -> Diagnosis:
   """Builds the verdict and the findings from the procedure's results.
 
@@ -155,6 +156,8 @@ def make_diagnosis(
     warmup: ``tune_warmup``'s result.
     clip_percentile: percentile of lr*'s gradient norms suggested as clipping
       threshold (FAQ S5: 90).
+    notes: extra sentences (e.g. why a step was skipped), listed before the
+      next steps.
 
   Returns:
     A ``Diagnosis`` (``files`` empty until ``write_report``).
@@ -285,6 +288,8 @@ def make_diagnosis(
       "unstable": "lr* is limited by instability: try warmup, then gradient clipping, then another "
                   "optimizer and architecture best practices; lower the learning rate last.",
   }
+  for note in notes:
+    findings.append(Finding("Note", note))
   text = steps[verdict]
   if warmup is not None and warmup.warmup_steps is None and verdict != STABLE:
     text = ("Warmup did not help at the rates and lengths tried (it fixes instability caused by "

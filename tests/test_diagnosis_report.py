@@ -1,0 +1,134 @@
+"""diagnose(): the report (markdown, JSON, figures), plots, and the README example."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+import optstab
+from optstab import plots
+from optstab.diagnosis import EARLY_UNSTABLE, diagnose, log_grid
+from test_diagnosis_problems import early_instability_trial, noisy_numpy_trial
+
+README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path):
+  with open(path, "rb") as f:
+    return f.read(8) == PNG_MAGIC
+
+
+def test_diagnose_finds_the_early_instability_and_the_warmup(tmp_path):
+  d = diagnose(early_instability_trial, log_grid(1e-3, 1.0, 13), 300, out_dir=tmp_path,
+               max_train_steps=3000, warmup_candidates=(1, 3, 10, 30, 100, 300), progress=False)
+  assert d.verdict == EARLY_UNSTABLE
+  assert d.sweep.best_learning_rate == pytest.approx(0.01)
+  assert d.warmup is not None and d.warmup.warmup_steps == 30
+  assert d.warmup.base_learning_rate == pytest.approx(10 * 10 ** -1.5)
+  topics = [f.topic for f in d.findings]
+  assert topics[:2] == ["Sweep", "Best learning rate"] and "Warmup result" in topics
+  text = " ".join(f.text for f in d.findings)
+  assert "lr* = 0.01" in text and "shortest warmup that does not blow up is 30 steps" in text
+  assert re.search(r"At 0\.03162: non-finite training loss \(nan\) at step \d+", text)
+  # Files: markdown, JSON, the figures, all where files says.
+  for name in ("learning-rate sweep", "rates above lr*", "short check, every step", "long checks",
+               "gradient norm at lr*", "gradient norm histogram at lr*", "markdown", "json"):
+    assert os.path.exists(d.files[name]), name
+  pngs = [p for p in d.files.values() if p.endswith(".png")]
+  assert len(pngs) == 7 and all(_is_png(p) for p in pngs)
+  with open(d.files["json"], encoding="utf-8") as f:
+    data = json.load(f)
+  assert data["verdict"] == EARLY_UNSTABLE and data["warmup"]["warmup_steps"] == 30
+  assert data["sweep"]["best_learning_rate"] == pytest.approx(0.01)
+  assert data["findings"][0]["evidence"]["feasible"] == d.sweep.feasible.tolist()
+  with open(d.files["markdown"], encoding="utf-8") as f:
+    md = f.read()
+  assert "**Verdict: early-unstable.**" in md and "![learning-rate sweep](sweep.png)" in md
+  # Every trial is in the store, once: 13 sweep rates, the short check, the
+  # 5 x long check (10 x lr* = 0.1 is a grid rate: reused), 6 warmups.
+  store = optstab.diagnosis.TrialStore(tmp_path)
+  assert len(store) == 13 + 1 + 1 + 6 and store.ignored_lines == 0
+
+
+def test_diagnose_stable_workload_skips_warmup(tmp_path):
+  d = diagnose(noisy_numpy_trial, [0.01, 0.03, 0.1], 200, out_dir=tmp_path, progress=False,
+               long_check_factors=(2.0,))
+  assert d.verdict == "stable" and d.warmup is None
+  assert d.sweep.at_grid_top
+  assert any(f.topic == "Grid too small" for f in d.findings)
+  assert d.findings[-1].text.startswith("No instability found")
+
+
+def test_diagnose_no_feasible_rate(tmp_path):
+  d = diagnose(noisy_numpy_trial, [3.0, 4.0], 50, out_dir=tmp_path, progress=False)
+  assert d.verdict == "no-feasible-rate" and os.path.exists(d.files["markdown"])
+
+
+def test_short_default_budget_skips_the_warmup_search_and_says_why(tmp_path):
+  # 50 steps: no default warmup candidate (10, 1000, ...) fits 10% of 50.
+  d = diagnose(noisy_numpy_trial, [0.5, 1.0, 2.5], 50, out_dir=tmp_path, progress=False,
+               short_check_steps=50, long_check_factors=())
+  assert d.verdict != "stable" and d.warmup is None
+  (note,) = [f for f in d.findings if f.topic == "Note"]
+  assert "No warmup search" in note.text and "max_train_steps" in note.text
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"learning_rates": []}, "empty grid"),
+    ({"learning_rates": [0.1, -0.1]}, r"learning_rates\[1\]"),
+    ({"num_steps": 0}, "num_steps"),
+    ({"num_steps": None}, "num_steps or base_config"),
+    ({"short_check_steps": 0}, "short_check_steps"),
+    ({"max_train_steps": 50}, "max_train_steps"),
+])
+def test_diagnose_bad_input_fails_before_any_trial(tmp_path, kwargs, match):
+  calls = []
+  args = {"learning_rates": [0.1, 0.2], "num_steps": 100}
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    diagnose(lambda c: calls.append(c), out_dir=tmp_path, progress=False, **args)
+  assert calls == []
+
+
+def test_plot_functions_take_plain_arrays(tmp_path):
+  p = plots.plot_learning_rate_sweep([1e-3, 1e-2, 1e-1], [0.5, 0.2, np.nan], [True, True, False],
+                                     tmp_path / "a.png", best_learning_rate=1e-2)
+  assert _is_png(p)
+  p = plots.plot_loss_curves({"x": [3.0, 2.0, np.inf], "y": np.linspace(3, 1, 10)},
+                             tmp_path / "b.png", log_x=True)
+  assert _is_png(p)
+  assert _is_png(plots.plot_every_step_loss(np.linspace(3, 1, 300), tmp_path / "c.png",
+                                            coarse_every=50, first_steps=20))
+  assert _is_png(plots.plot_warmup_sweep([10, 100], [[1.0, np.nan], np.linspace(2, 1, 30)],
+                                         [False, True], tmp_path / "d.png", base_learning_rate=0.3))
+  with pytest.raises(ValueError, match="equal length"):
+    plots.plot_learning_rate_sweep([1e-3], [0.5, 0.2], [True], tmp_path / "e.png")
+  with pytest.raises(ValueError, match="at least one curve"):
+    plots.plot_loss_curves({}, tmp_path / "f.png")
+
+
+def _readme_example() -> str:
+  with open(README, encoding="utf-8") as f:
+    text = f.read()
+  section = text[text.index("<!-- diagnosis -->"):text.index("<!-- end diagnosis -->")]
+  (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+  return code
+
+
+def test_readme_example_runs(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  code = _readme_example()
+  assert "def train(config: TrialConfig) -> TrialResult" in code
+  exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})  # pylint: disable=exec-used
+  out = capsys.readouterr().out
+  assert "lr* = 0.01, at the edge of feasibility: True" in out
+  assert "verdict: early-unstable" in out
+  for name in ("diagnosis.md", "diagnosis.json", "sweep.png", "trials.jsonl"):
+    assert (tmp_path / "diagnosis_out" / name).exists()
+  assert optstab.diagnose is diagnose
