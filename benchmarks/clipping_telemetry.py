@@ -58,13 +58,20 @@ def _time_interleaved(fns: dict, repeats: int, warmup: int) -> dict:
 
 
 def _table(title: str, times: dict, baseline: str, unit_scale: float, unit: str) -> str:
+  """Median, min, ratio of medians, and the median of per-round ratios.
+
+  Variants run round-robin, so the per-round ratio (this variant's run over
+  the baseline's run of the same round) cancels slow drifts in machine load.
+  """
   base = statistics.median(times[baseline])
-  lines = [title, f"| variant | median {unit} | min {unit} | median / {baseline} |",
-           "|---|---|---|---|"]
+  lines = [title, f"| variant | median {unit} | min {unit} | median / baseline | "
+           f"paired ratio (median) |", "|---|---|---|---|---|"]
   for name, ts in times.items():
     med = statistics.median(ts)
+    paired = statistics.median(t / b for t, b in zip(ts, times[baseline]))
     lines.append(f"| {name} | {med * unit_scale:.3f} | {min(ts) * unit_scale:.3f} | "
-                 f"{med / base:.3f}x |")
+                 f"{med / base:.3f}x | {paired:.3f}x |")
+  lines.append(f"(baseline: {baseline})")
   return "\n".join(lines)
 
 
@@ -203,7 +210,7 @@ def main(argv=None):
   parser.add_argument("--warmup", type=int, default=3, help="untimed runs per variant first")
   parser.add_argument("--hidden", type=int, default=512, help="MLP hidden width")
   parser.add_argument("--batch", type=int, default=128, help="MLP batch size")
-  parser.add_argument("--loop-steps", type=int, default=200,
+  parser.add_argument("--loop-steps", type=int, default=100,
                       help="training steps per timed run of the loop benchmark")
   parser.add_argument("--skip-step", action="store_true", help="skip part 1")
   parser.add_argument("--skip-loop", action="store_true", help="skip part 2")
