@@ -155,9 +155,8 @@ def test_init_lecun_normal_and_create_model_seeding():
   assert not np.allclose(other.stem.kernel[...], model.stem.kernel[...])
 
 
-def _shortcut_only(graphdef, params, stats, x):
+def _shortcut_only(model, x):
   """The network with every residual branch removed (what zero-init should equal)."""
-  model = merge_model(graphdef, params, stats, copy=True)
   x = model.stem(x)
   for block in model.blocks:
     if block.shortcut is not None:
@@ -172,21 +171,28 @@ def _block(graphdef, params, stats, h, *, index, train):
   return model.blocks[index](h, use_running_average=not train)
 
 
+@jax.jit
+def _zero_init_probe(graphdef, params, stats, x, h):
+  """(eval logits, shortcut-only logits, block 0 on h): one compilation per model."""
+  logits, _ = apply_model(graphdef, params, stats, x, train=False)
+  model = merge_model(graphdef, params, stats, copy=True)
+  return logits, _shortcut_only(model, x), model.blocks[0](h, use_running_average=False)
+
+
 @pytest.mark.parametrize("block_norm", ["pre_activation", "residual_norm"])
 def test_zero_init_residual_makes_branches_identity(block_norm):
-  x = _x(2)
+  x, h = _x(2), _x(3, channels=16)
   zero = split_model(_make(TINY.replace(block_norm=block_norm, zero_init_residual=True)))
   plain = split_model(_make(TINY.replace(block_norm=block_norm)))
-  shortcut_only = jax.jit(_shortcut_only)
-  h = _x(3, channels=16)
-  # Block 0 has an identity shortcut: the zero-initialised block is the identity.
-  np.testing.assert_array_equal(_block(*zero, h, index=0, train=True), h)
-  np.testing.assert_allclose(_apply(*zero, x, train=False)[0], shortcut_only(*zero, x),
-                             rtol=1e-5, atol=1e-5)
+  logits, shortcut_logits, block_out = _zero_init_probe(*zero, x, h)
+  # Block 0 has an identity shortcut: the zero-initialised block is the identity,
+  # and the whole network equals its shortcut path.
+  np.testing.assert_array_equal(block_out, h)
+  np.testing.assert_allclose(logits, shortcut_logits, rtol=1e-5, atol=1e-5)
   # Without zero-init the branches contribute (so the checks above can fail).
-  assert not np.allclose(_block(*plain, h, index=0, train=True), h, atol=1e-3)
-  if block_norm == "pre_activation":  # once is enough: it costs two compilations
-    assert not np.allclose(_apply(*plain, x, train=False)[0], shortcut_only(*plain, x), atol=1e-3)
+  logits, shortcut_logits, block_out = _zero_init_probe(*plain, x, h)
+  assert not np.allclose(block_out, h, atol=1e-3)
+  assert not np.allclose(logits, shortcut_logits, atol=1e-3)
   # The zeroed layer is the branch's last one; everything else keeps its init.
   model = merge_model(*zero)
   for block in model.blocks:
@@ -269,11 +275,14 @@ def test_bfloat16_compute_keeps_float32_params():
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(nnx.state(abstract)))
   feats = jax.eval_shape(lambda m, x: m.features(x, train=True), abstract, x)
   assert feats.dtype == jnp.bfloat16
-  # Same key -> same float32 parameters; bf16 compute stays close.
-  out, new_stats = _apply(*split_model(_make(bf16)), x, train=True)
+  # The float32 parameters of TINY, computed in bfloat16, stay close to float32.
+  bf16_graphdef = split_model(abstract)[0]
+  _, params, stats = split_model(_make(TINY))
+  out, new_stats = _apply(bf16_graphdef, params, stats, x, train=True)
   assert out.dtype == jnp.float32
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(new_stats))
   ref, _ = _apply(*split_model(_make(TINY)), x, train=True)
+  assert not np.array_equal(out, ref)  # the compute dtype did change
   np.testing.assert_allclose(out, ref, rtol=0.1, atol=0.1)
 
 
