@@ -329,7 +329,7 @@ def _plot_all(d: Diagnosis, out_dir: str) -> dict[str, str]:
   if len(long_curves) > 1:
     files["long checks"] = plots.plot_loss_curves(
         long_curves, os.path.join(out_dir, "long_checks_loss.png"),
-        title="Training loss at 5 x and 10 x lr*")
+        title="Training loss at " + " and ".join(f"{r.factor:g} x" for r in d.long_checks) + " lr*")
   norms = best.result.grad_norms
   if np.isfinite(norms).any():
     threshold = clipping.clip_threshold(norms[np.isfinite(norms)], 90.0)
