@@ -334,4 +334,124 @@ def plot_warmup_sweep(warmup_steps, curves, stable, path: PathLike, *, base_lear
 # --- end sweeps and diagnosis ---
 
 # --- WideResNet figures (S6) ---
+import numpy as _wnp  # own alias: this section relies on no other section's imports
+
+
+def plot_stride_error_vs_learning_rate(curves, path: PathLike, *,
+                                       title: str = "WideResNet stride change") -> str:
+  """Playbook Figure 4: final test error vs base learning rate, one curve per model.
+
+  Args:
+    curves: ``{label: (learning_rates, error_rates, feasible)}``; error rates in
+      [0, 1] (NaN for a trial that produced none); infeasible trials are drawn
+      as hollow markers (and plotted at their error if it is finite, else at
+      the top edge with an ``x``).
+    path: PNG file to write.
+    title: figure title.
+
+  Returns:
+    ``path``.
+  """
+  if not curves:
+    raise ValueError("curves must hold at least one curve; got none.")
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.subplots()
+  styles = ["o-", "s-", "o--", "s--", "^-", "v-"]
+  for i, (label, (lrs, errors, feasible)) in enumerate(curves.items()):
+    lrs = _wnp.asarray(lrs, _wnp.float64)
+    errors = _wnp.asarray(errors, _wnp.float64)
+    feasible = _wnp.asarray(feasible, bool)
+    if not (lrs.shape == errors.shape == feasible.shape):
+      raise ValueError(f"curve {label!r}: learning_rates, error_rates and feasible must have the "
+                       f"same shape; got {lrs.shape}, {errors.shape}, {feasible.shape}.")
+    shown = _wnp.where(_wnp.isfinite(errors), errors, 1.0)
+    line, = ax.plot(lrs, 100 * shown, styles[i % len(styles)], label=label)
+    bad = ~feasible
+    if bad.any():
+      ax.plot(lrs[bad], 100 * shown[bad], "o", mfc="white", mec=line.get_color(), ms=10,
+              label=f"{label}: infeasible")
+  ax.set_xscale("log")
+  ax.set_xlabel("base learning rate")
+  ax.set_ylabel("test error rate (%)")
+  ax.set_ylim(bottom=0)
+  ax.set_title(title)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize="small")
+  return _save(fig, path)
+
+
+def plot_stride_loss_panels(coarse, fine, path: PathLike, *, coarse_every: int = 1000,
+                            learning_rate=None) -> str:
+  """Playbook Figure 5: training loss as a rare cadence sees it, and every step early on.
+
+  Args:
+    coarse: ``{label: per-step training loss}`` (entry ``i`` is step ``i + 1``),
+      drawn sampled every ``coarse_every`` steps (left panel).
+    fine: ``{label: per-step training loss of the first steps}`` (right panel,
+      every step, log-y).
+    path: PNG file to write.
+    coarse_every: sampling interval of the left panel.
+    learning_rate: the rate, for the title.
+
+  Returns:
+    ``path``.
+  """
+  if int(coarse_every) < 1:
+    raise ValueError(f"coarse_every must be an integer >= 1; got {coarse_every!r}.")
+  fig = Figure(figsize=(11, 4))
+  left, right = fig.subplots(1, 2)
+  for label, loss in coarse.items():
+    loss = _wnp.asarray(loss, _wnp.float64)
+    idx = _wnp.unique(_wnp.append(_wnp.arange(coarse_every, loss.size + 1, coarse_every),
+                                  loss.size)) - 1
+    left.plot(idx + 1, loss[idx], "o-", label=label)
+  left.set_title(f"evaluated every {int(coarse_every)} steps")
+  for label, loss in fine.items():
+    loss = _wnp.asarray(loss, _wnp.float64)
+    right.plot(_wnp.arange(1, loss.size + 1), _wnp.where(_wnp.isfinite(loss), loss, _wnp.nan),
+               "o-", ms=3, label=label)
+  right.set_title(f"evaluated every step, first {max((len(v) for v in fine.values()), default=0)} steps")
+  right.set_yscale("log")
+  for ax in (left, right):
+    ax.set_xlabel("global step")
+    ax.set_ylabel("training loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+  if learning_rate is not None:
+    fig.suptitle(f"Conv stride (2,2) vs (1,1), learning rate {learning_rate:g}")
+  return _save(fig, path)
+
+
+def plot_stride_grad_norms(curves, thresholds, path: PathLike, *, learning_rate=None) -> str:
+  """Playbook Figure 9: unclipped gradient norm vs step, with and without clipping.
+
+  Args:
+    curves: ``{label: per-step unclipped global gradient norm}``.
+    thresholds: ``{label: initial clipping threshold}`` (dotted lines, same colour).
+    path: PNG file to write.
+    learning_rate: the rate, for the title.
+
+  Returns:
+    ``path``.
+  """
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.subplots()
+  for label, norms in curves.items():
+    norms = _wnp.asarray(norms, _wnp.float64)
+    line, = ax.plot(_wnp.arange(1, norms.size + 1),
+                    _wnp.where(_wnp.isfinite(norms), norms, _wnp.nan), label=label, lw=1)
+    if label in thresholds and thresholds[label] is not None:
+      ax.axhline(thresholds[label], ls=":", color=line.get_color(),
+                 label=f"{label}: initial threshold {thresholds[label]:.3g}")
+  ax.set_yscale("log")
+  ax.set_xlabel("global step")
+  ax.set_ylabel("gradient L2 norm (unclipped)")
+  title = "Stride (1,1) WideResNet: gradient norm"
+  if learning_rate is not None:
+    title += f", learning rate {learning_rate:g}"
+  ax.set_title(title)
+  ax.grid(True, which="both", alpha=0.3)
+  if curves:
+    ax.legend(fontsize="small")
+  return _save(fig, path)
 # --- end WideResNet figures ---
