@@ -126,6 +126,15 @@ def test_early_instability_that_recovers_figure_5():
   assert "early-unstable (then recovered)" in d.summary()
 
 
+def test_one_noisy_early_minibatch_is_not_early_instability():
+  loss = np.linspace(2.0, 1.0, 500)
+  loss[3] = 6.0  # 3 x the initial loss, for one step only
+  d = classify_run(loss)
+  assert d.label == STABLE and d.early_max_loss_ratio == pytest.approx(3.0)
+  loss[3:6] = 6.0  # three steps: a real swing
+  assert classify_run(loss).label == EARLY_UNSTABLE
+
+
 def test_nonfinite_loss_labels_by_when_it_happens():
   early = np.concatenate([[1.0, 3.0, 50.0], np.full(97, np.nan)])
   d = classify_run(early)

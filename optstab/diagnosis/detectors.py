@@ -1,4 +1,4 @@
-"""Detectors: loss spikes, gradient-norm outliers, and a run's instability kind (S2).
+r"""Detectors: loss spikes, gradient-norm outliers, and a run's instability kind (S2).
 
 The FAQ tells two kinds of instability apart: at initialization / early in
 training (including models that go unstable in the first steps and then
@@ -28,16 +28,24 @@ finds both kinds of evidence in plain per-step arrays; every threshold lives in
    ``rise_window`` steps (sudden, not a slow drift).
 
 **Gradient-norm outliers** (``detect_grad_norm_outliers``). On log norms, a
-robust z-score against the trailing ``grad_window`` steps:
-``z = (log g_t - median) / (1.4826 MAD)``; a step is an outlier when
-``z > grad_z_threshold`` and ``g_t > grad_min_ratio x`` the median. Steps with
+robust z-score against the trailing window :math:`W_t` of ``grad_window``
+steps before step t:
+
+.. math::
+
+  z_t = \frac{\log g_t - m_t}{1.4826\,\mathrm{median}_{s \in W_t} |\log g_s - m_t|},
+  \qquad m_t = \mathrm{median}_{s \in W_t} \log g_s
+
+A step is an outlier when :math:`z_t >` ``grad_z_threshold`` and
+:math:`g_t >` ``grad_min_ratio`` :math:`\cdot e^{m_t}` (the median norm). Steps with
 fewer than ``grad_min_history`` earlier finite norms are not judged. A
 non-finite norm is always an outlier.
 
 **Classification** (``classify_run``). "early" means the first
 ``early_fraction`` of the steps (at least ``min_early_steps``).
 ``"early-unstable"``: a non-finite loss, a spike starting early, or a loss
-above ``early_loss_ratio`` x the initial loss, within the early phase
+(running median over ``smoothing_window`` steps, so one noisy minibatch does
+not count) above ``early_loss_ratio`` x the initial loss, within the early phase
 (``recovered`` says whether training then recovered: the FAQ's "unstable early
 then recovers"). ``"mid-training-unstable"``: a non-finite loss or a spike
 starting after it. ``"stable"``: neither.
@@ -338,7 +346,8 @@ class RunDiagnosis:
       to the end, every early spike recovered, and the final loss below the
       initial one); ``None`` otherwise.
     early_steps: length of the early phase, in steps.
-    early_max_loss_ratio: the highest early loss / the initial loss.
+    early_max_loss_ratio: the highest early loss / the initial loss (raw; the
+      label compares the running median with ``early_loss_ratio``).
     first_nonfinite_step: the first step with a NaN/Inf loss, or ``None``.
     loss_spikes: ``detect_loss_spikes``'s events.
     grad_norm_outliers: ``detect_grad_norm_outliers``'s events (empty if no
@@ -440,16 +449,17 @@ def classify_run(
   spikes = tuple(detect_loss_spikes(loss, t))
   outliers = () if grad_norms is None else tuple(detect_grad_norm_outliers(grad_norms, t))
   early = loss[:early_steps]
-  early = early[np.isfinite(early)]
+  early = early[:_first_nonfinite(early)] if _first_nonfinite(early) is not None else early
   initial = loss[0]
+  early_ratio = smoothed_ratio = math.nan
   if early.size and np.isfinite(initial) and initial > 0:
     early_ratio = float(early.max() / initial)
-  else:
-    early_ratio = math.nan
+    # Decide on the running median: a single noisy minibatch is not instability.
+    smoothed_ratio = float(_running_median(early, t.smoothing_window, centered=True).max() / initial)
   early_evidence = (
       (first_nonfinite is not None and first_nonfinite <= early_steps)
       or any(s.step <= early_steps for s in spikes)
-      or early_ratio > t.early_loss_ratio
+      or smoothed_ratio > t.early_loss_ratio
   )
   mid_evidence = (
       (first_nonfinite is not None and first_nonfinite > early_steps)

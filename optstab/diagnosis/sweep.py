@@ -22,7 +22,7 @@ import time
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from optstab import _validation
 from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility

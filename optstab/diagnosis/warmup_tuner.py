@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Sequence
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from optstab import _validation
 from optstab import schedules
