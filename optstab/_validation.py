@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Sequence
 
 __all__ = [
     "check_in_range",
@@ -19,6 +19,7 @@ __all__ = [
     "check_non_negative",
     "check_positive",
     "check_percentile",
+    "check_one_of",
 ]
 
 
@@ -100,3 +101,9 @@ def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> None:
   is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
   if not is_int or int(value) < minimum:
     _fail(name, value, f"an integer >= {minimum}")
+
+
+def check_one_of(name: str, value: Any, choices: Sequence[Any]) -> None:
+  """One of ``choices`` (e.g. an enumerated string option such as a head type)."""
+  if isinstance(value, bool) or value not in tuple(choices):
+    _fail(name, value, " or ".join(repr(c) for c in choices))

@@ -99,13 +99,6 @@ class ChecksumError(ValueError):
   """A downloaded or local archive does not have the expected MD5 checksum."""
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-  # No helper in _validation handles an enumerated string; same message format.
-  if not isinstance(value, str) or value not in choices:
-    allowed = " or ".join(repr(c) for c in choices)
-    raise ValueError(f"{name} must be {allowed}; got {value!r}.")
-
-
 # ----------------------------------------------------------------------------
 # Data set container and augmentation settings
 # ----------------------------------------------------------------------------
@@ -176,7 +169,7 @@ class ImageDataset:
 
   def split(self, name: Literal["train", "test"]) -> tuple[np.ndarray, np.ndarray]:
     """``(images, labels)`` of the ``"train"`` or ``"test"`` split."""
-    _check_choice("split", name, ("train", "test"))
+    _validation.check_one_of("split", name, ("train", "test"))
     if name == "train":
       return self.train_images, self.train_labels
     return self.test_images, self.test_labels
@@ -232,7 +225,7 @@ def resize_images(images: np.ndarray, size: int, method: Literal["nearest", "bil
   ``"bilinear"`` interpolates with half-pixel centres and clamped edges, as
   ``jax.image.resize(..., "bilinear")`` does when upsampling.
   """
-  _check_choice("method", method, ("nearest", "bilinear"))
+  _validation.check_one_of("method", method, ("nearest", "bilinear"))
   _validation.check_positive_int("size", size)
   images = np.asarray(images, np.float64)
   wh = _interpolation_matrix(images.shape[1], size, method)
@@ -292,7 +285,7 @@ def load_digits(
   _validation.check_positive_int("image_size", image_size)
   _validation.check_in_range("test_fraction", test_fraction, 0.0, 1.0, low_inclusive=False)
   _validation.check_positive_int("seed", seed, minimum=0)
-  _check_choice("resize_method", resize_method, ("nearest", "bilinear"))
+  _validation.check_one_of("resize_method", resize_method, ("nearest", "bilinear"))
   images, labels = _read_digits()
   x = images * (255.0 / 16.0)
   if image_size != 8:
@@ -560,7 +553,7 @@ _REMAINDERS = ("drop", "pad", "keep")
 
 def num_batches(num_examples: int, batch_size: int, remainder: str = "drop") -> int:
   """Batches per epoch: ``floor`` for ``"drop"``, ``ceil`` for ``"pad"``/``"keep"``."""
-  _check_choice("remainder", remainder, _REMAINDERS)
+  _validation.check_one_of("remainder", remainder, _REMAINDERS)
   return num_examples // batch_size if remainder == "drop" else -(-num_examples // batch_size)
 
 
@@ -592,14 +585,14 @@ def epoch_batches(
       (``"pad"``, default for test: static shapes for ``jax.jit``), or yielded
       smaller (``"keep"``).
   """
-  _check_choice("split", split, ("train", "test"))
+  _validation.check_one_of("split", split, ("train", "test"))
   _validation.check_positive_int("batch_size", batch_size)
   _validation.check_positive_int("epoch", epoch, minimum=0)
   _validation.check_positive_int("seed", seed, minimum=0)
   training = split == "train"
   shuffle = training if shuffle is None else shuffle
   remainder = ("drop" if training else "pad") if remainder is None else remainder
-  _check_choice("remainder", remainder, _REMAINDERS)
+  _validation.check_one_of("remainder", remainder, _REMAINDERS)
   if augmentation == "default":
     augmentation = dataset.augmentation if training else None
   elif augmentation is not None and not isinstance(augmentation, Augmentation):

@@ -111,13 +111,6 @@ _GROUP_BASE_WIDTHS = (16, 32, 64)
 Stride = tuple[int, int]
 
 
-def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-  # No helper in _validation handles an enumerated string; same message format.
-  if not isinstance(value, str) or value not in choices:
-    allowed = " or ".join(repr(c) for c in choices)
-    raise ValueError(f"{name} must be {allowed}; got {value!r}.")
-
-
 def _normalize_stride(name: str, stride: Any) -> Stride:
   try:
     pair = tuple(stride)
@@ -184,8 +177,8 @@ class WideResNetConfig:
       raise ValueError(f"group_strides must be 3 pairs of integers >= 1; got {self.group_strides!r}.")
     strides = tuple(_normalize_stride(f"group_strides[{i}]", s) for i, s in enumerate(strides))
     object.__setattr__(self, "group_strides", strides)
-    _check_choice("head", self.head, HEADS)
-    _check_choice("block_norm", self.block_norm, BLOCK_NORMS)
+    _validation.check_one_of("head", self.head, HEADS)
+    _validation.check_one_of("block_norm", self.block_norm, BLOCK_NORMS)
     if not isinstance(self.zero_init_residual, bool):
       raise ValueError(f"zero_init_residual must be a bool; got {self.zero_init_residual!r}.")
     if not jnp.issubdtype(jnp.dtype(self.dtype), jnp.floating):
@@ -274,7 +267,7 @@ class WideResNetBlock(nnx.Module):
   def __init__(self, in_features: int, out_features: int, stride: Stride = (1, 1), *,
                block_norm: str = "pre_activation", zero_init_residual: bool = False,
                dtype: Any = jnp.float32, rngs: nnx.Rngs):
-    _check_choice("block_norm", block_norm, BLOCK_NORMS)
+    _validation.check_one_of("block_norm", block_norm, BLOCK_NORMS)
     stride = _normalize_stride("stride", stride)
     residual_norm = block_norm == "residual_norm"
     self.norm1 = _batch_norm(in_features, dtype=dtype, rngs=rngs)
