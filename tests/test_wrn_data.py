@@ -113,6 +113,8 @@ def test_cifar10_loader_on_real_format(tmp_path):
   np.testing.assert_array_equal(ds.train_labels[4:8], labels)
   np.testing.assert_array_equal(ds.test_labels, written["test_batch"][1])
   np.testing.assert_allclose(ds.mean, ds.train_images.reshape(-1, 3).mean(0) / 255, rtol=1e-5)
+  np.testing.assert_allclose(ds.std, (ds.train_images.reshape(-1, 3) / 255).std(0), rtol=1e-5)
+  np.testing.assert_allclose(D._channel_stats(ds.train_images, chunk=3)[1], ds.std, rtol=1e-5)
   assert ds.augmentation == D.Augmentation(crop_padding=4, horizontal_flip=True)
   # The batches directory itself is accepted too.
   same = D.load_cifar10(tmp_path / D.CIFAR10_DIRNAME, download=False)
