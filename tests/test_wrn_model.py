@@ -104,6 +104,16 @@ def test_config_validation(kwargs, match):
     WideResNetConfig(**kwargs)
 
 
+def test_config_dict_round_trip_and_dtype_names():
+  import json
+  cfg = WideResNetConfig(depth=16, width=2, group_strides=((1, 1), (1, 1), (2, 2)),
+                         block_norm="residual_norm", zero_init_residual=True, dtype="bfloat16")
+  assert cfg.dtype == jnp.bfloat16
+  assert WideResNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+  assert WideResNetConfig(dtype=jnp.float32) == WideResNetConfig(dtype="float32")
+  assert hash(cfg) == hash(WideResNetConfig.from_dict(cfg.to_dict()))
+
+
 def test_with_group_stride_validation_and_int_stride():
   cfg = WideResNetConfig()
   assert cfg.with_group_stride(2, 1).group_strides[2] == (1, 1)

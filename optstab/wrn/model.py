@@ -148,7 +148,8 @@ class WideResNetConfig:
       layer of every residual branch: the second conv's kernel for
       ``"pre_activation"``, the final norm's scale for ``"residual_norm"``. Each
       block then starts as its shortcut (the identity when shapes match).
-    dtype: compute dtype (``jnp.float32``, or ``jnp.bfloat16`` on GPU/TPU).
+    dtype: compute dtype (``jnp.float32``, or ``jnp.bfloat16`` on GPU/TPU; a
+      name such as ``"bfloat16"`` works too, stored as a ``numpy.dtype``).
       Parameters and batch statistics stay float32; logits are float32.
   """
 
@@ -181,8 +182,13 @@ class WideResNetConfig:
     _validation.check_one_of("block_norm", self.block_norm, BLOCK_NORMS)
     if not isinstance(self.zero_init_residual, bool):
       raise ValueError(f"zero_init_residual must be a bool; got {self.zero_init_residual!r}.")
-    if not jnp.issubdtype(jnp.dtype(self.dtype), jnp.floating):
-      raise ValueError(f"dtype must be a floating dtype; got {self.dtype!r}.")
+    try:
+      dtype = jnp.dtype(self.dtype)
+    except TypeError:
+      dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(f"dtype must be a floating dtype such as 'float32' or 'bfloat16'; got {self.dtype!r}.")
+    object.__setattr__(self, "dtype", dtype)
     if self.head == "pool8":
       h, w = self.feature_map_shape
       if h < _POOL_WINDOW or w < _POOL_WINDOW:
@@ -241,6 +247,21 @@ class WideResNetConfig:
   def replace(self, **changes: Any) -> "WideResNetConfig":
     """``dataclasses.replace`` (validates again)."""
     return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-friendly fields (strides as lists, dtype as its name)."""
+    d = dataclasses.asdict(self)
+    d["group_strides"] = [list(s) for s in self.group_strides]
+    d["dtype"] = jnp.dtype(self.dtype).name
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "WideResNetConfig":
+    """Inverse of :meth:`to_dict`."""
+    d = dict(d)
+    if "group_strides" in d:
+      d["group_strides"] = tuple(tuple(s) for s in d["group_strides"])
+    return cls(**d)
 
 
 def _conv(in_features: int, out_features: int, kernel: int, stride: Stride, *, dtype: Any,
