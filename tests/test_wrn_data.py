@@ -180,6 +180,19 @@ def test_fetch_cifar10_verifies_and_extracts(tmp_path):
   assert len(calls) == 1
 
 
+def test_fetch_refuses_archive_escaping_the_directory(tmp_path):
+  evil = tmp_path / "evil.tar.gz"
+  payload = tmp_path / "payload.txt"
+  payload.write_text("x")
+  with tarfile.open(evil, "w:gz") as tar:
+    tar.add(payload, arcname="../escaped.txt")
+  dest = tmp_path / "deep" / "cache"
+  copy = lambda url, path: pathlib.Path(path).write_bytes(evil.read_bytes())
+  with pytest.raises(ValueError, match="escaped"):
+    D.fetch_cifar10(dest, md5=D.md5sum(evil), downloader=copy)
+  assert not (tmp_path / "deep" / "escaped.txt").exists()
+
+
 def test_checksum_mismatch(tmp_path):
   archive, _ = _make_archive(tmp_path)
   D.verify_md5(archive, hashlib.md5(archive.read_bytes()).hexdigest())

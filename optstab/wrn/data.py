@@ -366,7 +366,10 @@ def _missing_message(data_dir: pathlib.Path, reason: str) -> str:
 def _safe_extract(archive: pathlib.Path, dest: pathlib.Path) -> None:
   with tarfile.open(archive, "r:gz") as tar:
     if hasattr(tarfile, "data_filter"):
-      tar.extractall(dest, filter="data")
+      try:
+        tar.extractall(dest, filter="data")
+      except tarfile.FilterError as e:
+        raise ValueError(f"Refusing to extract {archive}: {e}") from e
     else:  # Python < 3.11.4: refuse absolute paths and parent references.
       root = dest.resolve()
       for member in tar.getmembers():
@@ -397,6 +400,8 @@ def fetch_cifar10(
       how to get the data by hand.
     ChecksumError: the archive's MD5 is not ``md5`` (a downloaded archive is
       deleted first; a pre-existing one is left for inspection).
+    ValueError: the archive has members that would land outside ``data_dir``
+      (absolute paths, ``..``, links pointing out).
   """
   data_dir = pathlib.Path(data_dir) if data_dir is not None else default_data_dir()
   found = _find_cifar10(data_dir)
