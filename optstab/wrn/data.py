@@ -276,7 +276,7 @@ def load_digits(
   class and fixed by ``seed``.
 
   Args:
-    image_size: output height and width (8 keeps the originals; 32 fits the
+    image_size: output height and width, >= 8 (8 keeps the originals; 32 fits the
       reference WideResNet's 8x8 pooling head, 16 needs
       ``head="global_pool"`` or a stride-1 group, see :mod:`optstab.wrn.model`).
     test_fraction: fraction of each class held out for the test split, in (0, 1).
@@ -290,7 +290,7 @@ def load_digits(
     An ``ImageDataset`` named ``"digits"`` with 10 classes (about 1437 training
     and 360 test images for ``test_fraction=0.2``).
   """
-  _validation.check_positive_int("image_size", image_size)
+  _validation.check_positive_int("image_size", image_size, minimum=8)
   _validation.check_in_range("test_fraction", test_fraction, 0.0, 1.0, low_inclusive=False)
   _validation.check_positive_int("seed", seed, minimum=0)
   _validation.check_one_of("resize_method", resize_method, ("nearest", "bilinear"))
@@ -419,6 +419,9 @@ def fetch_cifar10(
     except (urllib.error.URLError, OSError, TimeoutError) as e:
       partial.unlink(missing_ok=True)
       raise DataNotFoundError(_missing_message(data_dir, f"downloading {url} failed ({e})")) from e
+    except BaseException:  # e.g. KeyboardInterrupt: no half-written file left behind
+      partial.unlink(missing_ok=True)
+      raise
     try:
       verify_md5(partial, md5)
     except ChecksumError:
