@@ -35,6 +35,19 @@ CI_PARAMETERS: dict[str, dict[str, object]] = {
         "num_steps": 200, "num_learning_rates": 3, "eval_every": 50, "short_check_steps": 50,
         "warmup_candidates": (10, 20), "batch_size": 64,
     },
+    # "tiny" is the experiment's seconds-long plumbing preset.
+    "stride_instability": {"preset_name": "tiny", "progress": False},
+}
+
+# Extra environment of a notebook's kernel. Two simulated CPU devices make the
+# stride notebook's data-parallel path ("every local device") run in CI.
+CI_ENV: dict[str, dict[str, str]] = {
+    "stride_instability": {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+}
+
+# Text a notebook must print when executed with the CI parameters and environment.
+CI_EXPECTED_OUTPUT: dict[str, str] = {
+    "stride_instability": "preset 'tiny', 2 device(s) of 2",
 }
 
 # Seconds one cell may take before nbclient gives up.
@@ -124,6 +137,8 @@ def test_executes_on_cpu(name, tmp_path, monkeypatch):
       f"import sys\nassert sys.prefix == {sys.prefix!r}, (sys.executable, sys.prefix)"))
   monkeypatch.setenv("MPLBACKEND", "Agg")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  for key, value in CI_ENV.get(name, {}).items():
+    monkeypatch.setenv(key, value)
   client = nbclient.NotebookClient(
       nb,
       kernel_name="python3",
@@ -138,6 +153,8 @@ def test_executes_on_cpu(name, tmp_path, monkeypatch):
     nbformat.write(nb, tmp_path / f"{name}.executed.ipynb")
   elapsed = time.perf_counter() - start
   print(f"{name}.ipynb executed in {elapsed:.1f} s")
-  images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-            if "image/png" in o.get("data", {})]
-  assert images, f"{name}.ipynb displayed no figure"
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+  assert any("image/png" in o.get("data", {}) for o in outputs), f"{name}.ipynb displayed no figure"
+  if name in CI_EXPECTED_OUTPUT:
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert CI_EXPECTED_OUTPUT[name] in printed, printed
