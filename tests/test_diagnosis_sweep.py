@@ -164,3 +164,12 @@ def test_base_config_is_copied_and_public_names_exist():
   assert sweep.trials[0].config.extra == {"variant": "a"}
   d = sweep.to_dict()
   assert d["best_learning_rate"] == 0.5 and len(d["trials"]) == 2
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mode": "lowest"}, "mode must be 'min' or 'max'"),
+    ({"reduce": "mean"}, "reduce must be 'final' or 'best'"),
+])
+def test_sweep_rejects_bad_options(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    learning_rate_sweep(noisy_numpy_trial, [0.1], 10, progress=False, **kwargs)

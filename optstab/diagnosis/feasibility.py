@@ -53,8 +53,7 @@ class FeasibilityRule:
     _validation.check_in_range(
         "max_loss_ratio", self.max_loss_ratio, 1.0, math.inf, low_inclusive=True
     )
-    if self.scope not in _SCOPES:
-      raise ValueError(f"scope must be one of {_SCOPES}; got {self.scope!r}.")
+    _validation.check_one_of("scope", self.scope, _SCOPES)
     for name, threshold in dict(self.metric_thresholds).items():
       _validation.check_in_range(f"metric_thresholds[{name!r}]", threshold, -math.inf, math.inf)
     object.__setattr__(self, "metric_thresholds", dict(sorted(dict(self.metric_thresholds).items())))

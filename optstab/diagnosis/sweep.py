@@ -162,10 +162,8 @@ def metric_value(result: TrialResult, metric: str = "loss", mode: str = "min", r
   Returns:
     The value (NaN if it is not finite).
   """
-  if mode not in _MODES:
-    raise ValueError(f"mode must be one of {_MODES}; got {mode!r}.")
-  if reduce not in _REDUCES:
-    raise ValueError(f"reduce must be one of {_REDUCES}; got {reduce!r}.")
+  _validation.check_one_of("mode", mode, _MODES)
+  _validation.check_one_of("reduce", reduce, _REDUCES)
   if metric == TRAIN_LOSS:
     values = result.train_loss
   elif metric in result.eval_metrics:
@@ -376,10 +374,8 @@ def learning_rate_sweep(
   elif num_steps is not None:
     _validation.check_positive_int("num_steps", num_steps)
     base_config = base_config.replace(num_steps=num_steps)
-  if mode not in _MODES:
-    raise ValueError(f"mode must be one of {_MODES}; got {mode!r}.")
-  if reduce not in _REDUCES:
-    raise ValueError(f"reduce must be one of {_REDUCES}; got {reduce!r}.")
+  _validation.check_one_of("mode", mode, _MODES)
+  _validation.check_one_of("reduce", reduce, _REDUCES)
   rule = FeasibilityRule() if rule is None else rule
   configs = [base_config.replace(learning_rate=rate) for rate in rates]
   records = run_trials(
