@@ -27,19 +27,17 @@ _make = functools.lru_cache(maxsize=None)(
 _apply = jax.jit(apply_model, static_argnames="train")
 
 
-def _expected_param_count(depth, width, num_classes, in_channels, dense_in, residual_norm=False):
+def _expected_param_count(depth, width, num_classes, in_channels, dense_in):
   """Independent count (no conv biases), without the 1x1 projections: (body, head)."""
   n = (depth - 4) // 6
   total = 3 * 3 * in_channels * 16  # stem
   c_in = 16
   for c in (16 * width, 32 * width, 64 * width):
-    for b in range(n):
+    for _ in range(n):
       total += 2 * c_in  # bn1
       total += 3 * 3 * c_in * c  # conv1
       total += 2 * c  # bn2
       total += 3 * 3 * c * c  # conv2
-      if residual_norm:
-        total += 2 * c
       c_in = c
   return total, dense_in * num_classes + num_classes + 2 * 64 * width
 
