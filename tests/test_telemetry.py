@@ -185,3 +185,23 @@ def test_plots_write_non_empty_pngs(tmp_path):
 def test_public_names():
   for name in telemetry.__all__:
     assert getattr(optstab, name) is getattr(telemetry, name)
+
+
+def test_readme_warmup_clipping_block_runs(capsys):
+  import pathlib
+  import re
+  text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+  section = re.search(r"<!-- warmup-clipping -->(.*?)<!-- end warmup-clipping -->", text, re.S)
+  assert section, "README.md has no <!-- warmup-clipping --> section"
+  block = re.findall(r"```python\n(.*?)```", section.group(1), re.S)[0]
+  namespace = {}
+  exec(compile(block, "README.md:warmup-clipping", "exec"), namespace)  # pylint: disable=exec-used
+  assert namespace["norms"].shape == (500,)
+  assert np.isfinite(namespace["norms"]).all()
+  summary = namespace["summary"]
+  assert summary.num_steps == 500 and 0 < summary.num_clipped < 250
+  assert namespace["loss_fn"](namespace["params"]) < 0.1 * namespace["loss_fn"]({"w": jnp.zeros(4)})
+  assert "clipped" in capsys.readouterr().out
+  for name in ("grad_norm.png", "grad_norm_hist.png"):
+    with open(f"{namespace['out']}/{name}", "rb") as f:
+      assert f.read(8) == PNG_MAGIC
