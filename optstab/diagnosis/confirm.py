@@ -162,8 +162,8 @@ def short_check(
 ) -> ConfirmationRun:
   """The FAQ's early-instability check: ~500 steps at 2 x lr*, evaluating every step.
 
-  The run copies lr*'s configuration with ``learning_rate = factor * lr*``,
-  ``num_steps``, no warmup and ``eval_every=1``.
+  The run copies lr*'s configuration (its warmup and schedule shape included)
+  with ``learning_rate = factor * lr*``, ``num_steps`` and ``eval_every=1``.
 
   Args:
     train_fn: the user's training function.
@@ -185,7 +185,7 @@ def short_check(
   best = _best(sweep)
   thresholds = DetectorThresholds() if thresholds is None else thresholds
   config = best.config.replace(
-      learning_rate=factor * best.learning_rate, num_steps=num_steps, warmup_steps=0, eval_every=1
+      learning_rate=factor * best.learning_rate, num_steps=num_steps, eval_every=1
   )
   (record,) = run_trials(train_fn, [config], out_dir=out_dir, store=store, progress=progress,
                          desc="short check")
