@@ -269,7 +269,7 @@ def make_train_step(setup: TrainSetup, graphdef, mesh: Optional[Mesh] = None):
       return total, (ce, batch_stats)
 
     (_, (ce, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     opt_state = _set_learning_rate(state.opt_state, learning_rate)
     updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -479,13 +479,23 @@ class _Compiled:
   def evaluator(self, mesh: Mesh, data, batch_size: int) -> _Evaluator:
     key = (id(mesh), id(data), batch_size)
     if key not in self._evaluators:
+      self._evaluators.clear()  # keep one test set on the devices, not one per data set seen
       self._evaluators[key] = (_Evaluator(mesh, self.eval_step, data, batch_size), mesh, data)
     return self._evaluators[key][0]
 
 
+#: Compiled steps per (setup, mesh), shared by every trial function of the process
+#: (a notebook or a test re-running an experiment does not compile again).
+_COMPILED: dict[tuple, _Compiled] = {}
+
+
 def _compile(setup: TrainSetup, mesh: Mesh) -> _Compiled:
-  graphdef, _ = init_state(setup, 0)
-  return _Compiled(graphdef, make_train_step(setup, graphdef, mesh), make_eval_step(graphdef))
+  key = (setup, tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
+  if key not in _COMPILED:
+    graphdef, _ = init_state(setup, 0)
+    _COMPILED[key] = _Compiled(graphdef, make_train_step(setup, graphdef, mesh),
+                               make_eval_step(graphdef))
+  return _COMPILED[key]
 
 
 def make_trial_fn(setup: TrainSetup, data: "wrn_data.ImageDataset", *,
@@ -508,14 +518,11 @@ def make_trial_fn(setup: TrainSetup, data: "wrn_data.ImageDataset", *,
     >>> sweep = learning_rate_sweep(trial_fn, [0.1, 1.0], base_config=TrialConfig(
     ...     0.1, num_steps=20, schedule="cosine", eval_every=20), progress=False)  # doctest: +SKIP
   """
-  cache: dict[TrainSetup, _Compiled] = {}
   the_mesh = data_mesh() if mesh is None else mesh
 
   def trial_fn(config: TrialConfig) -> TrialResult:
     trial_setup = setup.with_extra(config.extra)
-    if trial_setup not in cache:
-      cache[trial_setup] = _compile(trial_setup, the_mesh)
     return train(trial_setup, data, config, mesh=the_mesh, progress=progress,
-                 compiled=cache[trial_setup])
+                 compiled=_compile(trial_setup, the_mesh))
 
   return trial_fn
