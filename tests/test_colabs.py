@@ -1,8 +1,9 @@
 """The Colab notebooks in ``colabs/``: committed clean, and executed on CPU.
 
 Each notebook is executed end to end with nbclient in a kernel running this
-very Python (the ``python3`` kernel spec, whose ``python`` argv jupyter_client
-resolves to ``sys.executable``; a cell checks ``sys.prefix``). Like papermill,
+very Python: the test writes a ``python3`` kernel spec whose argv is
+``sys.executable`` into a temporary ``JUPYTER_PATH`` (which wins over any user
+or system kernel of that name), and a first cell checks ``sys.prefix``. Like papermill,
 the test inserts a cell right after the one tagged ``parameters`` that shrinks
 the notebook's sizes, so all three run in well under a minute each on 2 CPU
 cores. One test per notebook, so ``pytest -n 2`` runs them in parallel.
@@ -11,11 +12,13 @@ cores. One test per notebook, so ``pytest -n 2`` runs them in parallel.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import sys
 import time
 from pathlib import Path
 
+import ipykernel  # noqa: F401  (the kernel below runs ipykernel from this environment)
 import nbclient
 import nbformat
 import pytest
@@ -88,6 +91,18 @@ def _injected_cell(overrides: dict[str, object]) -> nbformat.NotebookNode:
       "\n".join(lines), metadata={"tags": ["injected-parameters"]})
 
 
+def _this_python_kernel(root: Path) -> Path:
+  """A JUPYTER_PATH whose ``python3`` kernel is ``sys.executable``."""
+  spec = root / "kernels" / "python3"
+  spec.mkdir(parents=True)
+  (spec / "kernel.json").write_text(json.dumps({
+      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      "display_name": "Python 3 (the test's interpreter)",
+      "language": "python",
+  }))
+  return root
+
+
 def test_every_notebook_has_ci_parameters():
   assert _notebook_names() == sorted(CI_PARAMETERS)
 
@@ -132,9 +147,12 @@ def test_executes_on_cpu(name, tmp_path, monkeypatch):
   nb = _read(name)
   at = _parameters_index(nb)
   nb.cells.insert(at + 1, _injected_cell(CI_PARAMETERS[name]))
+  run_dir = tmp_path / "run"  # the notebook's working directory
+  run_dir.mkdir()
   # Fail loudly if the kernel is not this Python (e.g. a stray system kernel).
   nb.cells.insert(0, nbformat.v4.new_code_cell(
       f"import sys\nassert sys.prefix == {sys.prefix!r}, (sys.executable, sys.prefix)"))
+  monkeypatch.setenv("JUPYTER_PATH", str(_this_python_kernel(tmp_path / "jupyter")))
   monkeypatch.setenv("MPLBACKEND", "Agg")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   for key, value in CI_ENV.get(name, {}).items():
@@ -143,7 +161,7 @@ def test_executes_on_cpu(name, tmp_path, monkeypatch):
       nb,
       kernel_name="python3",
       timeout=CELL_TIMEOUT,
-      resources={"metadata": {"path": str(tmp_path)}},
+      resources={"metadata": {"path": str(run_dir)}},
   )
   start = time.perf_counter()
   try:
