@@ -173,23 +173,37 @@ class GradNormOutlier(NamedTuple):
   z: float
 
 
+_CHUNK = 1 << 15  # rows per block: bounds the memory of windowed medians
+
+
+def _window_stats(padded: np.ndarray, width: int, n: int, mad: bool = False):
+  """NaN-ignoring median (and MAD) of ``padded[i:i + width]`` for i < n, blockwise."""
+  windows = sliding_window_view(padded, width)[:n]
+  median = np.empty(n)
+  spread = np.empty(n) if mad else None
+  with np.errstate(all="ignore"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows give NaN
+    for lo in range(0, n, _CHUNK):
+      block = windows[lo:lo + _CHUNK]
+      median[lo:lo + _CHUNK] = np.nanmedian(block, axis=1)
+      if mad:
+        spread[lo:lo + _CHUNK] = np.nanmedian(
+            np.abs(block - median[lo:lo + _CHUNK, None]), axis=1)
+  return (median, spread) if mad else median
+
+
 def _running_median(y: np.ndarray, window: int, centered: bool) -> np.ndarray:
   """Running median with shrinking windows at the edges (NaN-free input)."""
   n = y.size
-  if n == 0:
-    return y.copy()
   if centered:
-    half = window // 2
-    left, right = half, window - 1 - half
+    left = window // 2
+    right = window - 1 - left
   else:
     left, right = window - 1, 0
-  padded = np.concatenate([np.full(left, np.nan), y, np.full(right, np.nan)])
-  windows = sliding_window_view(padded, left + right + 1)
-  if left + right == 0:
+  if n == 0 or left + right == 0:
     return y.copy()
-  with np.errstate(all="ignore"), warnings.catch_warnings():
-    warnings.simplefilter("ignore", RuntimeWarning)
-    return np.nanmedian(windows, axis=1)
+  padded = np.concatenate([np.full(left, np.nan), y, np.full(right, np.nan)])
+  return _window_stats(padded, left + right + 1, n)
 
 
 def _first_nonfinite(loss: np.ndarray) -> Optional[int]:
@@ -309,27 +323,23 @@ def detect_grad_norm_outliers(
   with np.errstate(divide="ignore", invalid="ignore"):
     y = np.where(np.isfinite(g) & (g > 0), np.log(np.where(g > 0, g, 1.0)), np.nan)
   w = t.grad_window
-  padded = np.concatenate([np.full(w, np.nan), y])
-  windows = sliding_window_view(padded, w)[:n]  # windows[i] = y[i-w : i]
-  count = np.sum(np.isfinite(windows), axis=1)
-  with np.errstate(all="ignore"), warnings.catch_warnings():
-    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows
-    median = np.nanmedian(windows, axis=1)
-    mad = 1.4826 * np.nanmedian(np.abs(windows - median[:, None]), axis=1)
+  padded = np.concatenate([np.full(w, np.nan), y])  # window of step i: y[i - w : i]
+  median, mad = _window_stats(padded, w, n, mad=True)
+  count = np.convolve(np.isfinite(padded).astype(np.int64), np.ones(w, np.int64), "valid")[:n]
+  judged = count >= t.grad_min_history
+  with np.errstate(all="ignore"):
+    rise = y - median
+    z = rise / np.maximum(1.4826 * mad, 1e-12)
+  nonfinite = judged & ~np.isfinite(g)
+  big = judged & np.isfinite(rise) & (z > t.grad_z_threshold) & (rise > math.log(t.grad_min_ratio))
   outliers = []
-  for i in range(n):
-    if count[i] < t.grad_min_history:
-      continue
-    med = float(median[i])
-    if not np.isfinite(g[i]):
-      outliers.append(GradNormOutlier(i + 1, float(g[i]), float(np.exp(med)), math.inf, math.inf))
-      continue
-    if np.isnan(y[i]):
-      continue
-    rise = float(y[i] - med)
-    z = rise / max(float(mad[i]), 1e-12)
-    if z > t.grad_z_threshold and rise > math.log(t.grad_min_ratio):
-      outliers.append(GradNormOutlier(i + 1, float(g[i]), float(np.exp(med)), float(np.exp(rise)), z))
+  for i in np.flatnonzero(nonfinite | big):
+    typical = float(np.exp(median[i]))
+    if nonfinite[i]:
+      outliers.append(GradNormOutlier(int(i) + 1, float(g[i]), typical, math.inf, math.inf))
+    else:
+      outliers.append(GradNormOutlier(int(i) + 1, float(g[i]), typical, float(np.exp(rise[i])),
+                                      float(z[i])))
   return outliers
 
 
