@@ -21,8 +21,9 @@ gradients from :func:`jax.grad` that is the parameter's dtype), whatever the
 dtype of the state or of an injected hyperparameter. The state has the
 parameter's dtype unless a ``mu_dtype`` / ``accumulator_dtype`` is given; step
 counters are ``int32`` and saturate instead of overflowing
-(:func:`optax.safe_increment`). Bias corrections and learning rates are
-scalars computed in ``float32`` (``float64`` with ``jax_enable_x64``).
+(:func:`optax.safe_increment`). Adam's bias correction is a scalar computed
+in ``float32`` (``float64`` with ``jax_enable_x64``), never in a
+low-precision parameter dtype. Real-valued parameters only.
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ def _validated(check: Callable[..., None], name: str, value: Any) -> None:
   """
   if isinstance(value, jax.core.Tracer):
     return
+  if (
+      isinstance(value, jax.Array)
+      and value.shape == ()
+      and jnp.issubdtype(value.dtype, jnp.floating)
+      and value.dtype.kind != "f"
+  ):
+    # bfloat16 / float8 scalars (inject_hyperparams casts hyperparameters to
+    # the parameters' dtype) have NumPy kind "V", which the checks reject.
+    value = value.astype(jnp.float32)
   check(name, value)
 
 

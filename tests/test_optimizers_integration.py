@@ -166,6 +166,20 @@ def test_inject_hyperparams_equals_direct(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_inject_hyperparams_with_bfloat16_only_params(name):
+  """inject_hyperparams casts hyperparameters to bf16 here: still accepted."""
+  params = {"a": jnp.ones((2, 2), jnp.bfloat16)}
+  tx = optax.inject_hyperparams(getattr(optstab, name))(learning_rate=0.1)
+  state = tx.init(params)
+  assert state.hyperparams["learning_rate"].dtype == jnp.bfloat16
+  updates, _ = jax.jit(tx.update)(grads_like(params, 0), state, params)
+  chex.assert_trees_all_equal_dtypes(updates, params)
+  with pytest.raises(ValueError, match=r"learning_rate must be .*; got Array\(-0\.1"):
+    tx = optax.inject_hyperparams(getattr(optstab, name))(learning_rate=-0.1)
+    tx.init(params)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_multisteps_averages_then_applies(name):
   params = jnp.zeros(5)
   grads = [grads_like(params, i) for i in range(6)]
