@@ -1,0 +1,113 @@
+"""optstab.wrn.experiment and the optstab-wrn command, end to end on the tiny preset."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from optstab.diagnosis import TrialStore
+from optstab.wrn import cli, experiment
+from optstab.wrn import train as wrn_train
+from optstab.wrn.presets import PRESETS, get_preset
+
+EXPECTED_FILES = ("trials.jsonl", "results.json", "report.md", "fig4_test_error_vs_lr.png",
+                  "fig5_loss_first_steps.png", "fig9_grad_norms.png")
+
+
+def _drop_seconds(tree):
+  """A results.json subtree without its wall-clock fields."""
+  if isinstance(tree, dict):
+    return {k: _drop_seconds(v) for k, v in tree.items() if k != "seconds"}
+  if isinstance(tree, list):
+    return [_drop_seconds(v) for v in tree]
+  return tree
+
+
+def _results_by_key(out_dir):
+  return {r.key: r.result for r in TrialStore(out_dir).records()}
+
+
+def test_cli_tiny_end_to_end_then_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch):
+  # 1. The command, uninterrupted (no compile cache: keep tmp_path small and the run honest).
+  full = tmp_path / "full"
+  assert cli.main(["--preset", "tiny", "--out", str(full), "--no-progress",
+                   "--compile-cache", "none"]) == 0
+  for name in EXPECTED_FILES:
+    assert (full / name).stat().st_size > 0, name
+  summary = json.loads((full / "results.json").read_text())
+  preset = get_preset("tiny")
+  num_sweep = 4 * len(preset.learning_rates)  # 2 models x (no warmup, warmup)
+  records = TrialStore(full).records()
+  assert len(records) == num_sweep + len(preset.clip_percentiles)
+  assert all(r.error is None for r in records)
+  assert set(summary["figure4"]) == {"standard", "standard+warmup2", "stride_1x1",
+                                     "stride_1x1+warmup2"}
+  for curve in summary["figure4"].values():
+    assert [t["learning_rate"] for t in curve["trials"]] == list(preset.learning_rates)
+  assert [r["mitigation"] for r in summary["mitigations"]][:2] == ["none (baseline)",
+                                                                    "warmup 2 steps"]
+  report = (full / "report.md").read_text()
+  assert "## What reproduced" in report and "published" in report
+
+  # 2. The same command, killed after 3 trials (KeyboardInterrupt is not caught
+  # as a failed trial), then run again: only the missing trials run.
+  part = tmp_path / "part"
+  calls = []
+  real = wrn_train.make_trial_fn
+
+  def counting(*args, limit, **kwargs):
+    fn = real(*args, **kwargs)
+
+    def wrapped(config):
+      if len(calls) == limit:
+        raise KeyboardInterrupt
+      calls.append(config.key())
+      return fn(config)
+
+    return wrapped
+
+  monkeypatch.setattr(wrn_train, "make_trial_fn", lambda *a, **k: counting(*a, limit=3, **k))
+  with pytest.raises(KeyboardInterrupt):
+    experiment.run_experiment("tiny", part, progress=False)
+  assert len(TrialStore(part)) == 3
+  first = list(calls)
+  monkeypatch.setattr(wrn_train, "make_trial_fn", lambda *a, **k: counting(*a, limit=99, **k))
+  experiment.run_experiment("tiny", part, progress=False)
+  resumed = calls[3:]
+  assert not set(first) & set(resumed)  # nothing ran twice
+  assert len(first) + len(resumed) == len(records)
+
+  # Same results as the uninterrupted run, trial by trial.
+  want, got = _results_by_key(full), _results_by_key(part)
+  assert want.keys() == got.keys()
+  for key in want:
+    np.testing.assert_allclose(got[key].train_loss, want[key].train_loss, rtol=1e-6)
+    np.testing.assert_allclose(got[key].eval_metrics["error_rate"],
+                               want[key].eval_metrics["error_rate"])
+  got_summary = json.loads((part / "results.json").read_text())
+  assert _drop_seconds(got_summary["figure4"]) == _drop_seconds(summary["figure4"])
+  assert _drop_seconds(got_summary["mitigations"]) == _drop_seconds(summary["mitigations"])
+  # A third run finds everything and trains nothing.
+  before = len(calls)
+  experiment.run_experiment("tiny", part, progress=False)
+  assert len(calls) == before
+
+
+def test_presets_are_consistent():
+  for preset in PRESETS.values():
+    assert preset.high_learning_rate in preset.learning_rates
+    assert preset.changed_strides != preset.standard_strides
+  with pytest.raises(ValueError, match="preset"):
+    get_preset("huge")
+  with pytest.raises(ValueError, match="high_learning_rate"):
+    get_preset("quick").replace(high_learning_rate=0.5)
+
+
+def test_module_entry_point_help():
+  proc = subprocess.run([sys.executable, "-m", "optstab.wrn", "--help"], capture_output=True,
+                        text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr
+  assert "--preset" in proc.stdout and "quick" in proc.stdout
