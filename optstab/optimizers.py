@@ -75,7 +75,16 @@ def _validated(check: Callable[..., None], name: str, value: Any) -> None:
   ):
     # bfloat16 / float8 scalars (inject_hyperparams casts hyperparameters to
     # the parameters' dtype) have NumPy kind "V", which the checks reject.
-    value = value.astype(jnp.float32)
+    # They may also round out of range (0.999 -> 1.0 in bfloat16).
+    try:
+      check(name, value.astype(jnp.float32))
+    except ValueError as e:
+      raise ValueError(
+          f"{e} It was a {value.dtype} scalar: optax.inject_hyperparams casts "
+          "hyperparameters to the parameters' dtype unless given "
+          "hyperparam_dtype=jnp.float32."
+      ) from None
+    return
   check(name, value)
 
 

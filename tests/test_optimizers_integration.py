@@ -167,16 +167,22 @@ def test_inject_hyperparams_equals_direct(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_inject_hyperparams_with_bfloat16_only_params(name):
-  """inject_hyperparams casts hyperparameters to bf16 here: still accepted."""
+  """inject_hyperparams casts hyperparameters to bf16 here: accepted when in
+  range, and a clear error when rounding pushed one out (0.999 -> 1.0)."""
   params = {"a": jnp.ones((2, 2), jnp.bfloat16)}
-  tx = optax.inject_hyperparams(getattr(optstab, name))(learning_rate=0.1)
+  inject = optax.inject_hyperparams(getattr(optstab, name))
+  if name in ("adam", "nadam"):
+    with pytest.raises(ValueError, match=r"^b2 must be .*\[0, 1\).*bfloat16 scalar.*hyperparam_dtype"):
+      inject(learning_rate=0.1).init(params)
+    tx = optax.inject_hyperparams(getattr(optstab, name), hyperparam_dtype=jnp.float32)(0.1)
+  else:
+    tx = inject(learning_rate=0.1)
+    assert tx.init(params).hyperparams["learning_rate"].dtype == jnp.bfloat16
   state = tx.init(params)
-  assert state.hyperparams["learning_rate"].dtype == jnp.bfloat16
   updates, _ = jax.jit(tx.update)(grads_like(params, 0), state, params)
   chex.assert_trees_all_equal_dtypes(updates, params)
-  with pytest.raises(ValueError, match=r"learning_rate must be .*; got Array\(-0\.1"):
-    tx = optax.inject_hyperparams(getattr(optstab, name))(learning_rate=-0.1)
-    tx.init(params)
+  with pytest.raises(ValueError, match=r"^learning_rate must be .*; got Array\(-0\.1"):
+    inject(learning_rate=-0.1).init(params)
 
 
 @pytest.mark.parametrize("name", NAMES)
