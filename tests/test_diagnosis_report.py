@@ -31,6 +31,8 @@ def test_diagnose_finds_the_early_instability_and_the_warmup(tmp_path):
   assert d.sweep.best_learning_rate == pytest.approx(0.01)
   assert d.warmup is not None and d.warmup.warmup_steps == 30
   assert d.warmup.base_learning_rate == pytest.approx(10 * 10 ** -1.5)
+  assert any("unstable_base_learning_rate = 0.03162" in f.text and "infeasible in the sweep"
+             in f.text for f in d.findings)
   topics = [f.topic for f in d.findings]
   assert topics[:2] == ["Sweep", "Best learning rate"] and "Warmup result" in topics
   text = " ".join(f.text for f in d.findings)
@@ -54,6 +56,19 @@ def test_diagnose_finds_the_early_instability_and_the_warmup(tmp_path):
   # 5 x long check (10 x lr* = 0.1 is a grid rate: reused), 6 warmups.
   store = optstab.diagnosis.TrialStore(tmp_path)
   assert len(store) == 13 + 1 + 1 + 6 and store.ignored_lines == 0
+
+
+def test_unstable_rate_comes_from_the_confirmation_runs_too():
+  from test_diagnosis_confirm import synthetic_trial  # pylint: disable=import-outside-toplevel
+  from optstab.diagnosis import learning_rate_sweep, short_check, unstable_learning_rate
+  sweep = learning_rate_sweep(synthetic_trial, [0.025, 0.05, 0.1, 0.2, 0.8], 400, progress=False)
+  assert sweep.unstable_learning_rate == 0.8
+  # 0.2 = 2 x lr* is feasible in the sweep, but the short check shows it goes
+  # unstable early (and recovers): that is the unstable rate warmup starts from.
+  run = short_check(synthetic_trial, sweep, progress=False)
+  rate, where = unstable_learning_rate(sweep, (run,))
+  assert rate == pytest.approx(0.2) and "short check" in where and "early-unstable" in where
+  assert unstable_learning_rate(sweep) == (0.8, "infeasible in the sweep")
 
 
 def test_diagnose_stable_workload_skips_warmup(tmp_path):

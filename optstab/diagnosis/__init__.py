@@ -17,7 +17,7 @@ from optstab.diagnosis.detectors import (
     detect_loss_spikes,
 )
 from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
-from optstab.diagnosis.procedure import diagnose
+from optstab.diagnosis.procedure import diagnose, unstable_learning_rate
 from optstab.diagnosis.report import Diagnosis, Finding, make_diagnosis, write_report
 from optstab.diagnosis.store import TrialRecord, TrialStore
 from optstab.diagnosis.sweep import (

@@ -9,8 +9,9 @@ as it finishes (so an interrupted diagnosis resumes where it stopped):
 3. the short check: ~500 steps at 2 x lr*, evaluating every step
    (``short_check``);
 4. the long checks at 5 x and 10 x lr* (``long_check``);
-5. if any of these shows instability and the sweep found an unstable rate, the
-   warmup search at 10 x that rate (``tune_warmup``);
+5. if any of these shows instability, the warmup search (``tune_warmup``) at
+   10 x the smallest rate above lr* seen unstable (``unstable_learning_rate``:
+   infeasible in the sweep, or unstable in a confirmation run);
 
 then writes the report (``write_report``): ``diagnosis.md``,
 ``diagnosis.json`` and the figures.
@@ -22,16 +23,45 @@ from typing import Optional, Sequence
 
 from optstab import _validation
 from optstab import schedules
-from optstab.diagnosis.confirm import long_check, rates_above_best, short_check
+from optstab.diagnosis.confirm import ConfirmationRun, long_check, rates_above_best, short_check
 from optstab.diagnosis.detectors import DetectorThresholds, STABLE
 from optstab.diagnosis.feasibility import FeasibilityRule
 from optstab.diagnosis.report import Diagnosis, make_diagnosis, write_report
 from optstab.diagnosis.store import TrialStore
-from optstab.diagnosis.sweep import PathLike, learning_rate_sweep
+from optstab.diagnosis.sweep import PathLike, SweepResult, learning_rate_sweep
 from optstab.diagnosis.trial import TrialConfig, TrialFn
 from optstab.diagnosis.warmup_tuner import tune_warmup
 
-__all__ = ["diagnose"]
+__all__ = ["diagnose", "unstable_learning_rate"]
+
+
+def unstable_learning_rate(
+    sweep: SweepResult, runs: Sequence[ConfirmationRun] = ()
+) -> Optional[tuple[float, str]]:
+  """FAQ S4's unstable_base_learning_rate: the smallest rate above lr* seen unstable.
+
+  Candidates: the sweep's infeasible rates above lr*, and every confirmation
+  run above lr* that is infeasible or shows instability (e.g. the short check
+  at 2 x lr* going unstable early even if it recovers).
+
+  Args:
+    sweep: the learning-rate sweep.
+    runs: confirmation runs (``rates_above_best``, ``short_check``, ``long_check``).
+
+  Returns:
+    ``(rate, where it was seen)``, or ``None`` if no rate above lr* was unstable.
+  """
+  best = sweep.best_learning_rate
+  if best is None:
+    return None
+  found = []
+  if sweep.unstable_learning_rate is not None:
+    found.append((sweep.unstable_learning_rate, "infeasible in the sweep"))
+  for run in runs:
+    if run.learning_rate > best and run.unstable:
+      found.append((run.learning_rate, f"{run.name} at {run.factor:.3g} x lr*: {run.label}"
+                    + ("" if run.feasible else ", infeasible")))
+  return min(found, key=lambda f: f[0]) if found else None
 
 
 def diagnose(
@@ -75,7 +105,7 @@ def diagnose(
       skips them.
     long_check_steps: the long checks' length (default: the sweep's).
     tune_warmup_when_unstable: run the S4 warmup search when instability is
-      found and the sweep has an infeasible rate above lr*.
+      found and some rate above lr* was unstable.
     max_train_steps: the budget for the warmup search. Default: the sweep's
       ``num_steps``; if no warmup candidate fits 10% of that, the search is
       skipped and the report says so (an explicit value that fits none raises).
@@ -130,17 +160,21 @@ def diagnose(
     longs = long_check(train_fn, sweep, factors=long_check_factors, num_steps=long_check_steps,
                        thresholds=thresholds, store=store, progress=progress)
   preliminary = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs)
+  notes = []
   warmup = None
-  if (tune_warmup_when_unstable and warmup_skipped is None and preliminary.verdict != STABLE
-      and sweep.unstable_learning_rate is not None):
-    warmup = tune_warmup(
-        train_fn, sweep.unstable_learning_rate, max_train_steps,
-        base_config=sweep.best.config, factors=warmup_factors, candidates=warmup_candidates,
-        rule=sweep.rule, thresholds=thresholds, store=store, progress=progress,
-    )
-  notes = ()
-  if warmup_skipped is not None and preliminary.verdict != STABLE:
-    notes = (warmup_skipped,)
+  unstable = unstable_learning_rate(sweep, (*above, short, *longs))
+  if tune_warmup_when_unstable and preliminary.verdict != STABLE:
+    if warmup_skipped is not None:
+      notes.append(warmup_skipped)
+    elif unstable is not None:
+      rate, where = unstable
+      notes.append(f"unstable_base_learning_rate = {rate:.4g}, the smallest rate above lr* found "
+                   f"unstable ({where}); the warmup search starts from it.")
+      warmup = tune_warmup(
+          train_fn, rate, max_train_steps,
+          base_config=sweep.best.config, factors=warmup_factors, candidates=warmup_candidates,
+          rule=sweep.rule, thresholds=thresholds, store=store, progress=progress,
+      )
   diagnosis = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs,
-                             warmup=warmup, notes=notes)
+                             warmup=warmup, notes=tuple(notes))
   return write_report(diagnosis, out_dir)
