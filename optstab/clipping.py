@@ -32,7 +32,8 @@ drifts during training (the FAQ wants the threshold "just above the typical
 norm"), and unlike a mean or a mean + k std rule it is robust: one spike moves
 the 90th percentile by at most one order statistic. Its failure mode is that it
 follows the norm: a norm that grows slowly (a run drifting towards divergence)
-raises the threshold with it and is never clipped, and a burst of large norms
+raises the threshold with it, so it is cut only by the window's lag (a few
+percent) and never brought back down; and a burst of large norms
 longer than ``(1 - percentile / 100) * window_size`` steps becomes the new
 "typical". ``max_threshold`` caps the threshold against that drift. When a
 recorded log is available, the FAQ's own procedure (a fixed :math:`\\lambda`
@@ -41,7 +42,6 @@ from :func:`clip_threshold`) is the simpler, more predictable choice.
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Any, NamedTuple
 

@@ -9,7 +9,6 @@ Run with XLA_FLAGS=--xla_force_host_platform_device_count=8.
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import NamedSharding

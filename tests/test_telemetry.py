@@ -1,6 +1,5 @@
 """Tests for optstab.telemetry and the S5 gradient-norm plots."""
 
-import warnings
 
 import chex
 import jax
