@@ -20,6 +20,7 @@ __all__ = [
     "check_positive",
     "check_percentile",
     "check_one_of",
+    "check_norm_log",
 ]
 
 
@@ -107,3 +108,21 @@ def check_one_of(name: str, value: Any, choices: Sequence[Any]) -> None:
   """One of ``choices`` (e.g. an enumerated string option such as a head type)."""
   if isinstance(value, bool) or value not in tuple(choices):
     _fail(name, value, " or ".join(repr(c) for c in choices))
+
+
+def check_norm_log(name: str, values: Any) -> Any:
+  """A non-empty 1-D array-like of gradient norms with at least one finite entry.
+
+  Returns it as a float64 NumPy array (NaN/Inf entries kept: callers decide).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  try:
+    arr = np.asarray(values, dtype=np.float64)
+  except (TypeError, ValueError):
+    _fail(name, type(values).__name__, "a non-empty 1-D array of gradient norms")
+  if arr.ndim != 1 or arr.size == 0:
+    _fail(name, f"an array of shape {arr.shape}", "a non-empty 1-D array of gradient norms")
+  if not np.isfinite(arr).any():
+    _fail(name, f"{arr.size} values, all NaN or Inf", "an array with at least one finite norm")
+  return arr

@@ -93,13 +93,8 @@ def clip_threshold(norms: Any, percentile: float = 90.0) -> float:
     4.6
   """
   _validation.check_percentile("percentile", percentile)
-  arr = np.asarray(norms, dtype=np.float64)
-  if arr.ndim != 1 or arr.size == 0:
-    raise ValueError(f"norms must be a non-empty 1-D array of gradient norms; got shape {arr.shape}.")
-  finite = arr[np.isfinite(arr)]
-  if finite.size == 0:
-    raise ValueError(f"norms must contain at least one finite value; got {arr.size} NaN/Inf entries.")
-  return float(np.percentile(finite, float(percentile)))
+  arr = _validation.check_norm_log("norms", norms)
+  return float(np.percentile(arr[np.isfinite(arr)], float(percentile)))
 
 
 class PercentileClipState(NamedTuple):
@@ -284,9 +279,8 @@ def percentile_clip(
       min_history = min(100, window_size)
     if not _is_tracer(min_history):
       min_history = _as_int("min_history", min_history, minimum=1)
-      if min_history > window_size:
-        raise ValueError(f"min_history must be an integer in [1, window_size={window_size}]; "
-                         f"got {min_history!r}.")
+      _validation.check_in_range("min_history", min_history, 1, window_size,
+                                 high_inclusive=True)
 
   def init_fn(params: optax.Params) -> PercentileClipState:
     del params

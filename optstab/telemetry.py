@@ -320,12 +320,8 @@ def summarize_clipping(norms: Any, threshold: Any) -> ClippingSummary:
     >>> s.fraction_clipped, s.advice is not None
     (0.75, True)
   """
-  arr = np.asarray(norms, dtype=np.float64)
-  if arr.ndim != 1 or arr.size == 0:
-    raise ValueError(f"norms must be a non-empty 1-D array of gradient norms; got shape {arr.shape}.")
+  arr = _validation.check_norm_log("norms", norms)
   finite = np.isfinite(arr)
-  if not finite.any():
-    raise ValueError(f"norms must contain at least one finite value; got {arr.size} NaN/Inf entries.")
   thr = np.asarray(threshold, dtype=np.float64)
   if thr.ndim == 0:
     _validation.check_positive("threshold", float(thr))
