@@ -516,6 +516,8 @@ def scale_by_faq_adam(
       u_t &= \frac{m_{t+1}}{\sqrt{v_{t+1}} + \epsilon} \, b_{t+1}
     \end{align*}
 
+  FAQ symbols: :math:`\beta_1` -> ``b1``, :math:`\beta_2` -> ``b2``,
+  :math:`\epsilon` -> ``eps`` (the learning rate :math:`\alpha` is not here).
   The output :math:`u_t` is not negated; :func:`adam` chains it with
   :func:`optax.scale_by_learning_rate`.
 
@@ -569,7 +571,10 @@ def scale_by_faq_nadam(
     u_t = \frac{\beta_1 m_{t+1} + (1 - \beta_1) g_t}{\sqrt{v_{t+1}} + \epsilon}
       \, b_{t+1}
 
-  One bias correction :math:`b_{t+1}` multiplies both terms.
+  One bias correction :math:`b_{t+1}` multiplies both terms. FAQ symbols:
+  :math:`\beta_1` -> ``b1``, :math:`\beta_2` -> ``b2``, :math:`\epsilon` ->
+  ``eps``. The output is not negated; :func:`nadam` chains it with
+  :func:`optax.scale_by_learning_rate`.
 
   .. warning::
     :func:`optax.scale_by_adam` with ``nesterov=True`` (``optax.nadam``)
