@@ -251,6 +251,8 @@ def make_diagnosis(
     findings.append(Finding("Gradient norms", text,
                             {"clip_threshold": threshold, "percentile": clip_percentile,
                              "num_outliers": len(outliers)}))
+  for note in notes:
+    findings.append(Finding("Note", note))
   if warmup is not None:
     for search in warmup.searches:
       blew = [t for t in search.trials if not t.feasible]
@@ -288,12 +290,12 @@ def make_diagnosis(
       "unstable": "lr* is limited by instability: try warmup, then gradient clipping, then another "
                   "optimizer and architecture best practices; lower the learning rate last.",
   }
-  for note in notes:
-    findings.append(Finding("Note", note))
   text = steps[verdict]
   if warmup is not None and warmup.warmup_steps is None and verdict != STABLE:
     text = ("Warmup did not help at the rates and lengths tried (it fixes instability caused by "
-            "high curvature early in training, not a curvature that stays high). " + text)
+            "high curvature early in training, not a curvature that stays high). "
+            + text.replace("learning-rate warmup, then gradient clipping", "gradient clipping")
+            .replace("try warmup, then gradient clipping", "try gradient clipping"))
   findings.append(Finding("Next steps", text))
   return Diagnosis(verdict, tuple(findings), sweep, tuple(above_best), short_check,
                    tuple(long_checks), warmup)
