@@ -114,3 +114,14 @@ def test_trial_uses_the_configured_warmup_schedule():
   config = TrialConfig(learning_rate=0.1, num_steps=4, warmup_steps=4)
   rates = _schedule_values(config)
   np.testing.assert_allclose(rates, [0.0, 0.025, 0.05, 0.075, 0.1, 0.1, 0.1, 0.1], rtol=1e-6)
+
+
+def test_early_problem_sharpness_is_high_at_init_and_low_at_the_optimum():
+  # Why warmup works here: the top Hessian eigenvalue at init exceeds 2 / lr
+  # for the unstable rate (~0.03) but at the optimum is below 2 / (10 x that).
+  def top_eigenvalue(p):
+    return float(jnp.linalg.eigvalsh(jax.hessian(_early_loss)(p)).max())
+
+  unstable = 10 ** -1.5
+  assert top_eigenvalue(jnp.array([1.0, 1.0])) > 2 / unstable > 2 / (10 * unstable)
+  assert top_eigenvalue(jnp.array([0.0, 0.0])) < 2 / (10 * unstable)
