@@ -49,6 +49,22 @@ __all__ = [
 ]
 
 
+def _global_norm(tree: Any) -> jax.Array:
+  """L2 norm of all leaves together, accumulated in at least float32.
+
+  Like ``optax.tree.norm`` (complex leaves count ``|z|^2``), but bfloat16 /
+  float16 leaves are squared and summed in float32, so the norm keeps float32
+  precision; for float32 leaves the two are the same computation (XLA
+  computes it once when both appear in one step).
+  """
+  total = jnp.zeros([], jnp.float32)
+  for x in jax.tree.leaves(tree):
+    x = jnp.abs(x) if jnp.iscomplexobj(x) else x
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    total = total + jnp.sum(x * x)
+  return jnp.sqrt(total)
+
+
 class GradNormLogState(NamedTuple):
   """State of :func:`record_grad_norm`.
 
@@ -105,7 +121,7 @@ def record_grad_norm(capacity: int = 1000) -> optax.GradientTransformation:
 
   def update_fn(updates, state: GradNormLogState, params=None):
     del params
-    norm = optax.tree.norm(updates).astype(jnp.float32)
+    norm = _global_norm(updates).astype(jnp.float32)
     count = state.grad_norm_log_count
     log = state.grad_norm_log.at[count % capacity].set(norm)
     return updates, GradNormLogState(log, optax.safe_increment(count))

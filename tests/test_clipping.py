@@ -344,3 +344,25 @@ def test_percentile_clip_bad_input(kwargs, name):
 def test_public_names():
   for name in clipping.__all__:
     assert getattr(optstab, name) is getattr(clipping, name)
+
+
+def test_bfloat16_gradients_norm_in_float32_and_dtype_kept():
+  g = {"a": jnp.full((50_000,), 1.0, jnp.bfloat16), "b": jnp.full((3,), 3.0, jnp.bfloat16)}
+  want = np.sqrt(50_000 + 27.0)
+  opt = optax.chain(optstab.record_grad_norm(capacity=2),
+                    optstab.percentile_clip(window_size=2, min_history=1, initial_threshold=10.0))
+  state = opt.init(g)
+  out, state = jax.jit(opt.update)(g, state)
+  np.testing.assert_allclose(float(optax.tree.get(state, "grad_norm")), want, rtol=1e-6)
+  np.testing.assert_allclose(optstab.recorded_grad_norms(state), [want], rtol=1e-6)
+  assert out["a"].dtype == jnp.bfloat16 and out["b"].dtype == jnp.bfloat16
+  np.testing.assert_allclose(float(optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), out))),
+                             10.0, rtol=1e-2)  # bfloat16 resolution
+
+
+def test_complex_gradients_use_the_modulus():
+  g = jnp.array([3.0 + 4.0j, 0.0])
+  tx = optstab.percentile_clip(window_size=2, min_history=1, initial_threshold=1.0)
+  out, state = tx.update(g, tx.init(g))
+  assert float(state.grad_norm) == pytest.approx(5.0)
+  np.testing.assert_allclose(np.asarray(out), [0.6 + 0.8j, 0.0], rtol=1e-6)
