@@ -16,15 +16,22 @@ from optstab.diagnosis import TrialConfig, TrialRecord, TrialStore, learning_rat
 from optstab.diagnosis.store import TRIALS_FILE
 from test_diagnosis_problems import noisy_numpy_trial
 
-# The trial the killed subprocess and the reference run both use: cheap numpy,
-# slow enough (sleep) to be killed in the middle; 0.7 raises, >= 2 diverges.
+# The trial the killed subprocess and the reference run both use: cheap numpy;
+# 0.7 raises, >= 2 diverges. In the subprocess, the 5th trial hangs, so the
+# SIGKILL lands in the middle of a trial after exactly 4 were recorded.
 TRIAL_SOURCE = textwrap.dedent('''
+    import os
     import time
     import numpy as np
     from optstab.diagnosis.trial import TrialResult
 
+    CALLS = []
+
     def trial(config):
-      time.sleep(0.15)
+      CALLS.append(config)
+      if len(CALLS) > int(os.environ.get("OPTSTAB_TEST_HANG_AFTER", "1000000")):
+        time.sleep(600)  # the subprocess hangs inside a trial until it is killed
+      time.sleep(0.05)
       if abs(config.learning_rate - 0.7) < 1e-12:
         raise RuntimeError("simulated crash")
       x, losses = 1.0, []
@@ -66,7 +73,7 @@ def test_sweep_killed_with_sigkill_resumes_to_the_same_results(tmp_path):
       from optstab.diagnosis.sweep import learning_rate_sweep
       learning_rate_sweep(trial, GRID, 40, out_dir={str(killed_dir)!r}, progress=False)
   '''))
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", OPTSTAB_TEST_HANG_AFTER="4")
   proc = subprocess.Popen([sys.executable, str(script)], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   store_file = killed_dir / TRIALS_FILE
@@ -77,7 +84,7 @@ def test_sweep_killed_with_sigkill_resumes_to_the_same_results(tmp_path):
   proc.wait()
   assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
   finished = _lines(store_file)
-  assert 4 <= finished < len(grid)  # really interrupted in the middle
+  assert finished == 4  # killed in the middle of the 5th trial
 
   calls = []
 
