@@ -34,6 +34,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import optstab
 from optstab import _validation
 from optstab.diagnosis.trial import TrialConfig, TrialFn, TrialResult
 from optstab.wrn import data as wrn_data
@@ -177,8 +178,6 @@ def data_mesh(devices: Optional[list] = None) -> Mesh:
 
 def _base_optimizer(name: str, momentum: float) -> Callable[..., optax.GradientTransformation]:
   """optstab's optimizer constructor, as a function of the learning rate."""
-  import optstab
-
   if name == "sgd":
     return optstab.sgd
   if name == "momentum":
@@ -191,22 +190,18 @@ def _base_optimizer(name: str, momentum: float) -> Callable[..., optax.GradientT
 def make_optimizer(setup: TrainSetup) -> optax.GradientTransformation:
   """The setup's gradient transformation, with an injectable learning rate.
 
-  ``[percentile_clip] -> [telemetry] -> inject_hyperparams(optimizer)``; the
+  ``[record_grad_norm] -> [percentile_clip] -> inject_hyperparams(optimizer)``; the
   learning rate lives in ``opt_state[-1].hyperparams["learning_rate"]`` and
   the train step overwrites it every step with the schedule's value.
   """
   parts = []
+  if setup.telemetry:  # first: it must see the unclipped gradient
+    parts.append(optstab.record_grad_norm())
   if setup.clip_percentile is not None:
-    import optstab
-
     parts.append(optstab.percentile_clip(
         percentile=setup.clip_percentile, window_size=setup.clip_window,
         min_history=min(setup.clip_min_history, setup.clip_window),
         initial_threshold=setup.clip_initial_threshold))
-  if setup.telemetry:
-    from optstab import telemetry
-
-    parts.append(telemetry.record_grad_norm())
   parts.append(optax.inject_hyperparams(_base_optimizer(setup.optimizer, setup.momentum))(
       learning_rate=0.0))
   return optax.chain(*parts)
