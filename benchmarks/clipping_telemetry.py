@@ -57,20 +57,27 @@ def _time_interleaved(fns: dict, repeats: int, warmup: int) -> dict:
   return times
 
 
-def _table(title: str, times: dict, baseline: str, unit_scale: float, unit: str) -> str:
+def _table(title: str, times: dict, baseline: str, unit_scale: float, unit: str,
+           extra: dict | None = None, extra_name: str = "") -> str:
   """Median, min, ratio of medians, and the median of per-round ratios.
 
   Variants run round-robin, so the per-round ratio (this variant's run over
   the baseline's run of the same round) cancels slow drifts in machine load.
   """
   base = statistics.median(times[baseline])
-  lines = [title, f"| variant | median {unit} | min {unit} | median / baseline | "
-           f"paired ratio (median) |", "|---|---|---|---|---|"]
+  head = f"| variant | median {unit} | min {unit} | median / baseline | paired ratio (median) |"
+  rule = "|---|---|---|---|---|"
+  if extra:
+    head, rule = head + f" {extra_name} |", rule + "---|"
+  lines = [title, head, rule]
   for name, ts in times.items():
     med = statistics.median(ts)
     paired = statistics.median(t / b for t, b in zip(ts, times[baseline]))
-    lines.append(f"| {name} | {med * unit_scale:.3f} | {min(ts) * unit_scale:.3f} | "
-                 f"{med / base:.3f}x | {paired:.3f}x |")
+    row = (f"| {name} | {med * unit_scale:.3f} | {min(ts) * unit_scale:.3f} | "
+           f"{med / base:.3f}x | {paired:.3f}x |")
+    if extra:
+      row += f" {extra[name]} |"
+    lines.append(row)
   lines.append(f"(baseline: {baseline})")
   return "\n".join(lines)
 
@@ -86,7 +93,7 @@ def bench_optimizer_step(num_params: int, repeats: int, warmup: int) -> str:
                                                                     min_history=100),
                                             _adam(1e-3)),
   }
-  fns = {}
+  fns, traffic = {}, {}
   for name, opt in variants.items():
     def step(p, s, g, opt=opt):
       updates, s = opt.update(g, s, p)
@@ -95,6 +102,11 @@ def bench_optimizer_step(num_params: int, repeats: int, warmup: int) -> str:
     step = jax.jit(step, donate_argnums=(0, 1))
     box = {"p": jax.tree.map(jnp.copy, params)}
     box["s"] = opt.init(box["p"])
+    # XLA's own estimate of the memory traffic of the compiled step: a
+    # deterministic complement to the (load-sensitive) timings.
+    cost = step.lower(box["p"], box["s"], grads).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    traffic[name] = f"{cost.get('bytes accessed', float('nan')) / (4 * n):.1f}"
 
     def run(step=step, box=box):
       t0 = time.perf_counter()
@@ -105,7 +117,8 @@ def bench_optimizer_step(num_params: int, repeats: int, warmup: int) -> str:
     fns[name] = run
   times = _time_interleaved(fns, repeats, warmup)
   return _table(f"Optimizer step, {n:,} float32 parameters, {repeats} runs each "
-                f"({jax.devices()[0].platform})", times, "clip_by_global_norm + adam", 1e3, "ms")
+                f"({jax.devices()[0].platform})", times, "clip_by_global_norm + adam", 1e3, "ms",
+                traffic, "XLA bytes accessed / parameter bytes")
 
 
 def _mlp(key, sizes):
