@@ -4,7 +4,8 @@ Part 1 (optimizer step, ~10M parameters): step time of
   adam alone | chain(clip_by_global_norm, adam) | chain(percentile_clip, adam)
 each a jitted ``update + apply_updates`` with donated buffers, timed one step at
 a time (``block_until_ready``), the variants interleaved round-robin so machine
-load hits them alike; reports median and min over ``--repeats`` runs.
+load hits them alike; reports median and min over ``--repeats`` runs, and
+XLA's bytes-accessed estimate of each compiled step (deterministic).
 
 Part 2 (a small MLP training loop): time per step of
   clip_by_global_norm + adam, no telemetry | the same + record_grad_norm and a
@@ -13,6 +14,10 @@ Part 2 (a small MLP training loop): time per step of
   every step, ``numpy.percentile`` on the host: the per-step sync we avoid) |
   percentile_clip + record_grad_norm (the on-device equivalent)
 each timed over ``--loop-steps`` steps per run, interleaved, ``--repeats`` runs.
+
+Part 3 (window cost): per-step device time of percentile_clip for several
+window sizes vs clip_by_global_norm and record_grad_norm, each run as one
+jitted lax.scan over ``--scan-steps`` updates (no dispatch overhead).
 
 Usage:
   JAX_PLATFORMS=cpu python benchmarks/clipping_telemetry.py            # full size
@@ -215,6 +220,42 @@ def bench_training_loop(hidden: int, batch: int, loop_steps: int, repeats: int,
                 "clip_by_global_norm + adam, no telemetry", 1e3, "ms/step")
 
 
+def bench_window_cost(windows, scan_steps: int, repeats: int, warmup: int) -> str:
+  """Per-step device cost of the percentile window, without dispatch overhead.
+
+  Each variant runs ``scan_steps`` updates of a 16-element gradient inside one
+  jitted ``lax.scan``, so the time per step is the transformation's own
+  compute (the window bookkeeping), not Python or dispatch.
+  """
+  grads = jax.random.normal(jax.random.key(3), (scan_steps, 16))
+  grads = grads * jnp.exp(jax.random.normal(jax.random.key(4), (scan_steps, 1)))
+  variants = {"clip_by_global_norm": optstab.clip_by_global_norm(1.0),
+              "record_grad_norm (capacity 1000)": optstab.record_grad_norm(1000)}
+  for w in windows:
+    variants[f"percentile_clip (window {w})"] = optstab.percentile_clip(
+        90.0, window_size=w, min_history=min(10, w))
+  fns = {}
+  for name, tx in variants.items():
+    def scan(gs, tx=tx):
+      def body(state, g):
+        out, state = tx.update(g, state)
+        return state, out[0]
+      return jax.lax.scan(body, tx.init(gs[0]), gs)
+
+    scan = jax.jit(scan)
+    jax.block_until_ready(scan(grads))
+
+    def run(scan=scan):
+      t0 = time.perf_counter()
+      jax.block_until_ready(scan(grads))
+      return (time.perf_counter() - t0) / scan_steps
+    fns[name] = run
+  times = _time_interleaved(fns, repeats, warmup)
+  return _table(f"Window cost: {scan_steps} updates of a 16-element gradient in one jitted scan, "
+                f"{repeats} runs each ({jax.devices()[0].platform})", times,
+                "clip_by_global_norm", 1e6, "us/step")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--num-params", type=int, default=10_000_000,
@@ -227,6 +268,9 @@ def main(argv=None):
                       help="training steps per timed run of the loop benchmark")
   parser.add_argument("--skip-step", action="store_true", help="skip part 1")
   parser.add_argument("--skip-loop", action="store_true", help="skip part 2")
+  parser.add_argument("--windows", type=int, nargs="*", default=[100, 1000, 10000],
+                      help="percentile_clip window sizes for part 3 (none: skip it)")
+  parser.add_argument("--scan-steps", type=int, default=2000, help="updates per run in part 3")
   args = parser.parse_args(argv)
   print(f"jax {jax.__version__}, optax {optax.__version__}, devices {jax.devices()}")
   if not args.skip_step:
@@ -235,6 +279,9 @@ def main(argv=None):
   if not args.skip_loop:
     print(bench_training_loop(args.hidden, args.batch, args.loop_steps, args.repeats,
                               args.warmup), flush=True)
+    print()
+  if args.windows:
+    print(bench_window_cost(args.windows, args.scan_steps, args.repeats, args.warmup), flush=True)
 
 
 if __name__ == "__main__":
