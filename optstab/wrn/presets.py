@@ -75,8 +75,7 @@ class Preset:
     learning_rates: the Figure 4 grid (base learning rates).
     warmup_steps: warmup length of the warmup curves and the warmup mitigation.
     high_learning_rate: the rate of Figure 5, Figure 9 and the mitigation table.
-    clip_percentiles: percentile-clipping runs (Figure 9); the first one is the
-      mitigation-table row.
+    clip_percentiles: percentile-clipping runs (Figure 9 and mitigation rows).
     clip_window: window of recent norms for ``optstab.percentile_clip``.
     adam_learning_rate: Adam's rate in the mitigation table (Adam's useful
       rates are far below momentum's, so it gets its own).
