@@ -29,6 +29,8 @@ def test_sharded_runs_equal_single_device_and_keep_shardings():
   lines = proc.stdout.splitlines()
   for name in NAMES:
     assert any(line.startswith(f"OK {name} ") for line in lines), output
-  # Momentum-like optimizers keep one moment per parameter leaf, Adam-like two.
+  # Momentum-like optimizers keep one moment per parameter leaf, Adam-like two;
+  # the Explicit-mesh (sharding-in-types) check ran.
   assert "OK momentum moments=5" in lines and "OK adam moments=10" in lines, output
+  assert "OK explicit sharding types" in lines, output
   assert lines[-1] == "ALL OK", output
