@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import sys
 import time
@@ -42,8 +43,9 @@ CI_PARAMETERS: dict[str, dict[str, object]] = {
     "stride_instability": {"preset_name": "tiny", "progress": False},
 }
 
-# Extra environment of a notebook's kernel. Two simulated CPU devices make the
-# stride notebook's data-parallel path ("every local device") run in CI.
+# Extra environment of a notebook's kernel, appended to the variable's current
+# value. Two simulated CPU devices make the stride notebook's data-parallel path
+# ("every local device") run in CI.
 CI_ENV: dict[str, dict[str, str]] = {
     "stride_instability": {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
 }
@@ -156,7 +158,7 @@ def test_executes_on_cpu(name, tmp_path, monkeypatch):
   monkeypatch.setenv("MPLBACKEND", "Agg")
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   for key, value in CI_ENV.get(name, {}).items():
-    monkeypatch.setenv(key, value)
+    monkeypatch.setenv(key, f"{os.environ.get(key, '')} {value}".strip())  # appended to any set flags
   client = nbclient.NotebookClient(
       nb,
       kernel_name="python3",
