@@ -433,8 +433,8 @@ def render_report(s: dict[str, Any]) -> str:
       f"warmup steps (the paper: {pub['warmup_steps']} before ~{pub['train_steps']} steps).",
       f"Infeasible: {s['feasibility_rule']}. A mitigation restores training if it is "
       f"{s['restored_definition']}.",
-      f"Wall time: {s['wall_seconds']:.0f} s (trials: {s['trial_seconds']:.0f} s, summed over "
-      "the trials run or resumed).",
+      f"Wall time of the last invocation: {s['wall_seconds']:.0f} s; the trials took "
+      f"{s['trial_seconds']:.0f} s in all (summed over every invocation that ran them).",
       "",
       "## Figure 4: test error vs base learning rate",
       "",
