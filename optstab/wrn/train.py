@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -77,8 +77,9 @@ class TrainSetup:
       paper's and the reference's choice.
     momentum: momentum / Adam's ``b1``.
     weight_decay: L2 penalty coefficient: the loss gets
-      ``0.5 * weight_decay * sum(w**2)`` over the conv and dense kernels (the
-      reference's ``l2_decay_factor``, 1e-4 on CIFAR-10). 0 disables it.
+      ``0.5 * weight_decay * sum(w**2)`` over the conv and dense kernels
+      (batch-norm scales and biases excluded); the reference uses an L2
+      penalty of 1e-4 on CIFAR-10. 0 disables it.
     clip_percentile: if set, ``optstab.percentile_clip(clip_percentile)`` is
       chained before the optimizer (FAQ S5).
     clip_window: window of recent gradient norms the percentile is taken over.
@@ -91,8 +92,9 @@ class TrainSetup:
       on-device record of every unclipped norm), as a user would.
     compute_dtype: ``"float32"`` or ``"bfloat16"`` activations/matmuls
       (parameters and optimizer state stay float32).
-    augment: random crop (4-pixel padding) and horizontal flip of training
-      images (CIFAR-10 only; digits must not be flipped).
+    augment: apply the data set's own training augmentation
+      (``ImageDataset.augmentation``: CIFAR-10 random 4-pixel crops and
+      horizontal flips; digits crops only, a mirrored digit being another symbol).
     fetch_every: fetch on-device metrics to the host every this many steps.
     eval_batch_size: batch size of evaluation passes.
   """
