@@ -315,6 +315,23 @@ def _put_batch(mesh: Mesh, batch: "wrn_data.Batch") -> "wrn_data.Batch":
       for a in batch))
 
 
+def _replicate(tree, mesh: Mesh):
+  """Places a pytree replicated on every device of ``mesh`` (of every process).
+
+  Every process computes the same initial state (same seed), so with several
+  processes each one contributes its own copy of every leaf.
+  """
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree.map(put, tree)
+
+
 def _train_batches(setup: TrainSetup, data: "wrn_data.ImageDataset", mesh: Mesh, seed: int):
   """Endless sharded training batches, prefetched from a background thread."""
   augmentation = "default" if setup.augment else None
@@ -406,7 +423,7 @@ def train(setup: TrainSetup, data: "wrn_data.ImageDataset", config: TrialConfig,
   if compiled is None:
     compiled = _compile(setup, mesh)
   _, state = init_state(setup, config.seed)
-  state = jax.device_put(state, NamedSharding(mesh, P()))
+  state = _replicate(state, mesh)
   evaluator = compiled.evaluator(mesh, data, setup.eval_batch_size)
   total = config.total_steps
   lrs = _schedule_values(config.learning_rate_schedule(), total).astype(np.float32)
