@@ -4,6 +4,11 @@ Every public constructor validates its arguments here, at construction time, so
 bad input fails with one message format naming the argument, the value it got
 and the range it allows. Schedules (callables) are accepted wherever a
 ``ScalarOrSchedule`` is, and are checked when they are called, not here.
+
+Under :func:`optax.inject_hyperparams` a constructor is called again inside the
+jitted update with traced hyperparameters. Those were checked, concrete, when
+the transformation was built; a tracer has no value to check, so every check
+here lets a tracer through.
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ from __future__ import annotations
 import math
 import numbers
 from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
 
 __all__ = [
     "check_in_range",
@@ -24,18 +32,35 @@ __all__ = [
 ]
 
 
+def _is_traced(value: Any) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
+def _is_scalar_array(value: Any, kind: Any) -> bool:
+  """A 0-d NumPy / JAX array of dtype ``kind`` (bfloat16 counts as floating)."""
+  dtype = getattr(value, "dtype", None)
+  return getattr(value, "shape", None) == () and dtype is not None and jnp.issubdtype(dtype, kind)
+
+
 def _is_real_scalar(value: Any) -> bool:
   if isinstance(value, bool):
     return False
   if isinstance(value, numbers.Real):
     return True
-  # 0-d numpy / jax arrays
-  shape = getattr(value, "shape", None)
-  return shape == () and hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "fiu"
+  return _is_scalar_array(value, jnp.floating) or _is_scalar_array(value, jnp.integer)
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:
-  raise ValueError(f"{name} must be {allowed}; got {value!r}.")
+  message = f"{name} must be {allowed}; got {value!r}."
+  if _is_scalar_array(value, jnp.floating) and jnp.finfo(value.dtype).bits < 32:
+    # inject_hyperparams casts hyperparameters to the parameters' dtype, where
+    # e.g. 0.999 rounds to 1.0 in bfloat16.
+    message += (
+        f" It was a {value.dtype} scalar: optax.inject_hyperparams casts "
+        "hyperparameters to the parameters' dtype unless given "
+        "hyperparam_dtype=jnp.float32."
+    )
+  raise ValueError(message)
 
 
 def check_in_range(
@@ -59,7 +84,7 @@ def check_in_range(
     high_inclusive: whether ``high`` itself is allowed.
     allow_schedule: accept a callable (an optax schedule) without checking it.
   """
-  if allow_schedule and callable(value):
+  if _is_traced(value) or (allow_schedule and callable(value)):
     return
   left = "[" if low_inclusive else "("
   right = "]" if high_inclusive and math.isfinite(high) else ")"
@@ -98,8 +123,15 @@ def check_percentile(name: str, value: Any) -> None:
 
 
 def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> None:
-  """An integer >= ``minimum`` (bools and floats such as 10.0 are rejected)."""
-  is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+  """An integer >= ``minimum`` (bools and floats such as 10.0 are rejected).
+
+  A 0-d integer array (how inject_hyperparams passes an integer) is accepted.
+  """
+  if _is_traced(value):
+    return
+  is_int = (
+      isinstance(value, numbers.Integral) and not isinstance(value, bool)
+  ) or _is_scalar_array(value, jnp.integer)
   if not is_int or int(value) < minimum:
     _fail(name, value, f"an integer >= {minimum}")
 

@@ -42,7 +42,6 @@ from :func:`clip_threshold`) is the simpler, more predictable choice.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -156,9 +155,6 @@ def _is_tracer(value: Any) -> bool:
 
 def _as_int(name: str, value: Any, *, minimum: int) -> int:
   """Checks a concrete integer (Python int or 0-d integer array) and returns it."""
-  if (not isinstance(value, (numbers.Integral, bool)) and getattr(value, "shape", None) == ()
-      and getattr(getattr(value, "dtype", None), "kind", "") in "iu"):
-    value = int(value)  # inject_hyperparams hands numeric arguments over as arrays.
   _validation.check_positive_int(name, value, minimum=minimum)
   return int(value)
 
@@ -281,11 +277,10 @@ def percentile_clip(
     fixed-size device buffer (the percentile is over the last ``window_size``
     norms, not all of them).
   """
-  if not _is_tracer(percentile):
-    _validation.check_percentile("percentile", percentile)
-  if initial_threshold is not None and not _is_tracer(initial_threshold):
+  _validation.check_percentile("percentile", percentile)
+  if initial_threshold is not None:
     _validation.check_positive("initial_threshold", initial_threshold)
-  if max_threshold is not None and not _is_tracer(max_threshold):
+  if max_threshold is not None:
     _validation.check_positive("max_threshold", max_threshold)
   # window_size is only needed (as a Python int) by init; update reads the
   # window length from the state, so traced values are fine there.

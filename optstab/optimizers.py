@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -55,37 +55,6 @@ __all__ = [
 # ----------------------------------------------------------------------------
 # Helpers.
 # ----------------------------------------------------------------------------
-
-
-def _validated(check: Callable[..., None], name: str, value: Any) -> None:
-  """Runs an optstab._validation check unless ``value`` is traced.
-
-  Under :func:`optax.inject_hyperparams` the constructor is called again inside
-  the jitted update with traced hyperparameters; those were checked (concrete)
-  when the optimizer was built and initialized, and a tracer has no value to
-  check.
-  """
-  if isinstance(value, jax.core.Tracer):
-    return
-  if (
-      isinstance(value, jax.Array)
-      and value.shape == ()
-      and jnp.issubdtype(value.dtype, jnp.floating)
-      and value.dtype.kind != "f"
-  ):
-    # bfloat16 / float8 scalars (inject_hyperparams casts hyperparameters to
-    # the parameters' dtype) have NumPy kind "V", which the checks reject.
-    # They may also round out of range (0.999 -> 1.0 in bfloat16).
-    try:
-      check(name, value.astype(jnp.float32))
-    except ValueError as e:
-      raise ValueError(
-          f"{e} It was a {value.dtype} scalar: optax.inject_hyperparams casts "
-          "hyperparameters to the parameters' dtype unless given "
-          "hyperparam_dtype=jnp.float32."
-      ) from None
-    return
-  check(name, value)
 
 
 def _check_decay(name: str, value: Any) -> None:
@@ -201,7 +170,7 @@ def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationEx
     >>> print(optax.apply_updates(params, updates))
     [ 0.95 -2.1 ]
   """
-  _validated(_validation.check_learning_rate, "learning_rate", learning_rate)
+  _validation.check_learning_rate("learning_rate", learning_rate)
   return _keep_dtypes(optax.scale_by_learning_rate(learning_rate))
 
 
@@ -256,8 +225,8 @@ def momentum(
     >>> print(params)  # 1 - 0.1 * 1 - 0.1 * 1.5
     [0.75]
   """
-  _validated(_validation.check_learning_rate, "learning_rate", learning_rate)
-  _validated(_check_decay, "momentum", momentum)
+  _validation.check_learning_rate("learning_rate", learning_rate)
+  _check_decay("momentum", momentum)
   return _keep_dtypes(
       optax.chain(
           optax.trace(decay=momentum, nesterov=False, accumulator_dtype=accumulator_dtype),
@@ -308,8 +277,8 @@ def nesterov(
     >>> print(updates)  # -0.1 * (0.5 * 1 + 1)
     [-0.15]
   """
-  _validated(_validation.check_learning_rate, "learning_rate", learning_rate)
-  _validated(_check_decay, "momentum", momentum)
+  _validation.check_learning_rate("learning_rate", learning_rate)
+  _check_decay("momentum", momentum)
   return _keep_dtypes(
       optax.chain(
           optax.trace(decay=momentum, nesterov=True, accumulator_dtype=accumulator_dtype),
@@ -405,10 +374,10 @@ def rmsprop(
     Tieleman and Hinton, Lecture 6.5, COURSERA: Neural Networks for Machine
     Learning, 2012; ``tf.compat.v1.train.RMSPropOptimizer``.
   """
-  _validated(_validation.check_learning_rate, "learning_rate", learning_rate)
-  _validated(_check_decay, "decay", decay)
-  _validated(_check_decay, "momentum", momentum)
-  _validated(_validation.check_non_negative, "eps", eps)
+  _validation.check_learning_rate("learning_rate", learning_rate)
+  _check_decay("decay", decay)
+  _check_decay("momentum", momentum)
+  _validation.check_non_negative("eps", eps)
   keep_mom = not _is_python_zero(momentum)
 
   def init_fn(params):
@@ -461,9 +430,9 @@ def _scale_by_faq_adam_family(
     mu_dtype: Optional[jax.typing.DTypeLike],
     nesterov: bool,
 ) -> optax.GradientTransformation:
-  _validated(_check_decay, "b1", b1)
-  _validated(_check_decay, "b2", b2)
-  _validated(_validation.check_non_negative, "eps", eps)
+  _check_decay("b1", b1)
+  _check_decay("b2", b2)
+  _validation.check_non_negative("eps", eps)
   if mu_dtype is not None:
     mu_dtype = jax.dtypes.canonicalize_dtype(mu_dtype)
 
@@ -675,7 +644,7 @@ def adam(
     Kingma and Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, 2014 (Section 2's "efficient" form).
   """
-  _validated(_validation.check_learning_rate, "learning_rate", learning_rate)
+  _validation.check_learning_rate("learning_rate", learning_rate)
   return _keep_dtypes(
       optax.chain(
           scale_by_faq_adam(b1, b2, eps, mu_dtype=mu_dtype),
@@ -741,7 +710,7 @@ def nadam(
     Dozat, `Incorporating Nesterov Momentum into Adam
     <https://openreview.net/pdf?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
   """
-  _validated(_validation.check_learning_rate, "learning_rate", learning_rate)
+  _validation.check_learning_rate("learning_rate", learning_rate)
   return _keep_dtypes(
       optax.chain(
           scale_by_faq_nadam(b1, b2, eps, mu_dtype=mu_dtype),

@@ -1,7 +1,6 @@
 """optstab's optimizers vs optax's namesakes: equal where S1 and optax agree,
 and different by exactly the documented amount where they do not."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
