@@ -40,6 +40,7 @@ from optstab.clipping import percentile_clip
 from optstab.telemetry import ClippingSummary
 from optstab.telemetry import GradNormLogState
 from optstab.telemetry import GradNormRecorder
+from optstab.telemetry import global_norm
 from optstab.telemetry import record_grad_norm
 from optstab.telemetry import recorded_grad_norms
 from optstab.telemetry import summarize_clip_state

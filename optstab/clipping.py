@@ -50,6 +50,7 @@ import numpy as np
 import optax
 
 from optstab import _validation
+from optstab.telemetry import global_norm
 
 __all__ = [
     "clip_by_global_norm",
@@ -131,22 +132,6 @@ class PercentileClipState(NamedTuple):
   num_steps: jax.Array
   num_clipped: jax.Array
   num_nonfinite: jax.Array
-
-
-def _global_norm(tree: Any) -> jax.Array:
-  """L2 norm of all leaves together, accumulated in at least float32.
-
-  Like ``optax.tree.norm`` (complex leaves count ``|z|^2``), but bfloat16 /
-  float16 leaves are squared and summed in float32, so the norm keeps float32
-  precision; for float32 leaves the two are the same computation (XLA
-  computes it once when both appear in one step).
-  """
-  total = jnp.zeros([], jnp.float32)
-  for x in jax.tree.leaves(tree):
-    x = jnp.abs(x) if jnp.iscomplexobj(x) else x
-    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    total = total + jnp.sum(x * x)
-  return jnp.sqrt(total)
 
 
 def _is_tracer(value: Any) -> bool:
@@ -315,7 +300,7 @@ def percentile_clip(
 
   def update_fn(updates, state: PercentileClipState, params=None):
     del params
-    norm32 = _global_norm(updates).astype(jnp.float32)
+    norm32 = global_norm(updates).astype(jnp.float32)
     finite = jnp.isfinite(norm32)
 
     # Threshold from the window *before* this step.

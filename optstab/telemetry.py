@@ -39,6 +39,7 @@ import optax
 from optstab import _validation
 
 __all__ = [
+    "global_norm",
     "GradNormLogState",
     "record_grad_norm",
     "recorded_grad_norms",
@@ -49,8 +50,11 @@ __all__ = [
 ]
 
 
-def _global_norm(tree: Any) -> jax.Array:
-  """L2 norm of all leaves together, accumulated in at least float32.
+def global_norm(tree: Any) -> jax.Array:
+  """The global L2 norm of a gradient pytree, accumulated in at least float32.
+
+  This is the norm the FAQ (S2, S5) says to log and clip by: every leaf of the
+  full loss gradient together.
 
   Like ``optax.tree.norm`` (complex leaves count ``|z|^2``), but bfloat16 /
   float16 leaves are squared and summed in float32, so the norm keeps float32
@@ -121,7 +125,7 @@ def record_grad_norm(capacity: int = 1000) -> optax.GradientTransformation:
 
   def update_fn(updates, state: GradNormLogState, params=None):
     del params
-    norm = _global_norm(updates).astype(jnp.float32)
+    norm = global_norm(updates).astype(jnp.float32)
     count = state.grad_norm_log_count
     log = state.grad_norm_log.at[count % capacity].set(norm)
     return updates, GradNormLogState(log, optax.safe_increment(count))
