@@ -84,6 +84,10 @@ def test_trial_fn_returns_a_full_result_and_honours_the_schedule(digits, compile
   # but different batches; the seed fixes everything: a rerun is identical.
   again = trial_fn(config)
   np.testing.assert_array_equal(result.train_loss, again.train_loss)
+  # Evaluation every step (the FAQ's early-instability check).
+  every = trial_fn(TrialConfig(0.1, num_steps=3, eval_every=1))
+  assert every.eval_steps.tolist() == [1, 2, 3]
+  assert every.eval_metrics["loss"].shape == (3,) and np.all(np.isfinite(every.eval_metrics["loss"]))
 
 
 def test_setup_validation_and_extra_overrides():
