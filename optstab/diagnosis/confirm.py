@@ -25,15 +25,15 @@ from typing import Any, Optional, Sequence
 from optstab import _validation
 from optstab.diagnosis.detectors import DetectorThresholds, RunDiagnosis, classify_run
 from optstab.diagnosis.feasibility import FeasibilityRule
-from optstab.diagnosis.store import TrialRecord, TrialStore
+from optstab.diagnosis.store import RecordView, TrialRecord, TrialStore
 from optstab.diagnosis.sweep import PathLike, SweepResult, judge, run_trials
-from optstab.diagnosis.trial import TrialConfig, TrialFn, TrialResult
+from optstab.diagnosis.trial import TrialFn
 
 __all__ = ["ConfirmationRun", "rates_above_best", "short_check", "long_check"]
 
 
 @dataclasses.dataclass(frozen=True)
-class ConfirmationRun:
+class ConfirmationRun(RecordView):
   """One confirmation run and what it shows.
 
   Attributes:
@@ -52,18 +52,6 @@ class ConfirmationRun:
   feasible: bool
   reason: Optional[str]
   diagnosis: Optional[RunDiagnosis]
-
-  @property
-  def config(self) -> TrialConfig:
-    return self.record.config
-
-  @property
-  def learning_rate(self) -> float:
-    return self.record.config.learning_rate
-
-  @property
-  def result(self) -> Optional[TrialResult]:
-    return self.record.result
 
   @property
   def label(self) -> str:

@@ -33,6 +33,27 @@ __all__ = ["TrialRecord", "TrialStore", "TRIALS_FILE"]
 TRIALS_FILE = "trials.jsonl"
 
 
+class RecordView:
+  """Read-only shortcuts for a judged trial that holds its ``record``.
+
+  Shared by the sweep's and the confirmation runs' per-trial results.
+  """
+
+  record: "TrialRecord"
+
+  @property
+  def config(self) -> TrialConfig:
+    return self.record.config
+
+  @property
+  def learning_rate(self) -> float:
+    return self.record.config.learning_rate
+
+  @property
+  def result(self) -> Optional[TrialResult]:
+    return self.record.result
+
+
 @dataclasses.dataclass(frozen=True)
 class TrialRecord:
   """One finished trial: its result, or the error it raised.

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from optstab import _validation
 from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
-from optstab.diagnosis.store import TrialRecord, TrialStore
+from optstab.diagnosis.store import RecordView, TrialRecord, TrialStore
 from optstab.diagnosis.trial import TrialConfig, TrialFn, TrialResult
 
 __all__ = [
@@ -184,25 +184,13 @@ def metric_value(result: TrialResult, metric: str = "loss", mode: str = "min", r
 
 
 @dataclasses.dataclass(frozen=True)
-class SweepTrial:
+class SweepTrial(RecordView):
   """One sweep point: the trial record, its feasibility and its metric value."""
 
   record: TrialRecord
   feasible: bool
   reason: Optional[str]
   metric_value: float
-
-  @property
-  def config(self) -> TrialConfig:
-    return self.record.config
-
-  @property
-  def learning_rate(self) -> float:
-    return self.record.config.learning_rate
-
-  @property
-  def result(self) -> Optional[TrialResult]:
-    return self.record.result
 
   def to_dict(self) -> dict[str, Any]:
     return {
