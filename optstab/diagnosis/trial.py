@@ -62,8 +62,7 @@ class TrialConfig:
     _validation.check_positive_int("warmup_steps", self.warmup_steps, minimum=0)
     _validation.check_positive_int("eval_every", self.eval_every)
     _validation.check_positive_int("seed", self.seed, minimum=0)
-    if self.schedule not in SCHEDULES:
-      raise ValueError(f"schedule must be one of {SCHEDULES}; got {self.schedule!r}.")
+    _validation.check_one_of("schedule", self.schedule, SCHEDULES)
     # Normalize so that equal configs hash and serialize identically.
     object.__setattr__(self, "learning_rate", float(self.learning_rate))
     object.__setattr__(self, "extra", dict(sorted(dict(self.extra).items())))

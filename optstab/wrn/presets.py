@@ -120,8 +120,7 @@ class Preset:
   train_size: Optional[int] = None
 
   def __post_init__(self):
-    if self.dataset not in ("digits", "cifar10"):
-      raise ValueError(f"dataset must be 'digits' or 'cifar10'; got {self.dataset!r}.")
+    _validation.check_one_of("dataset", self.dataset, ("digits", "cifar10"))
     for name in ("image_size", "depth", "width", "batch_size", "num_steps", "eval_every",
                  "fig5_steps", "fig5_eval_every", "clip_window"):
       _validation.check_positive_int(name, getattr(self, name))
@@ -205,6 +204,5 @@ PRESETS: dict[str, Preset] = {
 
 def get_preset(name: str) -> Preset:
   """The preset called ``name`` (one of ``PRESETS``)."""
-  if name not in PRESETS:
-    raise ValueError(f"preset must be one of {sorted(PRESETS)}; got {name!r}.")
+  _validation.check_one_of("preset", name, sorted(PRESETS))
   return PRESETS[name]

@@ -121,8 +121,7 @@ class TrainSetup:
 
   def __post_init__(self):
     _validation.check_positive_int("batch_size", self.batch_size)
-    if self.optimizer not in OPTIMIZERS:
-      raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}.")
+    _validation.check_one_of("optimizer", self.optimizer, OPTIMIZERS)
     _validation.check_in_range("momentum", self.momentum, 0.0, 1.0)
     _validation.check_non_negative("weight_decay", self.weight_decay)
     if self.clip_percentile is not None:
@@ -131,8 +130,7 @@ class TrainSetup:
     _validation.check_positive_int("clip_min_history", self.clip_min_history)
     if self.clip_initial_threshold is not None:
       _validation.check_positive("clip_initial_threshold", self.clip_initial_threshold)
-    if self.compute_dtype not in ("float32", "bfloat16"):
-      raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16'; got {self.compute_dtype!r}.")
+    _validation.check_one_of("compute_dtype", self.compute_dtype, ("float32", "bfloat16"))
     _validation.check_positive_int("fetch_every", self.fetch_every)
     _validation.check_positive_int("eval_batch_size", self.eval_batch_size)
 
@@ -271,7 +269,7 @@ def make_train_step(setup: TrainSetup, graphdef, mesh: Optional[Mesh] = None):
       return total, (ce, batch_stats)
 
     (_, (ce, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.tree.norm(grads)
+    grad_norm = optstab.global_norm(grads)
     opt_state = _set_learning_rate(state.opt_state, learning_rate)
     updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
