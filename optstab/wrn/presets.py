@@ -157,6 +157,18 @@ class Preset:
 _DIGITS_STRIDES = ((1, 1), (1, 1), (2, 2))
 _REFERENCE_STRIDES = ((1, 1), (2, 2), (2, 2))
 
+_CIFAR10_GPU = Preset(
+    name="cifar10-gpu",
+    description="one GPU, hours: WRN-28-10 on CIFAR-10, 15k steps, batch 128, bf16, 1000 warmup steps",
+    dataset="cifar10", image_size=32, depth=28, width=10,
+    standard_strides=_REFERENCE_STRIDES, changed_group=1,
+    batch_size=128, num_steps=15000,
+    learning_rates=(0.001, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+    warmup_steps=1000, high_learning_rate=0.1, clip_percentiles=(90.0, 50.0), clip_window=1000,
+    adam_learning_rate=1e-3, eval_every=1000, fig5_steps=25, fig5_eval_every=1000,
+    compute_dtype="bfloat16", augment=True,
+)
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
@@ -177,27 +189,11 @@ PRESETS: dict[str, Preset] = {
         high_learning_rate=0.1, clip_percentiles=(90.0, 50.0), clip_window=100,
         adam_learning_rate=3e-3, eval_every=50, fig5_steps=25, fig5_eval_every=25,
     ),
-    "cifar10-gpu": Preset(
-        name="cifar10-gpu",
-        description="one GPU, hours: WRN-28-10 on CIFAR-10, 15k steps, batch 128, bf16, 1000 warmup steps",
-        dataset="cifar10", image_size=32, depth=28, width=10,
-        standard_strides=_REFERENCE_STRIDES, changed_group=1,
-        batch_size=128, num_steps=15000,
-        learning_rates=(0.001, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
-        warmup_steps=1000, high_learning_rate=0.1, clip_percentiles=(90.0, 50.0), clip_window=1000,
-        adam_learning_rate=1e-3, eval_every=1000, fig5_steps=25, fig5_eval_every=1000,
-        compute_dtype="bfloat16", augment=True,
-    ),
-    "cifar10-tpu": Preset(
-        name="cifar10-tpu",
+    "cifar10-gpu": _CIFAR10_GPU,
+    # The same experiment; only the device setup differs (the batch is split over the chips).
+    "cifar10-tpu": dataclasses.replace(
+        _CIFAR10_GPU, name="cifar10-tpu",
         description="a TPU slice (data-parallel), hours: as cifar10-gpu, batch 128 split over the chips",
-        dataset="cifar10", image_size=32, depth=28, width=10,
-        standard_strides=_REFERENCE_STRIDES, changed_group=1,
-        batch_size=128, num_steps=15000,
-        learning_rates=(0.001, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
-        warmup_steps=1000, high_learning_rate=0.1, clip_percentiles=(90.0, 50.0), clip_window=1000,
-        adam_learning_rate=1e-3, eval_every=1000, fig5_steps=25, fig5_eval_every=1000,
-        compute_dtype="bfloat16", augment=True,
     ),
 }
 
