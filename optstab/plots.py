@@ -8,11 +8,12 @@ call it. Each function writes one PNG and returns its path.
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Mapping, Union
 
 # matplotlib.figure.Figure, not pyplot: no global state, no GUI backend needed,
 # so plotting works the same headless, in CI and in a notebook.
 from matplotlib.figure import Figure
+import numpy as np
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -27,14 +28,13 @@ def _save(fig: Figure, path: PathLike) -> str:
   return path
 
 # --- gradient norms (telemetry, S5) ---
-import numpy as _np
 
 
-def _checked_norms(norms) -> "_np.ndarray":
-  arr = _np.asarray(norms, dtype=_np.float64).ravel()
+def _checked_norms(norms) -> "np.ndarray":
+  arr = np.asarray(norms, dtype=np.float64).ravel()
   if arr.size == 0:
     raise ValueError("norms must be a non-empty 1-D array of gradient norms; got 0 values.")
-  if not _np.isfinite(arr).any():
+  if not np.isfinite(arr).any():
     raise ValueError(f"norms must contain at least one finite value; got {arr.size} NaN/Inf entries.")
   return arr
 
@@ -57,21 +57,21 @@ def plot_grad_norms(norms, path: PathLike, *, threshold=None, steps=None,
     ``path``.
   """
   arr = _checked_norms(norms)
-  x = _np.arange(arr.size) if steps is None else _np.asarray(steps)
-  finite = _np.isfinite(arr) & (arr > 0)
+  x = np.arange(arr.size) if steps is None else np.asarray(steps)
+  finite = np.isfinite(arr) & (arr > 0)
   fig = Figure(figsize=(7, 4))
   ax = fig.add_subplot()
   ax.plot(x[finite], arr[finite], lw=0.8, color="tab:blue", label="unclipped norm")
-  bad = ~_np.isfinite(arr)
+  bad = ~np.isfinite(arr)
   if bad.any():
     top = arr[finite].max() if finite.any() else 1.0
-    ax.plot(x[bad], _np.full(bad.sum(), top), "x", color="tab:red", label=f"NaN/Inf ({bad.sum()})")
+    ax.plot(x[bad], np.full(bad.sum(), top), "x", color="tab:red", label=f"NaN/Inf ({bad.sum()})")
   if threshold is not None:
-    thr = _np.asarray(threshold, dtype=_np.float64)
+    thr = np.asarray(threshold, dtype=np.float64)
     if thr.ndim == 0:
       ax.axhline(float(thr), color="tab:orange", ls="--", label=f"threshold {float(thr):.3g}")
     else:
-      shown = _np.where(_np.isfinite(thr), thr, _np.nan)
+      shown = np.where(np.isfinite(thr), thr, np.nan)
       ax.step(x, shown, where="post", color="tab:orange", lw=1.0, label="threshold")
   ax.set_yscale("log")
   ax.set_xlabel("step")
@@ -101,19 +101,19 @@ def plot_grad_norm_histogram(norms, path: PathLike, *, threshold=None, bins: int
     ``path``.
   """
   arr = _checked_norms(norms)
-  good = arr[_np.isfinite(arr) & (arr > 0)]
+  good = arr[np.isfinite(arr) & (arr > 0)]
   fig = Figure(figsize=(7, 4))
   ax = fig.add_subplot()
   lo, hi = (good.min(), good.max()) if good.size else (1e-3, 1.0)
   if hi <= lo:
     lo, hi = lo / 2, hi * 2
-  edges = _np.geomspace(lo, hi, int(bins) + 1)
-  nonfinite = int((~_np.isfinite(arr)).sum())
+  edges = np.geomspace(lo, hi, int(bins) + 1)
+  nonfinite = int((~np.isfinite(arr)).sum())
   label = "norms" + (f" ({nonfinite} NaN/Inf left out)" if nonfinite else "")
   ax.hist(good, bins=edges, color="tab:blue", alpha=0.8, label=label)
   if threshold is not None:
-    thr = _np.asarray(threshold, dtype=_np.float64).ravel()
-    thr = thr[_np.isfinite(thr)]
+    thr = np.asarray(threshold, dtype=np.float64).ravel()
+    thr = thr[np.isfinite(thr)]
     if thr.size:
       frac = float((good > thr[-1]).mean()) if good.size else 0.0
       ax.axvline(thr[-1], color="tab:orange", ls="--",
@@ -127,18 +127,17 @@ def plot_grad_norm_histogram(norms, path: PathLike, *, threshold=None, bins: int
 # --- end gradient norms ---
 
 # --- sweeps and diagnosis (S2, S4) ---
-import numpy as _dnp  # (own alias: this section does not rely on other sections' imports)
 
 
-def _curve(values) -> "_dnp.ndarray":
-  return _dnp.asarray(values, dtype=_dnp.float64).ravel()
+def _curve(values) -> "np.ndarray":
+  return np.asarray(values, dtype=np.float64).ravel()
 
 
 def _mark_blowup(ax, steps, values, color) -> None:
   """Marks a curve's first non-finite step with an 'x' at the last finite value."""
-  bad = _dnp.flatnonzero(~_dnp.isfinite(values))
+  bad = np.flatnonzero(~np.isfinite(values))
   if bad.size:
-    finite = values[_dnp.isfinite(values)]
+    finite = values[np.isfinite(values)]
     y = finite.max() if finite.size else 1.0
     ax.plot([steps[bad[0]]], [y], "x", color=color, ms=9, mew=2)
 
@@ -166,14 +165,14 @@ def plot_learning_rate_sweep(learning_rates, metric_values, feasible, path: Path
   """
   lrs = _curve(learning_rates)
   values = _curve(metric_values)
-  ok = _dnp.asarray(feasible, dtype=bool).ravel()
+  ok = np.asarray(feasible, dtype=bool).ravel()
   if not (lrs.size == values.size == ok.size) or lrs.size == 0:
     raise ValueError(
         "learning_rates, metric_values and feasible must be non-empty and of equal length; got "
         f"{lrs.size}, {values.size}, {ok.size}.")
-  order = _dnp.argsort(lrs)
+  order = np.argsort(lrs)
   lrs, values, ok = lrs[order], values[order], ok[order]
-  shown = ok & _dnp.isfinite(values)
+  shown = ok & np.isfinite(values)
   fig = Figure(figsize=(7, 4.5))
   ax = fig.add_subplot()
   ax.plot(lrs[shown], values[shown], "o-", color="tab:blue", label="feasible")
@@ -181,10 +180,10 @@ def plot_learning_rate_sweep(learning_rates, metric_values, feasible, path: Path
     top = values[shown].max() if shown.any() else 1.0
     low = values[shown].min() if shown.any() else 0.0
     edge = top + 0.1 * max(top - low, abs(top) * 0.1, 1e-12)
-    ax.plot(lrs[~ok], _dnp.full((~ok).sum(), edge), "x", color="tab:red", ms=9, mew=2,
+    ax.plot(lrs[~ok], np.full((~ok).sum(), edge), "x", color="tab:red", ms=9, mew=2,
             label=f"infeasible ({(~ok).sum()})")
   if best_learning_rate is not None:
-    i = int(_dnp.argmin(_dnp.abs(lrs - float(best_learning_rate))))
+    i = int(np.argmin(np.abs(lrs - float(best_learning_rate))))
     ax.axvline(float(best_learning_rate), color="goldenrod", ls="--", lw=1)
     ax.plot([lrs[i]], [values[i]], "*", color="goldenrod", ms=16, mec="black",
             label=f"lr* = {float(best_learning_rate):.3g}")
@@ -220,12 +219,12 @@ def plot_loss_curves(curves, path: PathLike, *, title: str = "Training loss",
   ax = fig.add_subplot()
   positive = True
   for i, (label, values) in enumerate(items):
-    steps = _dnp.arange(1, values.size + 1)
+    steps = np.arange(1, values.size + 1)
     color = f"C{i % 10}"
-    ax.plot(steps, _dnp.where(_dnp.isfinite(values), values, _dnp.nan), lw=1, color=color,
+    ax.plot(steps, np.where(np.isfinite(values), values, np.nan), lw=1, color=color,
             label=label)
     _mark_blowup(ax, steps, values, color)
-    finite = values[_dnp.isfinite(values)]
+    finite = values[np.isfinite(values)]
     positive = positive and bool((finite > 0).all())
   if log_y and positive:
     ax.set_yscale("log")
@@ -243,12 +242,15 @@ def plot_every_step_loss(train_loss, path: PathLike, *, coarse_every: int = 100,
                          first_steps: int = 50, title: str = "Early training, every step") -> str:
   """FAQ Figure 5: what a rare evaluation schedule sees vs every step early on.
 
-  Left panel: the loss sampled every ``coarse_every`` steps; right panel: every
-  one of the first ``first_steps`` steps, where early instability that later
-  recovers shows.
+  Left panel: the loss sampled every ``coarse_every`` steps (and at the last
+  step); right panel: every one of the first ``first_steps`` steps, where early
+  instability that later recovers shows. A curve that turns NaN/Inf is marked
+  with an ``x`` where it blew up.
 
   Args:
-    train_loss: 1-D per-step loss (entry ``i`` is step ``i + 1``).
+    train_loss: one 1-D per-step loss (entry ``i`` is step ``i + 1``), or a
+      mapping ``label -> per-step loss`` to compare runs (e.g. two model
+      variants at one learning rate).
     path: PNG file to write.
     coarse_every: sampling interval of the left panel.
     first_steps: steps shown in the right panel.
@@ -257,31 +259,42 @@ def plot_every_step_loss(train_loss, path: PathLike, *, coarse_every: int = 100,
   Returns:
     ``path``.
   """
-  values = _curve(train_loss)
-  if values.size == 0 or int(coarse_every) < 1 or int(first_steps) < 1:
+  labelled = isinstance(train_loss, Mapping)
+  items = ([(str(k), _curve(v)) for k, v in train_loss.items()] if labelled
+           else [(None, _curve(train_loss))])
+  if not items or any(v.size == 0 for _, v in items) or int(coarse_every) < 1 \
+      or int(first_steps) < 1:
     raise ValueError(
-        "train_loss must be non-empty and coarse_every, first_steps >= 1; got "
-        f"{values.size} steps, coarse_every={coarse_every!r}, first_steps={first_steps!r}.")
-  steps = _dnp.arange(1, values.size + 1)
-  shown = _dnp.where(_dnp.isfinite(values), values, _dnp.nan)
-  finite = values[_dnp.isfinite(values)]
-  log_y = finite.size > 0 and bool((finite > 0).all())
+        "train_loss must hold non-empty curves and coarse_every, first_steps must be >= 1; "
+        f"got {[v.size for _, v in items]} steps, coarse_every={coarse_every!r}, "
+        f"first_steps={first_steps!r}.")
   fig = Figure(figsize=(11, 4))
   left, right = fig.subplots(1, 2)
-  coarse = _dnp.unique(_dnp.append(_dnp.arange(coarse_every, values.size + 1, coarse_every),
-                                   values.size)) - 1
-  left.plot(steps[coarse], shown[coarse], "o-", color="tab:blue")
+  log_y = True
+  shown_steps = 0
+  for i, (label, values) in enumerate(items):
+    color = f"C{i % 10}"
+    steps = np.arange(1, values.size + 1)
+    shown = np.where(np.isfinite(values), values, np.nan)
+    finite = values[np.isfinite(values)]
+    log_y = log_y and finite.size > 0 and bool((finite > 0).all())
+    coarse = np.unique(np.append(np.arange(coarse_every, values.size + 1, coarse_every),
+                                 values.size)) - 1
+    left.plot(steps[coarse], shown[coarse], "o-", color=color, label=label)
+    k = min(int(first_steps), values.size)
+    shown_steps = max(shown_steps, k)
+    right.plot(steps[:k], shown[:k], "o-", ms=3, color=color, label=label)
+    _mark_blowup(right, steps[:k], values[:k], color)
   left.set_title(f"evaluated every {int(coarse_every)} steps")
-  k = min(int(first_steps), values.size)
-  right.plot(steps[:k], shown[:k], "o-", ms=3, color="tab:red")
-  _mark_blowup(right, steps[:k], values[:k], "tab:red")
-  right.set_title(f"every step, first {k} steps")
+  right.set_title(f"evaluated every step, first {shown_steps} steps")
   for ax in (left, right):
     if log_y:
       ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.grid(True, which="both", alpha=0.3)
+    if labelled:
+      ax.legend(loc="best", fontsize="small")
   fig.suptitle(title)
   return _save(fig, path)
 
@@ -302,9 +315,9 @@ def plot_warmup_sweep(warmup_steps, curves, stable, path: PathLike, *, base_lear
   Returns:
     ``path``.
   """
-  lengths = [int(w) for w in _dnp.asarray(warmup_steps).ravel()]
+  lengths = [int(w) for w in np.asarray(warmup_steps).ravel()]
   curves = [_curve(c) for c in curves]
-  flags = [bool(s) for s in _dnp.asarray(stable, dtype=bool).ravel()]
+  flags = [bool(s) for s in np.asarray(stable, dtype=bool).ravel()]
   if not lengths or not (len(lengths) == len(curves) == len(flags)):
     raise ValueError(
         "warmup_steps, curves and stable must be non-empty and of equal length; got "
@@ -313,12 +326,12 @@ def plot_warmup_sweep(warmup_steps, curves, stable, path: PathLike, *, base_lear
   ax = fig.add_subplot()
   positive = True
   for i, (w, values, ok) in enumerate(zip(lengths, curves, flags)):
-    steps = _dnp.arange(1, values.size + 1)
+    steps = np.arange(1, values.size + 1)
     color = f"C{i % 10}"
-    ax.plot(steps, _dnp.where(_dnp.isfinite(values), values, _dnp.nan), lw=1.2, color=color,
+    ax.plot(steps, np.where(np.isfinite(values), values, np.nan), lw=1.2, color=color,
             ls="-" if ok else "--", label=f"warmup {w}" + ("" if ok else " (blew up)"))
     _mark_blowup(ax, steps, values, color)
-    finite = values[_dnp.isfinite(values)]
+    finite = values[np.isfinite(values)]
     positive = positive and bool((finite > 0).all())
   ax.set_xscale("log")
   if positive:
@@ -334,7 +347,6 @@ def plot_warmup_sweep(warmup_steps, curves, stable, path: PathLike, *, base_lear
 # --- end sweeps and diagnosis ---
 
 # --- WideResNet figures (S6) ---
-import numpy as _wnp  # own alias: this section relies on no other section's imports
 
 
 def plot_stride_error_vs_learning_rate(curves, path: PathLike, *,
@@ -358,13 +370,13 @@ def plot_stride_error_vs_learning_rate(curves, path: PathLike, *,
   ax = fig.subplots()
   styles = ["o-", "s-", "o--", "s--", "^-", "v-"]
   for i, (label, (lrs, errors, feasible)) in enumerate(curves.items()):
-    lrs = _wnp.asarray(lrs, _wnp.float64)
-    errors = _wnp.asarray(errors, _wnp.float64)
-    feasible = _wnp.asarray(feasible, bool)
+    lrs = np.asarray(lrs, np.float64)
+    errors = np.asarray(errors, np.float64)
+    feasible = np.asarray(feasible, bool)
     if not (lrs.shape == errors.shape == feasible.shape):
       raise ValueError(f"curve {label!r}: learning_rates, error_rates and feasible must have the "
                        f"same shape; got {lrs.shape}, {errors.shape}, {feasible.shape}.")
-    shown = _wnp.where(_wnp.isfinite(errors), errors, 1.0)
+    shown = np.where(np.isfinite(errors), errors, 1.0)
     line, = ax.plot(lrs, 100 * shown, styles[i % len(styles)], label=label)
     bad = ~feasible
     if bad.any():
@@ -377,48 +389,6 @@ def plot_stride_error_vs_learning_rate(curves, path: PathLike, *,
   ax.set_title(title)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize="small")
-  return _save(fig, path)
-
-
-def plot_stride_loss_panels(coarse, fine, path: PathLike, *, coarse_every: int = 1000,
-                            learning_rate=None) -> str:
-  """Playbook Figure 5: training loss as a rare cadence sees it, and every step early on.
-
-  Args:
-    coarse: ``{label: per-step training loss}`` (entry ``i`` is step ``i + 1``),
-      drawn sampled every ``coarse_every`` steps (left panel).
-    fine: ``{label: per-step training loss of the first steps}`` (right panel,
-      every step, log-y).
-    path: PNG file to write.
-    coarse_every: sampling interval of the left panel.
-    learning_rate: the rate, for the title.
-
-  Returns:
-    ``path``.
-  """
-  if int(coarse_every) < 1:
-    raise ValueError(f"coarse_every must be an integer >= 1; got {coarse_every!r}.")
-  fig = Figure(figsize=(11, 4))
-  left, right = fig.subplots(1, 2)
-  for label, loss in coarse.items():
-    loss = _wnp.asarray(loss, _wnp.float64)
-    idx = _wnp.unique(_wnp.append(_wnp.arange(coarse_every, loss.size + 1, coarse_every),
-                                  loss.size)) - 1
-    left.plot(idx + 1, loss[idx], "o-", label=label)
-  left.set_title(f"evaluated every {int(coarse_every)} steps")
-  for label, loss in fine.items():
-    loss = _wnp.asarray(loss, _wnp.float64)
-    right.plot(_wnp.arange(1, loss.size + 1), _wnp.where(_wnp.isfinite(loss), loss, _wnp.nan),
-               "o-", ms=3, label=label)
-  right.set_title(f"evaluated every step, first {max((len(v) for v in fine.values()), default=0)} steps")
-  right.set_yscale("log")
-  for ax in (left, right):
-    ax.set_xlabel("global step")
-    ax.set_ylabel("training loss")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
-  if learning_rate is not None:
-    fig.suptitle(f"Conv stride (2,2) vs (1,1), learning rate {learning_rate:g}")
   return _save(fig, path)
 
 
@@ -437,9 +407,9 @@ def plot_stride_grad_norms(curves, thresholds, path: PathLike, *, learning_rate=
   fig = Figure(figsize=(7, 4.5))
   ax = fig.subplots()
   for label, norms in curves.items():
-    norms = _wnp.asarray(norms, _wnp.float64)
-    line, = ax.plot(_wnp.arange(1, norms.size + 1),
-                    _wnp.where(_wnp.isfinite(norms), norms, _wnp.nan), label=label, lw=1)
+    norms = np.asarray(norms, np.float64)
+    line, = ax.plot(np.arange(1, norms.size + 1),
+                    np.where(np.isfinite(norms), norms, np.nan), label=label, lw=1)
     if label in thresholds and thresholds[label] is not None:
       ax.axhline(thresholds[label], ls=":", color=line.get_color(),
                  label=f"{label}: initial threshold {thresholds[label]:.3g}")

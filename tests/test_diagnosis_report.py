@@ -120,6 +120,12 @@ def test_plot_functions_take_plain_arrays(tmp_path):
   assert _is_png(p)
   assert _is_png(plots.plot_every_step_loss(np.linspace(3, 1, 300), tmp_path / "c.png",
                                             coarse_every=50, first_steps=20))
+  # Several labelled runs (Figure 5's two model variants), one blowing up.
+  assert _is_png(plots.plot_every_step_loss(
+      {"stable": np.linspace(3, 1, 300), "spiky": np.r_[3.0, 40.0, np.inf, np.ones(297)]},
+      tmp_path / "c2.png", coarse_every=50, first_steps=20))
+  with pytest.raises(ValueError, match="train_loss"):
+    plots.plot_every_step_loss({}, tmp_path / "c3.png")
   assert _is_png(plots.plot_warmup_sweep([10, 100], [[1.0, np.nan], np.linspace(2, 1, 30)],
                                          [False, True], tmp_path / "d.png", base_learning_rate=0.3))
   with pytest.raises(ValueError, match="equal length"):

@@ -354,18 +354,17 @@ def _write_outputs(preset: Preset, out_dir: str, sweeps, clip_records, unstable,
   files["fig4"] = plots.plot_stride_error_vs_learning_rate(
       curves, os.path.join(out_dir, "fig4_test_error_vs_lr.png"),
       title=f"WideResNet stride change, Nesterov momentum ({preset.name} preset)")
-  fine, coarse = {}, {}
+  losses = {}
   for variant in VARIANTS:
     rec = next(t.record for t in sweeps[variant].trials
                if t.learning_rate == preset.high_learning_rate)
-    if rec.result is None:
-      continue
-    loss = rec.result.train_loss
-    fine[_pretty(variant)] = loss[:preset.fig5_steps]
-    coarse[_pretty(variant)] = loss
-  files["fig5"] = plots.plot_stride_loss_panels(
-      coarse, fine, os.path.join(out_dir, "fig5_loss_first_steps.png"),
-      coarse_every=preset.fig5_eval_every, learning_rate=preset.high_learning_rate)
+    if rec.result is not None:
+      losses[_pretty(variant)] = rec.result.train_loss
+  if losses:  # both trials raised: nothing to draw
+    files["fig5"] = plots.plot_every_step_loss(
+        losses, os.path.join(out_dir, "fig5_loss_first_steps.png"),
+        coarse_every=preset.fig5_eval_every, first_steps=preset.fig5_steps,
+        title=f"Conv stride (2,2) vs (1,1), learning rate {preset.high_learning_rate:g}")
   norm_curves, thresholds = {}, {}
   if unstable.result is not None:
     norm_curves["no clipping"] = unstable.result.grad_norms
