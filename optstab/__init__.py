@@ -1,7 +1,8 @@
 """optstab: the Deep Learning Tuning Playbook's FAQ on optimization failures, in JAX.
 
-Each section below is owned by one module; the public API is everything
-re-exported here.
+The public API is everything re-exported here (``import optstab``), grouped by
+the module that defines it and the FAQ section it implements. Figures live in
+``optstab.plots``; the WideResNet demo in ``optstab.wrn``.
 """
 
 __version__ = "0.1.0"
@@ -17,53 +18,48 @@ from optstab.optimizers import rmsprop as rmsprop
 from optstab.optimizers import scale_by_faq_adam as scale_by_faq_adam
 from optstab.optimizers import scale_by_faq_nadam as scale_by_faq_nadam
 from optstab.optimizers import sgd as sgd
-# --- end optimizers ---
 
 # --- schedules (S4) ---
-from optstab.schedules import post_warmup_steps_for
-from optstab.schedules import prepend_warmup
-from optstab.schedules import total_steps_with_warmup
-from optstab.schedules import warmup
-from optstab.schedules import warmup_base_learning_rates
-from optstab.schedules import warmup_length_advice
-from optstab.schedules import warmup_sweep_grid
-# --- end schedules ---
+from optstab.schedules import post_warmup_steps_for as post_warmup_steps_for
+from optstab.schedules import prepend_warmup as prepend_warmup
+from optstab.schedules import total_steps_with_warmup as total_steps_with_warmup
+from optstab.schedules import warmup as warmup
+from optstab.schedules import warmup_base_learning_rates as warmup_base_learning_rates
+from optstab.schedules import warmup_length_advice as warmup_length_advice
+from optstab.schedules import warmup_sweep_grid as warmup_sweep_grid
 
 # --- clipping (S5) ---
-from optstab.clipping import PercentileClipState
-from optstab.clipping import clip_by_global_norm
-from optstab.clipping import clip_threshold
-from optstab.clipping import percentile_clip
-# --- end clipping ---
+from optstab.clipping import PercentileClipState as PercentileClipState
+from optstab.clipping import clip_by_global_norm as clip_by_global_norm
+from optstab.clipping import clip_threshold as clip_threshold
+from optstab.clipping import percentile_clip as percentile_clip
 
 # --- telemetry ---
-from optstab.telemetry import ClippingSummary
-from optstab.telemetry import GradNormLogState
-from optstab.telemetry import GradNormRecorder
-from optstab.telemetry import global_norm
-from optstab.telemetry import record_grad_norm
-from optstab.telemetry import recorded_grad_norms
-from optstab.telemetry import summarize_clip_state
-from optstab.telemetry import summarize_clipping
-# --- end telemetry ---
+from optstab.telemetry import ClippingSummary as ClippingSummary
+from optstab.telemetry import GradNormLogState as GradNormLogState
+from optstab.telemetry import GradNormRecorder as GradNormRecorder
+from optstab.telemetry import global_norm as global_norm
+from optstab.telemetry import record_grad_norm as record_grad_norm
+from optstab.telemetry import recorded_grad_norms as recorded_grad_norms
+from optstab.telemetry import summarize_clip_state as summarize_clip_state
+from optstab.telemetry import summarize_clipping as summarize_clipping
 
 # --- diagnosis (S2) ---
-from optstab.diagnosis import DetectorThresholds
-from optstab.diagnosis import Diagnosis
-from optstab.diagnosis import FeasibilityRule
-from optstab.diagnosis import SweepResult
-from optstab.diagnosis import TrialConfig
-from optstab.diagnosis import TrialFn
-from optstab.diagnosis import TrialResult
-from optstab.diagnosis import WarmupTuningResult
-from optstab.diagnosis import classify_run
-from optstab.diagnosis import detect_grad_norm_outliers
-from optstab.diagnosis import detect_loss_spikes
-from optstab.diagnosis import diagnose
-from optstab.diagnosis import learning_rate_sweep
-from optstab.diagnosis import log_grid
-from optstab.diagnosis import long_check
-from optstab.diagnosis import rates_above_best
-from optstab.diagnosis import short_check
-from optstab.diagnosis import tune_warmup
-# --- end diagnosis ---
+from optstab.diagnosis import DetectorThresholds as DetectorThresholds
+from optstab.diagnosis import Diagnosis as Diagnosis
+from optstab.diagnosis import FeasibilityRule as FeasibilityRule
+from optstab.diagnosis import SweepResult as SweepResult
+from optstab.diagnosis import TrialConfig as TrialConfig
+from optstab.diagnosis import TrialFn as TrialFn
+from optstab.diagnosis import TrialResult as TrialResult
+from optstab.diagnosis import WarmupTuningResult as WarmupTuningResult
+from optstab.diagnosis import classify_run as classify_run
+from optstab.diagnosis import detect_grad_norm_outliers as detect_grad_norm_outliers
+from optstab.diagnosis import detect_loss_spikes as detect_loss_spikes
+from optstab.diagnosis import diagnose as diagnose
+from optstab.diagnosis import learning_rate_sweep as learning_rate_sweep
+from optstab.diagnosis import log_grid as log_grid
+from optstab.diagnosis import long_check as long_check
+from optstab.diagnosis import rates_above_best as rates_above_best
+from optstab.diagnosis import short_check as short_check
+from optstab.diagnosis import tune_warmup as tune_warmup

@@ -2,7 +2,6 @@
 
 from optstab.diagnosis.trial import SCHEDULES, TrialConfig, TrialFn, TrialResult
 
-# --- diagnosis API ---
 from optstab.diagnosis.confirm import ConfirmationRun, long_check, rates_above_best, short_check
 from optstab.diagnosis.detectors import (
     EARLY_UNSTABLE,
@@ -34,4 +33,3 @@ from optstab.diagnosis.warmup_tuner import (
     WarmupTuningResult,
     tune_warmup,
 )
-# --- end diagnosis API ---
