@@ -26,6 +26,7 @@ from optstab import clipping, plots
 from optstab.diagnosis.confirm import ConfirmationRun
 from optstab.diagnosis.detectors import EARLY_UNSTABLE, MID_TRAINING_UNSTABLE, STABLE
 from optstab.diagnosis.sweep import PathLike, SweepResult
+from optstab.diagnosis.trial import to_jsonable
 from optstab.diagnosis.warmup_tuner import WarmupTuningResult
 
 __all__ = ["Finding", "Diagnosis", "make_diagnosis", "write_report", "VERDICTS"]
@@ -42,21 +43,7 @@ class Finding:
   evidence: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict[str, Any]:
-    return {"topic": self.topic, "text": self.text, "evidence": _jsonable(self.evidence)}
-
-
-def _jsonable(value: Any) -> Any:
-  if isinstance(value, dict):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, (np.floating, float)):
-    return float(value) if math.isfinite(float(value)) else None
-  if isinstance(value, (np.integer,)):
-    return int(value)
-  if isinstance(value, np.bool_):
-    return bool(value)
-  return value
+    return {"topic": self.topic, "text": self.text, "evidence": to_jsonable(self.evidence)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +71,7 @@ class Diagnosis:
   files: dict[str, str] = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict[str, Any]:
-    return _jsonable({
+    return to_jsonable({
         "verdict": self.verdict,
         "findings": [f.to_dict() for f in self.findings],
         "sweep": self.sweep.to_dict(),

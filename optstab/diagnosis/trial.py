@@ -18,13 +18,37 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
 from optstab import _validation
 
-__all__ = ["TrialConfig", "TrialResult", "TrialFn", "SCHEDULES"]
+__all__ = ["TrialConfig", "TrialResult", "TrialFn", "SCHEDULES", "to_jsonable"]
+
+def to_jsonable(value: Any) -> Any:
+  """``value`` with NumPy scalars and arrays made Python, NaN/Inf made ``None``.
+
+  The result dumps as strict JSON (``json.dump(..., allow_nan=False)``);
+  mappings get string keys and tuples become lists.
+  """
+  if isinstance(value, Mapping):
+    return {str(k): to_jsonable(v) for k, v in value.items()}
+  if isinstance(value, np.ndarray):
+    return to_jsonable(value.tolist())
+  if isinstance(value, (list, tuple)):
+    return [to_jsonable(v) for v in value]
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  if isinstance(value, numbers.Integral):
+    return int(value)
+  if isinstance(value, numbers.Real):
+    x = float(value)
+    return x if math.isfinite(x) else None
+  return value
+
 
 #: Base (post-warmup) schedule shapes a ``TrialConfig`` can name.
 SCHEDULES = ("constant", "cosine", "linear")
@@ -154,7 +178,7 @@ class TrialResult:
     """JSON-ready (NaN/Inf become None)."""
 
     def clean(a: np.ndarray) -> list:
-      return [float(x) if np.isfinite(x) else None for x in np.asarray(a, np.float64)]
+      return to_jsonable(np.asarray(a, np.float64))
 
     return {
         "config": self.config.to_dict(),

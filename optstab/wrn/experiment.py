@@ -54,6 +54,7 @@ from optstab.diagnosis import (
     run_trials,
 )
 from optstab.diagnosis.store import TrialRecord
+from optstab.diagnosis.trial import to_jsonable
 from optstab.wrn import data as wrn_data
 from optstab.wrn import train as wrn_train
 from optstab.wrn.model import WideResNetConfig
@@ -379,23 +380,11 @@ def _write_outputs(preset: Preset, out_dir: str, sweeps, clip_records, unstable,
   files["results"] = os.path.join(out_dir, "results.json")
   summary["files"] = {k: os.path.basename(v) for k, v in files.items()}
   with open(files["results"], "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=1, allow_nan=False, default=_json_default)
+    json.dump(to_jsonable(summary), f, indent=1, allow_nan=False)
   files["report"] = os.path.join(out_dir, "report.md")
   with open(files["report"], "w", encoding="utf-8") as f:
     f.write(render_report(summary))
   return files
-
-
-def _json_default(x):
-  if isinstance(x, (np.floating,)):
-    return _finite(x)
-  if isinstance(x, (np.integer,)):
-    return int(x)
-  if isinstance(x, (np.bool_,)):
-    return bool(x)
-  if isinstance(x, tuple):
-    return list(x)
-  raise TypeError(type(x).__name__)
 
 
 def _pretty(name: str) -> str:
