@@ -11,9 +11,10 @@ Workloads (see ``benchmarks/DIAGNOSIS_CORPUS.md`` for the grids and the labels):
   rates 0.003..3, two seeds, without and with 20 warmup steps.
 * ``mlp`` and ``cnn``: a small ``flax.nnx`` MLP and CNN on the 8x8 digits, SGD,
   heavy-ball momentum and Adam over wide rate ranges, several seeds.
-* ``transformer``: the Transformer demo's trial function, if the installed
-  optstab has ``optstab.transformer`` (otherwise the workload is skipped with
-  a message; see the .md for how it is added).
+* ``transformer``: the Transformer demo's trial function
+  (``optstab.transformer.train.make_trial_fn``, quick preset's model and data),
+  Post-LN and Pre-LN, 200 steps, without and with warmup; skipped with a
+  message where the installed optstab has no ``optstab.transformer``.
 * ``synthetic``: generated curves, labelled by construction: clean decreasing
   curves with lognormal noise (sigma 0.1, 0.3, 0.5, 0.8 in log space, 50 each)
   and curves with injected early spikes, mid-training spikes, stalls and NaNs.
@@ -28,7 +29,8 @@ Usage (from the repository root)::
     python benchmarks/collect_diagnosis_corpus.py --relabel          # label stored runs only
 
 Trials are stored under ``--work-dir`` (default ``~/.cache/optstab/diagnosis_corpus``),
-one ``trials.jsonl`` per workload; the corpus is written from every workload
+one ``trials.jsonl`` per workload with a ``facts.json`` (its trivial loss), so
+re-labelling needs no training code; the corpus is written from every workload
 found there.
 """
 
@@ -38,6 +40,7 @@ import argparse
 import collections
 import dataclasses
 import gzip
+import importlib.util
 import itertools
 import json
 import math
@@ -56,6 +59,8 @@ import diagnosis_accuracy as acc  # noqa: E402  (the corpus helpers the benchmar
 TRIVIAL_DIGITS = math.log(10.0)
 REAL_WORKLOADS = ("mlp", "cnn", "wrn", "transformer")
 WORKLOADS = REAL_WORKLOADS + ("synthetic",)
+#: Beside each workload's trials.jsonl: what labelling needs from the training code.
+FACTS_FILE = "facts.json"
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "diagnosis_corpus.jsonl.gz"
 
 
@@ -226,6 +231,9 @@ MLP_EDGE_RATES = {"sgd": (0.5, 0.6, 0.7, 1.0, 1.2, 1.45, 1.7),
                   "momentum": (0.1, 0.12, 0.15, 0.18, 0.25, 0.3, 0.4),
                   "adam": (0.03, 0.04, 0.06, 0.075, 0.09, 0.1)}
 DIGITS_STEPS = 200
+TRANSFORMER_RATES = (1e-3, 1.8e-3, 3.2e-3, 5.6e-3, 1e-2, 3.2e-2)
+TRANSFORMER_STEPS = 200
+TRANSFORMER_WARMUP = 50
 WRN_RATES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 WRN_STEPS = 100
 WRN_WARMUP = 20
@@ -262,23 +270,37 @@ def sweeps_for(workload: str) -> list[Sweep]:
 
 
 def transformer_sweeps() -> list[Sweep]:
-  """The Transformer demo's groups, if ``optstab.transformer`` is installed (else none)."""
-  try:
-    import optstab.transformer  # noqa: F401
-  except ImportError:
-    return []
-  raise NotImplementedError("optstab.transformer exists: add its grid here (see DIAGNOSIS_CORPUS.md).")
+  """The Transformer demo's groups: Post-LN and Pre-LN, without and with warmup, seeds 0 and 1.
+
+  The quick preset's model and data (6 layers, width 64, characters of the
+  standard library, batch 16), 200 steps in all (its short-check length),
+  constant rate after the warmup, as in the demo.
+  """
+  return [Sweep("transformer", f"{norm}_ln", TRANSFORMER_RATES, TRANSFORMER_STEPS - warmup, warmup,
+                seed, "constant", 100, {"variant": f"{norm}_ln", "norm_position": norm})
+          for seed in (0, 1) for norm in ("post", "pre") for warmup in (0, TRANSFORMER_WARMUP)]
 
 
-def trial_fn_for(workload: str):
+def trial_fn_for(workload: str) -> tuple[Callable, dict[str, float]]:
+  """``(TrialFn, facts)``; ``facts["trivial_loss"]`` is stored beside the trials for re-labelling."""
   if workload in ("mlp", "cnn"):
-    return make_digits_trial_fn()
+    return make_digits_trial_fn(), {"trivial_loss": TRIVIAL_DIGITS}
   if workload == "wrn":
     from optstab.wrn import experiment, presets, train
 
     preset = presets.get_preset("quick")
     data = experiment.load_preset_data(preset)
-    return train.make_trial_fn(experiment.setup_for(preset, data), data, progress=False)
+    return train.make_trial_fn(experiment.setup_for(preset, data), data, progress=False), {
+        "trivial_loss": TRIVIAL_DIGITS}
+  if workload == "transformer":
+    from optstab import runner
+    from optstab.transformer import experiment, presets, train
+
+    preset = presets.get_preset("quick")
+    source = experiment.data_source_for(preset)
+    text = runner.load_data(source)
+    return train.make_trial_fn(experiment.setup_for(preset, text), source, progress=False), {
+        "trivial_loss": text.unigram_entropy}
   raise ValueError(f"no trial function for {workload!r}")
 
 
@@ -286,11 +308,13 @@ def collect(workload: str, work_dir: pathlib.Path) -> None:
   """Runs (or resumes) every trial of a real workload into ``work_dir/workload``."""
   from optstab.diagnosis import run_trials
 
-  sweeps = sweeps_for(workload)
-  if not sweeps:
-    print(f"[{workload}] skipped: no trial function available (see DIAGNOSIS_CORPUS.md)", flush=True)
+  if workload == "transformer" and importlib.util.find_spec("optstab.transformer") is None:
+    print(f"[{workload}] skipped: this optstab has no optstab.transformer", flush=True)
     return
-  trial_fn = trial_fn_for(workload)
+  sweeps = sweeps_for(workload)
+  trial_fn, facts = trial_fn_for(workload)
+  (work_dir / workload).mkdir(parents=True, exist_ok=True)
+  (work_dir / workload / FACTS_FILE).write_text(json.dumps(facts))
   configs = [c for s in sweeps for c in s.configs()]
   start = time.perf_counter()
   records = run_trials(trial_fn, configs, out_dir=work_dir / workload, progress=False)
@@ -314,11 +338,13 @@ FAILED_ERROR_RATE = 0.5
 #: The early phase: the first EARLY_FRACTION of the steps (at least EARLY_MIN_STEPS).
 EARLY_FRACTION = 0.25
 EARLY_MIN_STEPS = 10
-#: early-unstable: a raw loss in the early phase at least this many times the initial loss ...
+#: early-unstable: a raw (unsmoothed: short spikes count) loss in the early phase at
+#: least this many times the initial loss ...
 EARLY_SPIKE_RATIO = 1.5
-#: ... or, as mid-training-unstable after the early phase, the 3-step running median
-#: rising to at least REBOUND_RATIO x its lowest value so far and by at least
-#: REBOUND_FLOOR x the trivial loss (absolute, for losses near zero).
+#: ... or a rebound in the early phase (after it: mid-training-unstable): the
+#: REBOUND_WINDOW-step centered running median rising to at least REBOUND_RATIO x
+#: its lowest value so far and by at least REBOUND_FLOOR x the trivial loss
+#: (absolute, for losses near zero, whose per-batch noise is large in log space).
 REBOUND_RATIO = 2.0
 REBOUND_FLOOR = 0.25
 REBOUND_WINDOW = 9
@@ -464,11 +490,12 @@ def synthetic_runs(trivial: float = TRIVIAL_DIGITS) -> list[dict[str, Any]]:
     # After the curve is below 15% of the trivial level: a rise from there is unmistakable.
     low = int(np.argmax(curve < 0.15 * trivial)) if np.any(curve < 0.15 * trivial) else n
     start = int(rng.integers(70, 170)) if low < 70 else int(rng.integers(min(low, 160), 170))
-    # The rise: 35-50% of the trivial level on top of a loss below 10% of it, so
-    # always several times the level training had reached.
-    height = trivial * rng.uniform(0.35, 0.5)
+    # The rise: 50-80% of the trivial level on top of a loss below 15% of it, so
+    # always several times the level training had reached; it decays over 8-20
+    # steps (recovers) or stays.
+    height = trivial * rng.uniform(0.5, 0.8)
     recover = i % 2 == 0
-    decay = rng.uniform(2.0, 10.0) if recover else math.inf
+    decay = rng.uniform(8.0, 20.0) if recover else math.inf
     curve[start:] += height * np.exp(-np.arange(n - start) / decay)
     add("mid-spike", i, _noisy(rng, curve, sigma), acc.MID_TRAINING_UNSTABLE, recover,
         f"+{height:.3g} rise at step {start + 1}, {'recovers' if recover else 'stays'}, sigma {sigma:g}",
@@ -483,8 +510,9 @@ def synthetic_runs(trivial: float = TRIVIAL_DIGITS) -> list[dict[str, Any]]:
   for i in range(10):  # a group of two: a good run and one stuck far above it
     rng = np.random.default_rng((5, i))
     sigma = float(rng.choice([0.05, 0.1, 0.3]))
-    good = _clean_curve(rng, n, trivial)
-    plateau = trivial * rng.uniform(0.55, 0.8)
+    good = _clean_curve(rng, n, trivial, max_floor=0.1)
+    # At most a third of the way from the trivial level to the partner's floor.
+    plateau = trivial * rng.uniform(0.7, 0.85)
     t = np.arange(n)
     bad = plateau + (good[0] - plateau) * np.exp(-t / rng.uniform(3, 15))
     group = f"synthetic:plateau-pair:{i:03d}"
@@ -532,15 +560,8 @@ def _run_record(*, run_id, workload, group, learning_rate, warmup_steps, seed, m
           "trivial_loss": trivial, "label": label, "recovered": recovered, "protocol": protocol}
 
 
-def _trivial_for(workload: str) -> float:
-  if workload == "transformer":
-    return transformer_trivial_loss()
-  return TRIVIAL_DIGITS
-
-
-def transformer_trivial_loss() -> float:
-  """The unigram entropy of the Transformer demo's training text (nats per character)."""
-  raise NotImplementedError("optstab.transformer is not available in this checkout.")
+def _trivial_for(work_dir: pathlib.Path, workload: str) -> float:
+  return float(json.loads((work_dir / workload / FACTS_FILE).read_text())["trivial_loss"])
 
 
 def real_runs(work_dir: pathlib.Path) -> list[dict[str, Any]]:
@@ -553,7 +574,7 @@ def real_runs(work_dir: pathlib.Path) -> list[dict[str, Any]]:
       continue
     sweeps = sweeps_for(workload)
     store = TrialStore(work_dir / workload)
-    trivial = _trivial_for(workload)
+    trivial = _trivial_for(work_dir, workload)
     for sweep in sweeps:
       records = [store.get(c) for c in sweep.configs()]
       finished = [(c, r) for c, r in zip(sweep.configs(), records) if r is not None and r.result is not None]
