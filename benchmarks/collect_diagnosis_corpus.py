@@ -170,6 +170,8 @@ def make_digits_trial_fn() -> Callable:
     xs = jnp.asarray(np.stack([b.images for b in batches]))
     ys = jnp.asarray(np.stack([b.labels for b in batches]))
     schedule = config.learning_rate_schedule()
+    # Before the loop, one value per step (a vmapped schedule differs in the last
+    # bit, which moves a chaotic high-rate run: these are the values the corpus used).
     rates = np.asarray([float(schedule(t)) for t in range(total)], np.float32)
     eval_at = set(int(s) for s in config.eval_steps())
     losses, norms, evals = [], [], []
