@@ -101,8 +101,8 @@ def _digits_models():
   return {"mlp": MLP, "cnn": CNN}
 
 
-#: Optimizers of the small models: constructor of the learning rate.
 def _digits_optimizer(name: str):
+  """optstab's constructor (of the learning rate) of a small model's optimizer."""
   import optstab
 
   return {"sgd": optstab.sgd, "momentum": optstab.momentum, "adam": optstab.adam}[name]
@@ -147,7 +147,8 @@ def make_digits_trial_fn() -> Callable:
     @jax.jit
     def step(params, opt_state, x, y, learning_rate):
       (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
-      opt_state.hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
+      opt_state = opt_state._replace(hyperparams={
+          **opt_state.hyperparams, "learning_rate": jnp.asarray(learning_rate, jnp.float32)})
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, loss, optstab.global_norm(grads)
 
