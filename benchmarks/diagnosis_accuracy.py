@@ -119,15 +119,22 @@ def context_keywords_supported() -> bool:
 
 
 def classify(run: Mapping[str, Any], reference: Optional[float], with_context: bool) -> str:
-  """The installed ``optstab.classify_run``'s label of one corpus run."""
+  """The installed ``optstab.classify_run``'s label of one corpus run.
+
+  A run it raises on gets the label ``"raised <error type>"`` (a miss, listed
+  by ``--show-errors``), so one bad run does not hide the others' scores.
+  """
   import optstab
 
   loss = as_array(run["train_loss"])
   norms = as_array(run["grad_norms"])
-  if with_context:
-    return optstab.classify_run(loss, norms, trivial_loss=run["trivial_loss"],
-                                reference_loss=reference).label
-  return optstab.classify_run(loss, norms).label
+  try:
+    if with_context:
+      return optstab.classify_run(loss, norms, trivial_loss=run["trivial_loss"],
+                                  reference_loss=reference).label
+    return optstab.classify_run(loss, norms).label
+  except Exception as e:  # pylint: disable=broad-except
+    return f"raised {type(e).__name__}"
 
 
 def predict(runs: Sequence[Mapping[str, Any]], references: Mapping[str, Optional[float]],
