@@ -616,8 +616,8 @@ def write_corpus(work_dir: pathlib.Path, out: pathlib.Path) -> None:
   unknown = set(BY_EYE) - set(ids)
   if unknown:
     raise ValueError(f"BY_EYE names runs that are not in the corpus: {sorted(unknown)}")
-  # mtime=0: the same runs give the same bytes.
-  with open(out, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=9) as gz:
+  # No timestamp, no file name: the same runs give the same bytes.
+  with open(out, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=9) as gz:
     for run in runs:
       gz.write((json.dumps(run, separators=(",", ":"), allow_nan=False) + "\n").encode())
   counts = collections.Counter((r["workload"], r["label"]) for r in runs)
