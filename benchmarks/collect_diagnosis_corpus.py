@@ -233,6 +233,10 @@ DIGITS_RATES = {"sgd": _grid(0.01, 30.0, 10), "momentum": _grid(0.001, 3.0, 10),
 MLP_EDGE_RATES = {"sgd": (0.5, 0.6, 0.7, 1.0, 1.2, 1.45, 1.7),
                   "momentum": (0.1, 0.12, 0.15, 0.18, 0.25, 0.3, 0.4),
                   "adam": (0.03, 0.04, 0.06, 0.075, 0.09, 0.1)}
+#: Extra rates of the CNN, likewise (it breaks down at higher rates than the MLP).
+CNN_EDGE_RATES = {"sgd": (1.5, 3.0, 4.0, 7.0, 9.0),
+                  "momentum": (0.7, 0.9, 1.0, 1.5, 2.0),
+                  "adam": (0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2)}
 DIGITS_STEPS = 200
 TRANSFORMER_RATES = (1e-3, 1.8e-3, 3.2e-3, 5.6e-3, 1e-2, 3.2e-2)
 TRANSFORMER_STEPS = 200
@@ -252,8 +256,8 @@ def sweeps_for(workload: str) -> list[Sweep]:
             for opt in ("sgd", "momentum", "adam")
             for warmup, seed in ((0, 0), (0, 1), (0, 2), (0, 3), (20, 0), (20, 1))]
   if workload == "cnn":
-    return [Sweep("cnn", f"cnn-{opt}", DIGITS_RATES[opt][1:-1], DIGITS_STEPS, warmup, seed,
-                  "constant", 50, {"model": "cnn", "optimizer": opt})
+    return [Sweep("cnn", f"cnn-{opt}", tuple(sorted(DIGITS_RATES[opt][1:-1] + CNN_EDGE_RATES[opt])),
+                  DIGITS_STEPS, warmup, seed, "constant", 50, {"model": "cnn", "optimizer": opt})
             for opt in ("sgd", "momentum", "adam") for warmup, seed in ((0, 0), (20, 0), (0, 1))]
   if workload == "wrn":
     from optstab.wrn import experiment, presets
