@@ -41,7 +41,7 @@ import math
 import os
 import pathlib
 import re
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -118,8 +118,15 @@ def context_keywords_supported() -> bool:
   return "trivial_loss" in parameters and "reference_loss" in parameters
 
 
-def classify(run: Mapping[str, Any], reference: Optional[float], with_context: bool) -> str:
-  """The installed ``optstab.classify_run``'s label of one corpus run.
+class Prediction(NamedTuple):
+  """What the installed ``classify_run`` says of one run."""
+
+  label: str
+  recovered: Optional[bool]
+
+
+def classify(run: Mapping[str, Any], reference: Optional[float], with_context: bool) -> Prediction:
+  """The installed ``optstab.classify_run``'s label (and ``recovered``) of one corpus run.
 
   A run it raises on gets the label ``"raised <error type>"`` (a miss, listed
   by ``--show-errors``), so one bad run does not hide the others' scores.
@@ -130,15 +137,17 @@ def classify(run: Mapping[str, Any], reference: Optional[float], with_context: b
   norms = as_array(run["grad_norms"])
   try:
     if with_context:
-      return optstab.classify_run(loss, norms, trivial_loss=run["trivial_loss"],
-                                  reference_loss=reference).label
-    return optstab.classify_run(loss, norms).label
+      diagnosis = optstab.classify_run(loss, norms, trivial_loss=run["trivial_loss"],
+                                       reference_loss=reference)
+    else:
+      diagnosis = optstab.classify_run(loss, norms)
   except Exception as e:  # pylint: disable=broad-except
-    return f"raised {type(e).__name__}"
+    return Prediction(f"raised {type(e).__name__}", None)
+  return Prediction(diagnosis.label, getattr(diagnosis, "recovered", None))
 
 
 def predict(runs: Sequence[Mapping[str, Any]], references: Mapping[str, Optional[float]],
-            with_context: Optional[bool] = None) -> list[str]:
+            with_context: Optional[bool] = None) -> list[Prediction]:
   """Predicted labels of ``runs`` (``references``: from the whole corpus, ``reference_losses``)."""
   if with_context is None:
     with_context = context_keywords_supported()
@@ -178,7 +187,14 @@ class Scores:
 
 
 def _fraction(num: int, den: int) -> str:
-  return f"{num}/{den} ({100.0 * num / den:.0f}%)" if den else "-"
+  return f"{num}/{den} ({100.0 * num / den:.1f}%)" if den else "-"
+
+
+def recovered_agreement(runs: Sequence[Mapping[str, Any]], predictions: Sequence[Prediction]) -> tuple[int, int]:
+  """(runs whose ``recovered`` matches, runs compared): unstable runs given their own label."""
+  pairs = [(r["recovered"], p.recovered) for r, p in zip(runs, predictions)
+           if r["recovered"] is not None and p.label == r["label"]]
+  return sum(truth == bool(said) for truth, said in pairs), len(pairs)
 
 
 def clean_curve_flags(runs: Sequence[Mapping[str, Any]], predicted: Sequence[str]) -> dict[float, tuple[int, int]]:
@@ -299,9 +315,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   if not with_context:
     print("NOTE: the installed classify_run takes no trivial_loss/reference_loss keywords; "
           "called without them (failed-to-train can then only come from the curve).")
-  predicted = predict(runs, references, with_context)
+  predictions = predict(runs, references, with_context)
+  predicted = [p.label for p in predictions]
   print()
   print(format_table(runs, predicted))
+  agree, compared = recovered_agreement(runs, predictions)
+  print(f"\n'recovered' agrees with the protocol on {_fraction(agree, compared)} of the early- and "
+        "mid-training-unstable runs given their own label")
   errors = [(r, p) for r, p in zip(runs, predicted) if p != r["label"]]
   if args.show_errors:
     print()
