@@ -621,8 +621,13 @@ class RunDiagnosis:
       return self.label + (" (then recovered)" if self.recovered else " (did not recover)")
     return self.label
 
-  def evidence(self) -> list[str]:
-    """The evidence, one clause each, in the order ``summary`` cites it."""
+  def evidence(self, include_none: bool = True) -> list[str]:
+    """The evidence, one clause each, in the order ``summary`` cites it.
+
+    Args:
+      include_none: when there is no loss evidence, say so ("no loss spike and
+        no NaN/Inf", with the initial and final levels).
+    """
     parts = []
     if self.first_nonfinite_step is not None:
       parts.append(f"the loss became NaN/Inf at step {self.first_nonfinite_step}")
@@ -647,7 +652,7 @@ class RunDiagnosis:
             f"{s.baseline_loss:.4g} (peak {s.peak_loss:.4g} at step {s.peak_step}) and {state}")
     if len(self.loss_spikes) > 3:
       parts.append(f"{len(self.loss_spikes) - 3} more loss spikes")
-    if not parts:
+    if not parts and include_none:
       parts.append("no loss spike and no NaN/Inf")
       if math.isfinite(self.initial_loss) and math.isfinite(self.final_loss):
         parts[-1] += (f"; the loss went from {self.initial_loss:.4g} (initial level) to "
