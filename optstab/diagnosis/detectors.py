@@ -57,8 +57,9 @@ space, say) is not instability.
    ``short_window`` steps before it and of the ``short_window`` steps after it
    by more than ``max(log(short_spike_ratio), short_spike_sigmas`` :math:`\sigma)`;
 2. *sustained*: the centered ``smoothing_window``-step running median exceeds
-   the baseline (the lowest trailing ``baseline_window``-step median before
-   that step: the best level reached) by more than ``max(log(1 + min_increase),
+   the baseline (the lowest of the initial level and the trailing
+   ``baseline_window``-step medians, of at least ``smoothing_window`` steps,
+   before that step: the best level reached) by more than ``max(log(1 + min_increase),
    noise_multiplier`` :math:`\sigma)` for at least ``min_duration`` steps, having
    risen within ``rise_window`` steps (sudden, not a slow drift); it ends,
    *recovered*, when back within ``recovery_fraction`` x that threshold of the
@@ -80,7 +81,8 @@ non-finite norm is always an outlier. Outliers are evidence only: they never
 change the label.
 
 **Levels.** The *initial level* is the median of the first
-``smoothing_window`` losses, the *final level* (``final_loss_level``) the
+``smoothing_window`` losses, capped at step 1's loss plus two noise standard
+deviations (so that a spike in the first steps does not lift it), the *final level* (``final_loss_level``) the
 median of the last ``final_fraction`` of the steps (at least
 ``smoothing_window``). "Early" means the first ``early_fraction`` of the steps
 (at least ``min_early_steps``). *Failed to train* compares levels in the same
@@ -330,21 +332,25 @@ class _Curve(NamedTuple):
   initial_level: float   # median of the first smoothing_window losses (raw units)
 
 
-def _initial_level(loss: np.ndarray, t: DetectorThresholds) -> float:
-  return float(np.median(loss[:t.smoothing_window]))
-
-
 def _curve(train_loss: Any, t: DetectorThresholds) -> _Curve:
   loss = np.asarray(train_loss, dtype=np.float64).reshape(-1)
   stop = _first_nonfinite(loss)
   x = loss if stop is None else loss[:stop]
   if x.size == 0:
     return _Curve(x, x, False, 0.0, x, math.nan)
-  initial = _initial_level(x, t)
-  log_scale = bool(np.all(x > 0))
-  floor = t.loss_floor_fraction * initial if log_scale else 0.0
-  y = np.log(x + floor) if log_scale else x
-  return _Curve(x, y, log_scale, floor, _local_noise(y, t.noise_window), initial)
+  if not np.all(x > 0):
+    initial = float(np.median(x[:t.smoothing_window]))
+    return _Curve(x, x, False, 0.0, _local_noise(x, t.noise_window), initial)
+  initial = float(np.median(x[:t.smoothing_window]))
+  for _ in range(2):  # the floor depends on the initial level, which depends on the noise
+    floor = t.loss_floor_fraction * initial
+    y = np.log(x + floor)
+    sigma = _local_noise(y, t.noise_window)
+    # The median of the first steps, unless a spike in them lifts it above
+    # what step 1 and the noise allow.
+    level = min(float(np.median(y[:t.smoothing_window])), float(y[0] + 2.0 * sigma[0]))
+    initial = float(np.exp(level) - floor)
+  return _Curve(x, y, True, floor, sigma, initial)
 
 
 def _local_noise(y: np.ndarray, window: int) -> np.ndarray:
@@ -394,7 +400,7 @@ def _sustained_spikes(c: _Curve, t: DetectorThresholds) -> list[LossSpike]:
   trailing[:t.smoothing_window - 1] = np.inf
   baseline = np.empty(n)
   baseline[0] = np.inf
-  baseline[1:] = np.minimum.accumulate(trailing[:-1])
+  baseline[1:] = np.minimum(_to_space(c, c.initial_level), np.minimum.accumulate(trailing[:-1]))
   thr = _threshold(c, t.min_increase, t.noise_multiplier, baseline)
   with np.errstate(invalid="ignore"):
     above = (smooth - baseline) > thr
