@@ -81,8 +81,9 @@ non-finite norm is always an outlier. Outliers are evidence only: they never
 change the label.
 
 **Levels.** The *initial level* is the median of the first
-``smoothing_window`` losses, capped at step 1's loss plus two noise standard
-deviations (so that a spike in the first steps does not lift it), the *final level* (``final_loss_level``) the
+``smoothing_window`` losses, kept within two noise standard deviations of
+step 1's (so that neither a spike nor a fast drop in the first steps moves
+it), the *final level* (``final_loss_level``) the
 median of the last ``final_fraction`` of the steps (at least
 ``smoothing_window``). "Early" means the first ``early_fraction`` of the steps
 (at least ``min_early_steps``). *Failed to train* compares levels in the same
@@ -346,9 +347,11 @@ def _curve(train_loss: Any, t: DetectorThresholds) -> _Curve:
     floor = t.loss_floor_fraction * initial
     y = np.log(x + floor)
     sigma = _local_noise(y, t.noise_window)
-    # The median of the first steps, unless a spike in them lifts it above
-    # what step 1 and the noise allow.
-    level = min(float(np.median(y[:t.smoothing_window])), float(y[0] + 2.0 * sigma[0]))
+    # The median of the first steps (step 1 alone is noisy), but within two
+    # noise standard deviations of step 1: neither a spike in the first steps
+    # nor a fast first drop moves it further.
+    level = float(np.clip(np.median(y[:t.smoothing_window]), y[0] - 2.0 * sigma[0],
+                          y[0] + 2.0 * sigma[0]))
     initial = float(np.exp(level) - floor)
   return _Curve(x, y, True, floor, sigma, initial)
 
@@ -590,6 +593,8 @@ class RunDiagnosis:
     early_max_loss_ratio: the highest early loss / the step-1 loss (raw; the
       decision uses the running median and the initial level).
     early_peak_step: the 1-based step of that highest early loss.
+    early_rise_ratio: the highest early running median / the initial level
+      (what the ``early_loss_ratio`` test compares).
     initial_loss: the initial level (median of the first ``smoothing_window``
       losses).
     final_loss: the final level (``final_loss_level``); NaN after a NaN/Inf.
@@ -614,6 +619,7 @@ class RunDiagnosis:
   failed_to_train: bool = False
   diverged: bool = False
   early_peak_step: Optional[int] = None
+  early_rise_ratio: float = math.nan
   initial_loss: float = math.nan
   final_loss: float = math.nan
   trivial_loss: Optional[float] = None
@@ -640,14 +646,15 @@ class RunDiagnosis:
     if self.failure is not None:
       parts.append(self.failure)
     early_spike = any(s.step <= self.early_steps for s in self.loss_spikes)
-    if (self.early_unstable and not early_spike and self.early_max_loss_ratio > 1.0
-        and self.early_peak_step is not None):
+    early_nan = self.first_nonfinite_step is not None and self.first_nonfinite_step <= self.early_steps
+    if self.early_unstable and not early_spike and not early_nan:
       parts.append(
-          f"within the first {self.early_steps} steps the loss reached "
-          f"{self.early_max_loss_ratio:.3g} x its step-1 value (at step {self.early_peak_step})")
+          f"within the first {self.early_steps} steps the loss, as a running median, rose to "
+          f"{self.early_rise_ratio:.3g} x its initial level {self.initial_loss:.4g} (the highest "
+          f"loss: {self.early_max_loss_ratio:.3g} x step 1's, at step {self.early_peak_step})")
     for s in self.loss_spikes[:3]:
       if s.short:
-        back = "came back the next step" if s.recovered else "was still there at the last step"
+        back = "came back the next step" if s.recovered else "did not come back"
         parts.append(
             f"at step {s.step} the loss jumped to {s.peak_loss:.4g}, {s.size:.3g} x the level "
             f"{s.baseline_loss:.4g} around it, for {s.duration} step(s), and {back}")
@@ -688,6 +695,7 @@ class RunDiagnosis:
         "early_steps": self.early_steps,
         "early_max_loss_ratio": clean(self.early_max_loss_ratio),
         "early_peak_step": self.early_peak_step,
+        "early_rise_ratio": clean(self.early_rise_ratio),
         "initial_loss": clean(self.initial_loss),
         "final_loss": clean(self.final_loss),
         "trivial_loss": self.trivial_loss,
@@ -844,6 +852,8 @@ def classify_run(
       failed_to_train=bool(failed),
       diverged=bool(diverged),
       early_peak_step=early_peak,
+      early_rise_ratio=(_from_space(c, _to_space(c, c.initial_level) + smoothed_rise) / c.initial_level
+                        if math.isfinite(smoothed_rise) and c.initial_level > 0 else math.nan),
       initial_loss=float(c.initial_level),
       final_loss=float(final),
       trivial_loss=None if trivial_loss is None else float(trivial_loss),
