@@ -31,19 +31,27 @@ def test_diagnose_finds_the_early_instability_and_the_warmup(tmp_path):
   assert d.sweep.best_learning_rate == pytest.approx(0.01)
   assert d.warmup is not None and d.warmup.warmup_steps == 30
   assert d.warmup.base_learning_rate == pytest.approx(10 * 10 ** -1.5)
-  assert any("unstable_base_learning_rate = 0.03162" in f.text and "infeasible in the sweep"
-             in f.text for f in d.findings)
+  assert any("unstable_base_learning_rate = 0.03162" in f.text
+             and "in the sweep: diverged, infeasible" in f.text for f in d.findings)
   topics = [f.topic for f in d.findings]
-  assert topics[:2] == ["Sweep", "Best learning rate"] and "Warmup result" in topics
+  assert topics[:2] == ["Sweep", "Best learning rate"]
+  assert topics[-4:] == ["Warmup search", "Warmup vs baseline", "Warmup result", "Next steps"]
   text = " ".join(f.text for f in d.findings)
-  assert "lr* = 0.01" in text and "shortest warmup that does not blow up is 30 steps" in text
-  assert re.search(r"At 0\.03162: non-finite training loss \(nan\) at step \d+", text)
+  assert "lr* = 0.01" in text and "the shortest warmup that trains is 30 steps (stable:" in text
+  assert re.search(r"At 0\.03162: diverged: the loss became NaN/Inf at step \d+", text)
+  # S4 in full: prepended to the 300-step baseline, compared, recommended.
+  (comparison,) = d.warmup.comparisons
+  assert comparison.run.config.total_steps == 330 and d.warmup.recommendation is comparison
+  result = next(f for f in d.findings if f.topic == "Warmup result")
+  assert result.text.startswith("Recommended: prepend 30 warmup steps") and "330 steps" in result.text
+  assert d.findings[-1].text.startswith("Use the warmup: 30 steps at base rate 0.3162")
   # Files: markdown, JSON, the figures, all where files says.
   for name in ("learning-rate sweep", "rates above lr*", "short check, every step", "long checks",
-               "gradient norm at lr*", "gradient norm histogram at lr*", "markdown", "json"):
+               "gradient norm at lr*", "gradient norm histogram at lr*", "warmup vs baseline",
+               "markdown", "json"):
     assert os.path.exists(d.files[name]), name
   pngs = [p for p in d.files.values() if p.endswith(".png")]
-  assert len(pngs) == 7 and all(_is_png(p) for p in pngs)
+  assert len(pngs) == 8 and all(_is_png(p) for p in pngs)
   with open(d.files["json"], encoding="utf-8") as f:
     data = json.load(f)
   assert data["verdict"] == EARLY_UNSTABLE and data["warmup"]["warmup_steps"] == 30
@@ -53,22 +61,32 @@ def test_diagnose_finds_the_early_instability_and_the_warmup(tmp_path):
     md = f.read()
   assert "**Verdict: early-unstable.**" in md and "![learning-rate sweep](sweep.png)" in md
   # Every trial is in the store, once: 13 sweep rates, the short check, the
-  # 5 x long check (10 x lr* = 0.1 is a grid rate: reused), 6 warmups.
+  # 5 x long check (10 x lr* = 0.1 is a grid rate: reused), 6 warmups, the comparison.
   store = optstab.diagnosis.TrialStore(tmp_path)
-  assert len(store) == 13 + 1 + 1 + 6 and store.ignored_lines == 0
+  assert len(store) == 13 + 1 + 1 + 6 + 1 and store.ignored_lines == 0
+  # The short check evaluated at the sweep's cadence, not every step.
+  assert d.short_check.config.eval_every == d.sweep.base_config.eval_every
+  # No sentence about a run contradicts its label.
+  for run in (*d.above_best, d.short_check, *d.long_checks):
+    assert run.trial.describe().startswith(run.trial.headline)
+    assert not (run.label != "stable" and "no loss spike" in run.describe())
 
 
 def test_unstable_rate_comes_from_the_confirmation_runs_too():
   from test_diagnosis_confirm import synthetic_trial  # pylint: disable=import-outside-toplevel
   from optstab.diagnosis import learning_rate_sweep, short_check, unstable_learning_rate
   sweep = learning_rate_sweep(synthetic_trial, [0.025, 0.05, 0.1, 0.2, 0.8], 400, progress=False)
-  assert sweep.unstable_learning_rate == 0.8
-  # 0.2 = 2 x lr* is feasible in the sweep, but the short check shows it goes
-  # unstable early (and recovers): that is the unstable rate warmup starts from.
+  # 0.2 = 2 x lr* is feasible in the sweep but early-unstable: its label makes it the unstable rate.
+  assert sweep.unstable_learning_rate == 0.2
+  assert unstable_learning_rate(sweep) == (0.2, "in the sweep: early-unstable (then recovered)")
+  # The short check at 2 x lr* sees the same early instability.
   run = short_check(synthetic_trial, sweep, progress=False)
   rate, where = unstable_learning_rate(sweep, (run,))
-  assert rate == pytest.approx(0.2) and "short check" in where and "early-unstable" in where
-  assert unstable_learning_rate(sweep) == (0.8, "infeasible in the sweep")
+  assert rate == pytest.approx(0.2)
+  # A confirmation run can find a rate the sweep's grid does not have.
+  run = short_check(synthetic_trial, sweep, factor=1.5, progress=False)
+  rate, where = unstable_learning_rate(sweep, (run,))
+  assert rate == pytest.approx(0.15) and "short check" in where and "early-unstable" in where
 
 
 def test_diagnose_stable_workload_skips_warmup(tmp_path):
