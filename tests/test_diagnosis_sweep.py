@@ -144,7 +144,7 @@ def test_labels_agree_with_feasibility_and_failed_to_train_marks_the_edge():
   sweep = learning_rate_sweep(_trial_of(curves), sorted(curves), n, trivial_loss=np.log(10.0),
                               progress=False)
   assert sweep.best_learning_rate == 0.1
-  assert sweep.reference_loss == pytest.approx(np.median(falling[-10:]))  # its final level
+  assert sweep.reference_loss == pytest.approx(np.median(falling[-20:]))  # its final level: last 10%
   assert sweep.feasible.tolist() == [True, True, False, True, False]
   assert sweep.labels == ("stable", "stable", "early-unstable", "failed-to-train", "diverged")
   assert sweep.at_edge_of_feasibility and sweep.unstable_learning_rate == 0.3

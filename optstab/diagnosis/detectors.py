@@ -9,16 +9,20 @@ sudden loss increase after a steady decline"). Its Figure 7a calls a trial
 module turns a per-step training loss into exactly one of five labels:
 
 * ``"diverged"`` (``DIVERGED``): the loss became NaN/Inf, or its final level is
-  above ``abnormal_loss_ratio`` x its initial level (it blew up and did not come
-  back): the FAQ's infeasible;
+  above ``abnormal_loss_ratio`` (2) x the larger of its initial level and the
+  trivial level (it blew up and did not come back): the FAQ's infeasible;
 * ``"failed-to-train"`` (``FAILED_TO_TRAIN``): finite, but stalled at the trivial
   level (the loss of a model that learned nothing, e.g. ``log(num_classes)``) or
   far worse than the sweep's best run, or, without that context, not clearly
   below its own initial level;
-* ``"early-unstable"`` (``EARLY_UNSTABLE``): a loss spike (short or sustained)
-  starting in the early phase, or an early loss above ``early_loss_ratio`` x the
-  initial level; ``recovered`` says whether training then came back (the FAQ's
-  "unstable early, then recovers");
+* ``"early-unstable"`` (``EARLY_UNSTABLE``): in the early phase, a loss spike
+  (short or sustained) starts, or the loss rises above ``early_loss_ratio`` x
+  the initial level by more than the early noise explains (as a
+  ``early_smoothing_window``-step running median beyond
+  ``early_noise_multiplier`` noise standard deviations; a raw step beyond
+  ``early_spike_sigmas``; or a raw step while the gradient norm jumped
+  ``early_grad_ratio`` x, when norms are given); ``recovered`` says whether
+  training then came back (the FAQ's "unstable early, then recovers");
 * ``"mid-training-unstable"`` (``MID_TRAINING_UNSTABLE``): a spike starting after
   the early phase;
 * ``"stable"`` (``STABLE``): none of these.
@@ -78,7 +82,8 @@ A step is an outlier when :math:`z_t >` ``grad_z_threshold`` and
 :math:`g_t >` ``grad_min_ratio`` :math:`\cdot e^{m_t}` (the median norm). Steps with
 fewer than ``grad_min_history`` earlier finite norms are not judged. A
 non-finite norm is always an outlier. Outliers are evidence only: they never
-change the label.
+change the label (only a gradient-norm jump in the early phase corroborates a
+loss jump there, see ``early_grad_ratio``).
 
 **Levels.** The *initial level* is the median of the first
 ``smoothing_window`` losses, kept within two noise standard deviations of
@@ -86,12 +91,13 @@ step 1's (so that neither a spike nor a fast drop in the first steps moves
 it), the *final level* (``final_loss_level``) the
 median of the last ``final_fraction`` of the steps (at least
 ``smoothing_window``). "Early" means the first ``early_fraction`` of the steps
-(at least ``min_early_steps``). *Failed to train* compares levels in the same
-floored log space: with ``reference_loss``, progress = (upper - final) /
-(upper - reference), upper being ``trivial_loss`` if given, else the initial
-level, must reach ``min_progress_fraction``; without it, the final level must
-be below ``upper`` by ``max(log(1 + min_progress), 2 x`` the noise of the
-initial level).
+(at least ``min_early_steps``). *Failed to train*: with ``reference_loss``, the
+run must close ``min_progress_fraction`` (half) of the gap, in loss units,
+from ``upper`` (``trivial_loss`` if given, else the initial level) to the
+reference; without it, its final level must be below ``upper`` by
+``log(1 + min_progress)`` in the floored log space, less twice the noise of
+the initial level when ``upper`` is the (noisy) initial level: the run gets
+the benefit of the doubt, so without context only clear stalls are caught.
 
 **Feasibility and labels.** ``optstab.diagnosis.FeasibilityRule`` is the sweep's
 ranking rule for Figure 7a (which trials may be lr*); the label is the curve's
@@ -194,10 +200,20 @@ class DetectorThresholds:
     grad_min_history: finite norms needed in the window before judging a step.
     early_fraction: the early phase is this fraction of the run's steps...
     min_early_steps: ...but at least this many steps.
-    early_loss_ratio: a smoothed loss above this many times the initial level
-      within the early phase marks the run early-unstable.
+    early_loss_ratio: a loss (running median over ``early_smoothing_window``
+      steps) above this many times the initial level within the early phase
+      marks the run early-unstable...
+    early_smoothing_window: (that running median's width)...
+    early_noise_multiplier: ...if that rise is also above this many noise
+      standard deviations of the early phase.
+    early_spike_sigmas: a raw early loss above ``early_loss_ratio`` x the
+      initial level and this many early noise standard deviations marks it
+      too...
+    early_grad_ratio: ...as does a raw early loss above ``early_loss_ratio`` x
+      step 1's while the gradient norm (there or one step before) is above
+      this many times step 1's: the loss jump has a cause, not noise.
     abnormal_loss_ratio: a final level above this many times the initial level
-      is a divergence that did not come back (the FeasibilityRule's default 10).
+      (or the trivial level, if larger) is a divergence that did not come back.
     final_fraction: the final level is the median of this fraction of the last
       steps (at least ``smoothing_window``).
     min_progress: without ``reference_loss``, a run that trained ends at least
@@ -210,7 +226,7 @@ class DetectorThresholds:
   smoothing_window: int = 5
   baseline_window: int = 25
   min_increase: float = 0.25
-  noise_multiplier: float = 4.0
+  noise_multiplier: float = 3.5
   min_duration: int = 3
   rise_window: int = 100
   recovery_fraction: float = 0.5
@@ -223,22 +239,26 @@ class DetectorThresholds:
   grad_z_threshold: float = 6.0
   grad_min_ratio: float = 2.0
   grad_min_history: int = 10
-  early_fraction: float = 0.1
+  early_fraction: float = 0.2
   min_early_steps: int = 10
-  early_loss_ratio: float = 2.0
-  abnormal_loss_ratio: float = 10.0
-  final_fraction: float = 0.05
+  early_loss_ratio: float = 1.5
+  early_smoothing_window: int = 3
+  early_noise_multiplier: float = 4.0
+  early_spike_sigmas: float = 6.0
+  early_grad_ratio: float = 2.0
+  abnormal_loss_ratio: float = 2.0
+  final_fraction: float = 0.1
   min_progress: float = 0.05
-  min_progress_fraction: float = 0.25
+  min_progress_fraction: float = 0.5
 
   def __post_init__(self):
     for name in ("smoothing_window", "baseline_window", "min_duration", "rise_window",
-                 "short_window", "noise_window", "grad_window", "grad_min_history", "min_early_steps"):
+                 "short_window", "noise_window", "early_smoothing_window", "grad_window", "grad_min_history", "min_early_steps"):
       _validation.check_positive_int(name, getattr(self, name))
     for name in ("min_increase", "noise_multiplier", "grad_z_threshold", "short_spike_sigmas",
-                 "loss_floor_fraction", "min_progress"):
+                 "loss_floor_fraction", "min_progress", "early_noise_multiplier", "early_spike_sigmas"):
       _validation.check_non_negative(name, getattr(self, name))
-    for name in ("grad_min_ratio", "early_loss_ratio", "short_spike_ratio", "abnormal_loss_ratio"):
+    for name in ("grad_min_ratio", "early_loss_ratio", "early_grad_ratio", "short_spike_ratio", "abnormal_loss_ratio"):
       _validation.check_in_range(name, getattr(self, name), 1.0, math.inf)
     for name in ("early_fraction", "final_fraction", "min_progress_fraction"):
       _validation.check_in_range(name, getattr(self, name), 0.0, 1.0, high_inclusive=True)
@@ -330,7 +350,19 @@ class _Curve(NamedTuple):
   log_scale: bool
   floor: float           # the absolute floor added before the log (0 when linear)
   sigma: np.ndarray      # robust noise of y around each step (local: noise changes in training)
-  initial_level: float   # median of the first smoothing_window losses (raw units)
+  initial_level: float   # the loss level training started from (raw units)
+  early_sigma: float     # robust noise of y over the early phase
+
+
+def _early_steps(n: int, t: DetectorThresholds) -> int:
+  return min(n, max(t.min_early_steps, int(math.ceil(t.early_fraction * n))))
+
+
+def _robust_sd(d: np.ndarray) -> float:
+  """Robust standard deviation of a white-noise series from its step-to-step changes ``d``."""
+  if d.size < 2:
+    return 0.0
+  return 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2.0)
 
 
 def _curve(train_loss: Any, t: DetectorThresholds) -> _Curve:
@@ -338,22 +370,26 @@ def _curve(train_loss: Any, t: DetectorThresholds) -> _Curve:
   stop = _first_nonfinite(loss)
   x = loss if stop is None else loss[:stop]
   if x.size == 0:
-    return _Curve(x, x, False, 0.0, x, math.nan)
+    return _Curve(x, x, False, 0.0, x, math.nan, 0.0)
+  # The early noise is measured on the early phase alone (at least 20 steps):
+  # a freshly initialized model's loss is much quieter than later minibatches'.
+  head = max(_early_steps(loss.size, t), 20)
   if not np.all(x > 0):
     initial = float(np.median(x[:t.smoothing_window]))
-    return _Curve(x, x, False, 0.0, _local_noise(x, t.noise_window), initial)
+    return _Curve(x, x, False, 0.0, _local_noise(x, t.noise_window), initial,
+                  _robust_sd(np.diff(x[:head])))
   initial = float(np.median(x[:t.smoothing_window]))
   for _ in range(2):  # the floor depends on the initial level, which depends on the noise
     floor = t.loss_floor_fraction * initial
     y = np.log(x + floor)
-    sigma = _local_noise(y, t.noise_window)
+    early_sigma = _robust_sd(np.diff(y[:head]))
     # The median of the first steps (step 1 alone is noisy), but within two
     # noise standard deviations of step 1: neither a spike in the first steps
     # nor a fast first drop moves it further.
-    level = float(np.clip(np.median(y[:t.smoothing_window]), y[0] - 2.0 * sigma[0],
-                          y[0] + 2.0 * sigma[0]))
+    level = float(np.clip(np.median(y[:t.smoothing_window]), y[0] - 2.0 * early_sigma,
+                          y[0] + 2.0 * early_sigma))
     initial = float(np.exp(level) - floor)
-  return _Curve(x, y, True, floor, sigma, initial)
+  return _Curve(x, y, True, floor, _local_noise(y, t.noise_window), initial, early_sigma)
 
 
 def _local_noise(y: np.ndarray, window: int) -> np.ndarray:
@@ -515,7 +551,7 @@ def final_loss_level(train_loss: Any, thresholds: DetectorThresholds = DetectorT
   best run). NaN if the last step is not finite.
 
   Example:
-    >>> final_loss_level(np.r_[np.full(95, 2.0), [1.0, 1.0, 9.0, 1.0, 1.0]])
+    >>> final_loss_level(np.r_[np.full(90, 2.0), [1.0, 1.0, 9.0, 1.0, 1.0] * 2])
     1.0
   """
   loss = np.asarray(train_loss, dtype=np.float64).reshape(-1)
@@ -710,17 +746,29 @@ class RunDiagnosis:
     }
 
 
+def _grad_jumps(grad_norms: Any, count: int, t: DetectorThresholds) -> np.ndarray:
+  """Per early step 2.. (``count`` of them): the gradient norm there, or one step
+  before, is at least ``early_grad_ratio`` x step 1's."""
+  if grad_norms is None:
+    return np.zeros(count, bool)
+  g = np.asarray(grad_norms, dtype=np.float64).reshape(-1)[:count + 1]
+  if g.size < 2 or not (np.isfinite(g[0]) and g[0] > 0):
+    return np.zeros(count, bool)
+  with np.errstate(invalid="ignore"):
+    high = np.where(np.isfinite(g), g, np.inf) >= t.early_grad_ratio * g[0]
+  jump = high[1:] | high[:-1]
+  return np.pad(jump, (0, count - jump.size))
+
+
 def _failure(c: _Curve, final: float, t: DetectorThresholds, trivial: Optional[float],
              reference: Optional[float]) -> tuple[bool, Optional[str]]:
   """(diverged, why) or (failed to train, why) from the levels; (False, None) if it trained."""
   start, end = _to_space(c, c.initial_level), _to_space(c, final)
-  if c.log_scale and end - start > math.log(t.abnormal_loss_ratio):
-    return True, (f"the final loss level {final:.4g} is {final / c.initial_level:.3g} x the "
-                  f"initial level {c.initial_level:.4g} (limit {t.abnormal_loss_ratio:g} x): it "
-                  "blew up and did not come back")
-  if not c.log_scale and end - start > (t.abnormal_loss_ratio - 1.0) * abs(c.initial_level):
-    return True, (f"the final loss level {final:.4g} is far above the initial level "
-                  f"{c.initial_level:.4g}: it blew up and did not come back")
+  top = c.initial_level if trivial is None else max(c.initial_level, float(trivial))
+  if top > 0 and final > t.abnormal_loss_ratio * top:
+    return True, (f"the final loss level {final:.4g} is {final / top:.3g} x the "
+                  f"{'initial' if top == c.initial_level else 'trivial'} level {top:.4g} "
+                  f"(limit {t.abnormal_loss_ratio:g} x): it blew up and did not come back")
   upper_value = c.initial_level if trivial is None else float(trivial)
   upper_name = "its initial level" if trivial is None else "the trivial level"
   upper = _to_space(c, upper_value)
@@ -729,12 +777,13 @@ def _failure(c: _Curve, final: float, t: DetectorThresholds, trivial: Optional[f
   else:
     margin = t.min_progress * abs(upper_value)
   if reference is not None and math.isfinite(reference):
-    lower = _to_space(c, float(reference))
-    if upper - lower > margin:
-      progress = (upper - end) / (upper - lower)
+    # In the loss's own units: the fraction of the gap closed.
+    gap = upper_value - float(reference)
+    if gap > t.min_progress * abs(upper_value):
+      progress = (upper_value - final) / gap
       if progress < t.min_progress_fraction:
         return False, (
-            f"the final loss level {final:.4g} covers {max(progress, 0.0):.0%} of the way from "
+            f"the final loss level {final:.4g} closes {max(progress, 0.0):.0%} of the gap from "
             f"{upper_name} {upper_value:.4g} to the best run's {float(reference):.4g} (it needs "
             f"{t.min_progress_fraction:.0%}): it did not train")
       return False, None
@@ -791,7 +840,7 @@ def classify_run(
   for name, value in (("trivial_loss", trivial_loss), ("reference_loss", reference_loss)):
     if value is not None:
       _validation.check_in_range(name, value, -math.inf, math.inf)
-  early_steps = min(n, max(t.min_early_steps, int(math.ceil(t.early_fraction * n))))
+  early_steps = _early_steps(n, t)
   stop = _first_nonfinite(loss)
   first_nonfinite = None if stop is None else stop + 1
   c = _curve(loss, t)
@@ -805,16 +854,30 @@ def classify_run(
   if early.size and math.isfinite(c.initial_level):
     # Decide on the running median against the initial level: one noisy
     # minibatch, or a noisy first step, is not instability.
-    smooth = _running_median(c.y[:early_steps], t.smoothing_window, centered=True)
+    smooth = _running_median(c.y[:early_steps], t.early_smoothing_window, centered=True)
     smoothed_rise = float(smooth.max()) - _to_space(c, c.initial_level)
-  early_limit = math.inf
-  if early.size:
-    early_limit = float(_threshold(c, t.early_loss_ratio - 1.0, t.noise_multiplier,
-                                   np.full(early.size, c.initial_level)).max())
+  if c.log_scale:
+    early_limit = max(math.log(t.early_loss_ratio), t.early_noise_multiplier * c.early_sigma)
+  else:
+    early_limit = max((t.early_loss_ratio - 1.0) * abs(c.initial_level),
+                      t.early_noise_multiplier * c.early_sigma)
+  # A raw early loss far above the initial level counts too (short spikes are
+  # what the FAQ's Figure 5 shows), if the early noise cannot explain it.
+  raw_rise = raw_jump = np.full(1, -np.inf)
+  if early.size > 1 and math.isfinite(c.initial_level):
+    raw_rise = c.y[1:early_steps] - _to_space(c, c.initial_level)
+    # With the gradient norm to corroborate, against step 1's own loss.
+    raw_jump = c.y[1:early_steps] - c.y[0]
+  ratio_limit = math.log(t.early_loss_ratio) if c.log_scale else (
+      (t.early_loss_ratio - 1.0) * abs(c.initial_level))
+  noise_limit = max(ratio_limit, t.early_spike_sigmas * c.early_sigma)
+  corroborated = _grad_jumps(grad_norms, raw_rise.size, t)
   early_evidence = (
       (first_nonfinite is not None and first_nonfinite <= early_steps)
       or any(s.step <= early_steps for s in spikes)
       or smoothed_rise > early_limit
+      or bool(np.any(raw_rise > noise_limit))
+      or bool(np.any((raw_jump > ratio_limit) & corroborated))
   )
   mid_evidence = (
       (first_nonfinite is not None and first_nonfinite > early_steps)
