@@ -87,8 +87,8 @@ loss jump there, see ``early_grad_ratio``).
 
 **Levels.** The *initial level* is the median of the first
 ``smoothing_window`` losses, kept within two noise standard deviations of
-step 1's (so that neither a spike nor a fast drop in the first steps moves
-it), the *final level* (``final_loss_level``) the
+step 1's and below twice step 1's loss (so that neither a spike nor a fast
+drop in the first steps moves it), the *final level* (``final_loss_level``) the
 median of the last ``final_fraction`` of the steps (at least
 ``smoothing_window``). "Early" means the first ``early_fraction`` of the steps
 (at least ``min_early_steps``). *Failed to train*: with ``reference_loss``, the
@@ -384,10 +384,11 @@ def _curve(train_loss: Any, t: DetectorThresholds) -> _Curve:
     y = np.log(x + floor)
     early_sigma = _robust_sd(np.diff(y[:head]))
     # The median of the first steps (step 1 alone is noisy), but within two
-    # noise standard deviations of step 1: neither a spike in the first steps
-    # nor a fast first drop moves it further.
+    # noise standard deviations of step 1, and never above twice step 1's
+    # loss: neither a spike in the first steps nor a fast first drop moves it
+    # further (a run that blows up at once has a huge "noise").
     level = float(np.clip(np.median(y[:t.smoothing_window]), y[0] - 2.0 * early_sigma,
-                          y[0] + 2.0 * early_sigma))
+                          y[0] + min(2.0 * early_sigma, math.log(2.0))))
     initial = float(np.exp(level) - floor)
   return _Curve(x, y, True, floor, _local_noise(y, t.noise_window), initial, early_sigma)
 
