@@ -148,6 +148,13 @@ def test_plot_functions_take_plain_arrays(tmp_path):
                                          [False, True], tmp_path / "d.png", base_learning_rate=0.3))
   with pytest.raises(ValueError, match="equal length"):
     plots.plot_learning_rate_sweep([1e-3], [0.5, 0.2], [True], tmp_path / "e.png")
+  # Figure 7a with labels: failed-to-train (finite, feasible) drawn apart from infeasible.
+  assert _is_png(plots.plot_learning_rate_sweep(
+      [1e-3, 1e-2, 1e-1, 1.0], [0.5, 0.2, 0.9, np.nan], [True, True, True, False],
+      tmp_path / "e2.png", best_learning_rate=1e-2,
+      labels=["stable", "stable", "failed-to-train", "diverged"]))
+  with pytest.raises(ValueError, match="labels"):
+    plots.plot_learning_rate_sweep([1e-3], [0.5], [True], tmp_path / "e3.png", labels=[])
   with pytest.raises(ValueError, match="at least one curve"):
     plots.plot_loss_curves({}, tmp_path / "f.png")
 
