@@ -26,6 +26,7 @@ from optstab.diagnosis.procedure import diagnose, unstable_learning_rate
 from optstab.diagnosis.report import Diagnosis, Finding, make_diagnosis, write_report
 from optstab.diagnosis.store import TrialRecord, TrialStore
 from optstab.diagnosis.sweep import (
+    ERROR,
     SweepResult,
     SweepTrial,
     learning_rate_sweep,
@@ -34,8 +35,10 @@ from optstab.diagnosis.sweep import (
     run_trials,
 )
 from optstab.diagnosis.warmup_tuner import (
+    WarmupComparison,
     WarmupSearch,
     WarmupTrial,
     WarmupTuningResult,
+    compare_with_baseline,
     tune_warmup,
 )
