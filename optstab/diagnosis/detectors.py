@@ -50,9 +50,12 @@ to step changes,
 
   \sigma = 1.4826\,\mathrm{median}_t\,|\Delta y_t - \mathrm{median}(\Delta y)| / \sqrt{2},
 
-and every threshold is the larger of a fixed ratio and a multiple of
-:math:`\sigma`, so that noise alone (lognormal minibatch noise of 0.8 in log
-space, say) is not instability.
+measured in a centered window of ``noise_window`` steps (noise changes during
+training) and never below the whole curve's; the early-phase rules use the
+noise of the early phase alone (a freshly initialized model's loss is much
+quieter than later minibatches'). Every threshold is the larger of a fixed
+ratio and a multiple of :math:`\sigma`, so that noise alone (lognormal
+minibatch noise of 0.8 in log space, say) is not instability.
 
 **Loss spikes** (``detect_loss_spikes``), two kinds:
 
@@ -107,6 +110,14 @@ implies (``optstab.diagnosis.sweep.judge``): a trial infeasible for a NaN/Inf is
 early- or mid-training-unstable by that step (``diverged`` if the last step is
 still above it); one infeasible by a metric threshold is at least
 ``failed-to-train``. So "stable" and "infeasible" are never said of one trial.
+
+**Where it breaks.** Noise-adapted thresholds trade power for silence: on a
+curve whose minibatch noise is large, a 1.5-2x jump in the first steps is
+indistinguishable from noise unless the gradient norms (pass them) show it
+too; without ``trivial_loss`` / ``reference_loss`` only clear stalls are
+failed-to-train; and a slow rebound that stays under 25% (or 3.5 sigma) of
+the best level is not a spike. ``benchmarks/diagnosis_accuracy.py`` measures
+all of this on a labelled corpus of real runs.
 
 Steps are 1-based throughout, like ``TrialConfig.eval_steps()``: entry ``i``
 of a ``train_loss`` array is step ``i + 1``.
