@@ -643,8 +643,9 @@ class RunDiagnosis:
     early_peak_step: the 1-based step of that highest early loss.
     early_rise_ratio: the highest early running median / the initial level
       (what the ``early_loss_ratio`` test compares).
+    first_loss: the step-1 loss.
     initial_loss: the initial level (median of the first ``smoothing_window``
-      losses).
+      losses, kept near step 1's).
     final_loss: the final level (``final_loss_level``); NaN after a NaN/Inf.
     trivial_loss, reference_loss: the context given to ``classify_run``.
     failure: the sentence saying why the run failed to train or diverged
@@ -668,6 +669,7 @@ class RunDiagnosis:
   diverged: bool = False
   early_peak_step: Optional[int] = None
   early_rise_ratio: float = math.nan
+  first_loss: float = math.nan
   initial_loss: float = math.nan
   final_loss: float = math.nan
   trivial_loss: Optional[float] = None
@@ -697,9 +699,10 @@ class RunDiagnosis:
     early_nan = self.first_nonfinite_step is not None and self.first_nonfinite_step <= self.early_steps
     if self.early_unstable and not early_spike and not early_nan:
       parts.append(
-          f"within the first {self.early_steps} steps the loss, as a running median, rose to "
-          f"{self.early_rise_ratio:.3g} x its initial level {self.initial_loss:.4g} (the highest "
-          f"loss: {self.early_max_loss_ratio:.3g} x step 1's, at step {self.early_peak_step})")
+          f"within the first {self.early_steps} steps the loss rose to "
+          f"{self.early_max_loss_ratio * self.first_loss:.4g} at step {self.early_peak_step}, "
+          f"{self.early_max_loss_ratio:.3g} x step 1's {self.first_loss:.4g} (as a running median, "
+          f"{self.early_rise_ratio:.3g} x the initial level {self.initial_loss:.4g})")
     for s in self.loss_spikes[:3]:
       if s.short:
         back = "came back the next step" if s.recovered else "did not come back"
@@ -744,6 +747,7 @@ class RunDiagnosis:
         "early_max_loss_ratio": clean(self.early_max_loss_ratio),
         "early_peak_step": self.early_peak_step,
         "early_rise_ratio": clean(self.early_rise_ratio),
+        "first_loss": clean(self.first_loss),
         "initial_loss": clean(self.initial_loss),
         "final_loss": clean(self.final_loss),
         "trivial_loss": self.trivial_loss,
@@ -927,6 +931,7 @@ def classify_run(
       failed_to_train=bool(failed),
       diverged=bool(diverged),
       early_peak_step=early_peak,
+      first_loss=float(loss[0]),
       early_rise_ratio=(_from_space(c, _to_space(c, c.initial_level) + smoothed_rise) / c.initial_level
                         if math.isfinite(smoothed_rise) and c.initial_level > 0 else math.nan),
       initial_loss=float(c.initial_level),

@@ -350,8 +350,9 @@ def _summarize(preset: Preset, sweeps: dict[str, SweepResult], unstable: TrialRe
   for name, sweep in sweeps.items():
     trials = [_run_summary(t, preset.fig5_steps) for t in sweep.trials]
     best = sweep.best
-    unstable_from = next((t["learning_rate"] for t in trials
-                          if not t["feasible"] or t.get("label") != "stable"), None)
+    # Instability is judged above lr* (FAQ S2): a run under-trained at a low
+    # rate is slow, not unstable.
+    unstable_from = sweep.unstable_learning_rate
     fig4[name] = {
         "best_learning_rate": sweep.best_learning_rate,
         "best_test_error": None if best is None else _finite(best.metric_value),
@@ -368,6 +369,8 @@ def _summarize(preset: Preset, sweeps: dict[str, SweepResult], unstable: TrialRe
     s = _run_summary(trial, preset.fig5_steps)
     fig5[variant] = {k: s.get(k) for k in ("early_peak_loss", "early_peak_step", "initial_loss",
                                            "label", "recovered", "diagnosis", "final_train_loss")}
+    fig5[variant]["early_evidence"] = bool(trial.diagnosis is not None
+                                           and trial.diagnosis.early_unstable)
   fig9 = {"unclipped": _run_summary(judge(unstable), preset.fig5_steps)}
   for p, rec in clip_records.items():
     s = _run_summary(judge(rec), preset.fig5_steps)
@@ -623,16 +626,18 @@ def _headline(t: dict[str, Any]) -> str:
 
 
 def _parity_point(s: dict[str, Any]) -> Optional[tuple[float, int]]:
-  """The lowest grid rate (no warmup first) where both models' runs trained: ``(rate, warmup)``."""
+  """The lowest grid rate (no warmup first) where both models' runs are stable, else where both
+  trained: ``(rate, warmup)``."""
   f4, p = s["figure4"], s["preset"]
   warmups = [0] + ([p["warmup_steps"]] if p["warmup_steps"] else [])
-  for lr in sorted(t["learning_rate"] for t in f4["standard"]["trials"]):
-    for w in warmups:
-      suffix = f"+warmup{w}" if w else ""
-      pair = [_trial_at(f4[v + suffix], lr) for v in VARIANTS]
-      if all(t is not None and t.get("trained") and t.get("final_test_error") is not None
-             for t in pair):
-        return lr, w
+  # Both stable if possible: a recovered early instability is not "trained alike".
+  for ok in (lambda t: t.get("label") == STABLE and t.get("feasible"), lambda t: t.get("trained")):
+    for lr in sorted(t["learning_rate"] for t in f4["standard"]["trials"]):
+      for w in warmups:
+        suffix = f"+warmup{w}" if w else ""
+        pair = [_trial_at(f4[v + suffix], lr) for v in VARIANTS]
+        if all(t is not None and ok(t) and t.get("final_test_error") is not None for t in pair):
+          return lr, w
   return None
 
 
@@ -674,14 +679,16 @@ def _verdicts(s: dict[str, Any]) -> list[tuple[str, Optional[str], str]]:
   if cu is not None and (su is None or su > cu):
     first = _trial_at(chg, cu)
     out.append(("unstable_from", REPRODUCED,
-                f"REPRODUCED: the stride (1,1) model is unstable from lr {cu:g} ({_headline(first)}; "
-                f"published ~0.02), where the standard model is "
-                + ("stable on the whole grid." if su is None else
+                f"REPRODUCED: above its lr*, the stride (1,1) model is unstable from lr {cu:g} "
+                f"({_headline(first)}; published ~0.02), where the standard model is "
+                + (f"not unstable at any grid rate above its lr* ({std['best_learning_rate']:g})."
+                   if su is None else
                    f"still stable (it becomes unstable only from {su:g}).")))
   else:
     out.append(("unstable_from", NOT,
-                "NOT reproduced: the stride (1,1) model is not unstable at lower rates than "
-                "the standard one on this grid (the preset may be too small to show it)."))
+                "NOT reproduced: above their lr*, the stride (1,1) model is not unstable at "
+                f"lower rates than the standard one on this grid (from {_fmt(cu, 'g', 'none')} "
+                f"vs {_fmt(su, 'g', 'none')}; the preset may be too small to show it)."))
   sb, cb = std["best_learning_rate"], chg["best_learning_rate"]
   if sb is not None and cb is not None:
     out.append(("best_lr", REPRODUCED if cb < sb else NOT,
@@ -710,11 +717,18 @@ def _verdicts(s: dict[str, Any]) -> list[tuple[str, Optional[str], str]]:
   c, d = f5["stride_1x1"], f5["standard"]
   if c["early_peak_loss"] is not None and c["initial_loss"]:
     ratio = c["early_peak_loss"] / c["initial_loss"]
-    spiked = c["label"] == EARLY_UNSTABLE and d["label"] == STABLE
+    # The spike is early-instability evidence even when a worse label wins
+    # (a run that spikes and then stalls is failed-to-train).
+    spiked = bool(c.get("early_evidence")) and not d.get("early_evidence")
+
+    def kind(x):
+      extra = " with early-unstable evidence" if x.get("early_evidence") and x["label"] != EARLY_UNSTABLE else ""
+      return x["label"] + extra
+
     out.append(("spike", REPRODUCED if spiked else NOT,
                 ("REPRODUCED" if spiked else "NOT reproduced") +
                 f": the every-step view shows an early spike only in the stride (1,1) model "
-                f"({c['label']} vs {d['label']}): at lr {p['high_learning_rate']:g} its loss "
+                f"({kind(c)} vs {kind(d)}): at lr {p['high_learning_rate']:g} its loss "
                 f"peaks at {c['early_peak_loss']:.3g} at step {c['early_peak_step']} "
                 f"({ratio:.3g} x the initial loss; published ~70, ~30 x, at steps 3-8) while the "
                 f"standard model peaks at {_fmt(d['early_peak_loss'])}."))
