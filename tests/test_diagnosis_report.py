@@ -178,3 +178,17 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
   for name in ("diagnosis.md", "diagnosis.json", "sweep.png", "trials.jsonl"):
     assert (tmp_path / "diagnosis_out" / name).exists()
   assert optstab.diagnose is diagnose
+
+
+def test_report_says_warmup_did_not_help_when_it_loses_to_lr_star(tmp_path):
+  from test_diagnosis_warmup import _warmup_trains_but_generalizes_worse  # pylint: disable=import-outside-toplevel
+  d = diagnose(_warmup_trains_but_generalizes_worse, [0.003, 0.01, 0.03, 0.1], 400, out_dir=tmp_path,
+               max_train_steps=4000, warmup_candidates=(3, 10, 30), progress=False)
+  assert d.warmup.warmup_steps == 10 and d.warmup.recommendation is None
+  texts = {f.topic: f.text for f in d.findings}
+  assert "worse than the baseline, so warmup did not help" in texts["Warmup vs baseline"]
+  assert texts["Warmup result"].startswith("Warmup did not help")
+  assert d.findings[-1].text.startswith(
+      "Warmup did not help: the warmup that trained, prepended to lr*'s schedule, did worse than "
+      "the baseline (best loss 0.3 vs 0.1)")
+  assert "Recommended" not in " ".join(texts.values())

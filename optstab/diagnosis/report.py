@@ -291,12 +291,17 @@ def make_diagnosis(
   }
   text = steps[verdict]
   if warmup is not None and warmup.recommendation is None and verdict != STABLE:
-    why = ("no warmup tried trained at the higher base rates"
-           if warmup.warmup_steps is None else
-           "the warmup that trained did not beat or match the baseline at lr* when prepended to "
-           "its schedule")
-    text = (f"Warmup did not help: {why} (warmup fixes instability caused by high curvature "
-            "early in training, not a curvature that stays high). "
+    if warmup.warmup_steps is None:
+      why = ("no warmup tried trained at the higher base rates (warmup fixes instability caused "
+             "by high curvature early in training, not a curvature that stays high)")
+    elif warmup.comparisons:
+      c = warmup.comparisons[0]
+      why = (f"the warmup that trained, prepended to lr*'s schedule, {c.outcome.replace('worse', 'did worse than')}"
+             f"{'' if c.outcome != 'does not train' else ' at full length, unlike'} the "
+             f"baseline (best {c.metric} {c.run_value:.4g} vs {c.baseline_value:.4g})")
+    else:
+      why = "the warmup that trained was not compared with the baseline"
+    text = (f"Warmup did not help: {why}. "
             + text.replace("learning-rate warmup, then gradient clipping", "gradient clipping")
             .replace("try warmup, then gradient clipping", "try gradient clipping"))
   elif warmup is not None and warmup.recommendation is not None and verdict != STABLE:
