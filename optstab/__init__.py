@@ -45,6 +45,12 @@ from optstab.telemetry import summarize_clip_state as summarize_clip_state
 from optstab.telemetry import summarize_clipping as summarize_clipping
 
 # --- diagnosis (S2) ---
+from optstab.diagnosis import DIVERGED as DIVERGED
+from optstab.diagnosis import EARLY_UNSTABLE as EARLY_UNSTABLE
+from optstab.diagnosis import FAILED_TO_TRAIN as FAILED_TO_TRAIN
+from optstab.diagnosis import LABELS as LABELS
+from optstab.diagnosis import MID_TRAINING_UNSTABLE as MID_TRAINING_UNSTABLE
+from optstab.diagnosis import STABLE as STABLE
 from optstab.diagnosis import DetectorThresholds as DetectorThresholds
 from optstab.diagnosis import Diagnosis as Diagnosis
 from optstab.diagnosis import FeasibilityRule as FeasibilityRule
@@ -54,9 +60,11 @@ from optstab.diagnosis import TrialFn as TrialFn
 from optstab.diagnosis import TrialResult as TrialResult
 from optstab.diagnosis import WarmupTuningResult as WarmupTuningResult
 from optstab.diagnosis import classify_run as classify_run
+from optstab.diagnosis import compare_with_baseline as compare_with_baseline
 from optstab.diagnosis import detect_grad_norm_outliers as detect_grad_norm_outliers
 from optstab.diagnosis import detect_loss_spikes as detect_loss_spikes
 from optstab.diagnosis import diagnose as diagnose
+from optstab.diagnosis import final_loss_level as final_loss_level
 from optstab.diagnosis import learning_rate_sweep as learning_rate_sweep
 from optstab.diagnosis import log_grid as log_grid
 from optstab.diagnosis import long_check as long_check

@@ -144,12 +144,15 @@ def _mark_blowup(ax, steps, values, color) -> None:
 
 def plot_learning_rate_sweep(learning_rates, metric_values, feasible, path: PathLike, *,
                              best_learning_rate=None, metric_name: str = "validation loss",
-                             title: str = "Learning-rate sweep") -> str:
+                             title: str = "Learning-rate sweep", labels=None) -> str:
   """FAQ Figure 7a: the hyperparameter-axis plot, metric vs base learning rate.
 
   Feasible trials are blue dots joined by a line; infeasible trials (NaN/Inf or
-  abnormally high loss) are red crosses along the top edge; lr* is a gold star
-  with a dashed vertical line. The x axis is logarithmic.
+  abnormally high loss) are red crosses along the top edge; with ``labels``,
+  trials that failed to train (finite, but stalled: ``"failed-to-train"``) are
+  purple squares at their value (on the top edge if it is not finite), and
+  other feasible trials not labelled ``"stable"`` are open triangles. lr* is a
+  gold star with a dashed vertical line. The x axis is logarithmic.
 
   Args:
     learning_rates: 1-D array of base learning rates.
@@ -159,6 +162,8 @@ def plot_learning_rate_sweep(learning_rates, metric_values, feasible, path: Path
     best_learning_rate: lr*, highlighted if given.
     metric_name: y-axis label.
     title: figure title.
+    labels: optional run label per rate (``optstab.diagnosis`` labels, e.g.
+      ``"stable"``, ``"failed-to-train"``).
 
   Returns:
     ``path``.
@@ -166,22 +171,35 @@ def plot_learning_rate_sweep(learning_rates, metric_values, feasible, path: Path
   lrs = _curve(learning_rates)
   values = _curve(metric_values)
   ok = np.asarray(feasible, dtype=bool).ravel()
-  if not (lrs.size == values.size == ok.size) or lrs.size == 0:
+  names = None if labels is None else np.asarray([str(x) for x in labels], dtype=object)
+  if not (lrs.size == values.size == ok.size) or lrs.size == 0 or (
+      names is not None and names.size != lrs.size):
     raise ValueError(
-        "learning_rates, metric_values and feasible must be non-empty and of equal length; got "
-        f"{lrs.size}, {values.size}, {ok.size}.")
+        "learning_rates, metric_values, feasible (and labels) must be non-empty and of equal "
+        f"length; got {lrs.size}, {values.size}, {ok.size}"
+        + ("" if names is None else f", {names.size}") + ".")
   order = np.argsort(lrs)
   lrs, values, ok = lrs[order], values[order], ok[order]
+  failed = np.zeros(lrs.size, bool) if names is None else names[order] == "failed-to-train"
+  odd = (np.zeros(lrs.size, bool) if names is None
+         else ok & ~failed & (names[order] != "stable"))
   shown = ok & np.isfinite(values)
   fig = Figure(figsize=(7, 4.5))
   ax = fig.add_subplot()
   ax.plot(lrs[shown], values[shown], "o-", color="tab:blue", label="feasible")
-  if (~ok).any():
-    top = values[shown].max() if shown.any() else 1.0
-    low = values[shown].min() if shown.any() else 0.0
-    edge = top + 0.1 * max(top - low, abs(top) * 0.1, 1e-12)
-    ax.plot(lrs[~ok], np.full((~ok).sum(), edge), "x", color="tab:red", ms=9, mew=2,
-            label=f"infeasible ({(~ok).sum()})")
+  top = values[shown].max() if shown.any() else 1.0
+  low = values[shown].min() if shown.any() else 0.0
+  edge = top + 0.1 * max(top - low, abs(top) * 0.1, 1e-12)
+  if (~ok & ~failed).any():
+    ax.plot(lrs[~ok & ~failed], np.full((~ok & ~failed).sum(), edge), "x", color="tab:red",
+            ms=9, mew=2, label=f"infeasible ({(~ok & ~failed).sum()})")
+  if failed.any():
+    y = np.where(np.isfinite(values[failed]), values[failed], edge)
+    ax.plot(lrs[failed], y, "s", color="tab:purple", ms=9, mfc="none", mew=2,
+            label=f"failed to train ({failed.sum()})")
+  if odd.any():
+    ax.plot(lrs[odd & shown], values[odd & shown], "^", color="tab:orange", ms=10, mfc="none",
+            mew=1.5, label=f"feasible, not stable ({odd.sum()})")
   if best_learning_rate is not None:
     i = int(np.argmin(np.abs(lrs - float(best_learning_rate))))
     ax.axvline(float(best_learning_rate), color="goldenrod", ls="--", lw=1)
@@ -300,17 +318,19 @@ def plot_every_step_loss(train_loss, path: PathLike, *, coarse_every: int = 100,
 
 
 def plot_warmup_sweep(warmup_steps, curves, stable, path: PathLike, *, base_learning_rate=None,
-                      title: str = "Warmup sweep") -> str:
+                      title: str = "Warmup sweep", labels=None) -> str:
   """FAQ Figure 6: training loss per warmup length, on a log step axis.
 
   Args:
     warmup_steps: 1-D array of warmup lengths, one per curve.
     curves: sequence of 1-D per-step losses, aligned with ``warmup_steps``.
-    stable: booleans, aligned: stable runs are solid, ones that blew up dashed
+    stable: booleans, aligned: runs that trained are solid, the others dashed
       and marked with an ``x`` where they turned NaN/Inf.
     path: PNG file to write.
     base_learning_rate: the peak rate, shown in the title.
     title: figure title.
+    labels: optional run label per curve, shown in the legend for the runs
+      that are not ``stable`` (default: "blew up").
 
   Returns:
     ``path``.
@@ -318,18 +338,21 @@ def plot_warmup_sweep(warmup_steps, curves, stable, path: PathLike, *, base_lear
   lengths = [int(w) for w in np.asarray(warmup_steps).ravel()]
   curves = [_curve(c) for c in curves]
   flags = [bool(s) for s in np.asarray(stable, dtype=bool).ravel()]
-  if not lengths or not (len(lengths) == len(curves) == len(flags)):
+  if not lengths or not (len(lengths) == len(curves) == len(flags)) or (
+      labels is not None and len(list(labels)) != len(lengths)):
     raise ValueError(
-        "warmup_steps, curves and stable must be non-empty and of equal length; got "
+        "warmup_steps, curves, stable (and labels) must be non-empty and of equal length; got "
         f"{len(lengths)}, {len(curves)}, {len(flags)}.")
   fig = Figure(figsize=(7, 4.5))
   ax = fig.add_subplot()
   positive = True
+  names = ["blew up"] * len(flags) if labels is None else [str(x) for x in labels]
   for i, (w, values, ok) in enumerate(zip(lengths, curves, flags)):
     steps = np.arange(1, values.size + 1)
     color = f"C{i % 10}"
+    note = "" if (ok and labels is None) or names[i] == "stable" else f" ({names[i]})"
     ax.plot(steps, np.where(np.isfinite(values), values, np.nan), lw=1.2, color=color,
-            ls="-" if ok else "--", label=f"warmup {w}" + ("" if ok else " (blew up)"))
+            ls="-" if ok else "--", label=f"warmup {w}{note}")
     _mark_blowup(ax, steps, values, color)
     finite = values[np.isfinite(values)]
     positive = positive and bool((finite > 0).all())

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from optstab.diagnosis import (
+    DIVERGED,
     EARLY_UNSTABLE,
     MID_TRAINING_UNSTABLE,
     STABLE,
@@ -52,7 +53,9 @@ def sweep():
 def test_sweep_of_the_synthetic_trial(sweep):
   assert sweep.best_learning_rate == 0.1
   assert sweep.feasible.tolist() == [True, True, True, True, False]
-  assert not sweep.at_edge_of_feasibility and sweep.unstable_learning_rate == 0.8
+  assert sweep.labels == ("stable", "stable", "stable", "early-unstable", "diverged")
+  # 0.2 is feasible but early-unstable: lr* sits at the edge all the same.
+  assert sweep.at_edge_of_feasibility and sweep.unstable_learning_rate == 0.2
 
 
 def test_rates_above_best_uses_the_sweep_trials(sweep):
@@ -60,11 +63,11 @@ def test_rates_above_best_uses_the_sweep_trials(sweep):
   assert [r.learning_rate for r in above] == [0.2, 0.8]
   assert above[0].label == EARLY_UNSTABLE and above[0].diagnosis.recovered
   assert above[0].feasible and above[0].factor == pytest.approx(2.0)
-  assert above[1].label == EARLY_UNSTABLE and not above[1].feasible
+  assert above[1].label == DIVERGED and not above[1].feasible
   assert "step 10" in above[1].describe()
 
 
-def test_short_check_runs_500_steps_at_twice_lr_star_every_step(sweep, tmp_path):
+def test_short_check_runs_500_steps_at_twice_lr_star_at_the_sweeps_cadence(sweep, tmp_path):
   seen = []
 
   def trial(config):
@@ -74,13 +77,19 @@ def test_short_check_runs_500_steps_at_twice_lr_star_every_step(sweep, tmp_path)
   run = short_check(trial, sweep, out_dir=tmp_path, progress=False)
   (config,) = seen
   assert config.learning_rate == pytest.approx(0.2) and config.num_steps == 500
-  assert config.eval_every == 1 and config.warmup_steps == 0
-  assert run.result.eval_steps.tolist() == list(range(1, 501))
-  assert run.label == EARLY_UNSTABLE and run.diagnosis.recovered  # unstable early, then recovers
+  # The every-step view is the per-step training loss: evaluation keeps the sweep's cadence.
+  assert config.eval_every == sweep.best.config.eval_every == 100 and config.warmup_steps == 0
+  assert run.result.eval_steps.tolist() == [100, 200, 300, 400, 500]
+  assert run.label == EARLY_UNSTABLE and run.recovered  # unstable early, then recovers
   assert run.diagnosis.early_max_loss_ratio == pytest.approx(5.0)
-  assert "evaluating every step" in run.describe()
+  assert "training loss at every step, evaluating every 100 steps" in run.describe()
   short_check(trial, sweep, out_dir=tmp_path, progress=False)
   assert len(seen) == 1  # resumed from the store
+  every = short_check(trial, sweep, eval_every=1, out_dir=tmp_path, progress=False)
+  assert every.result.eval_steps.tolist() == list(range(1, 501))
+  assert "evaluating every step" in every.describe() and every.label == EARLY_UNSTABLE
+  with pytest.raises(ValueError, match="eval_every"):
+    short_check(trial, sweep, eval_every=0, progress=False)
 
 
 def test_long_check_finds_the_figure_7b_spike(sweep):
@@ -90,7 +99,8 @@ def test_long_check_finds_the_figure_7b_spike(sweep):
   assert five.label == MID_TRAINING_UNSTABLE and five.feasible
   (spike,) = five.diagnosis.loss_spikes
   assert spike.step == 241 and not spike.recovered and spike.size > 2
-  assert ten.label == EARLY_UNSTABLE and ten.diagnosis.first_nonfinite_step == 10
+  assert ten.label == DIVERGED and ten.diagnosis.first_nonfinite_step == 10
+  assert ten.diagnosis.early_unstable
   longer = long_check(synthetic_trial, sweep, factors=(5.0,), num_steps=1000, progress=False)
   assert longer[0].config.num_steps == 1000 and longer[0].diagnosis.loss_spikes[0].step == 601
 

@@ -1,4 +1,7 @@
-"""The diagnosis path is one way: trial -> sweep -> detectors -> ... -> report.
+"""The diagnosis path is one way: trial -> sweep -> confirm / warmup -> report.
+
+``detectors`` works on plain arrays and imports nothing, so every stage from
+the sweep on (which labels its trials) may use it.
 
 No module imports one downstream of it (style.md: "No module reaches back up
 that path"), and plots imports nothing from optstab.
@@ -17,7 +20,7 @@ ALLOWED = {
     "store": {"trial"},
     "feasibility": {"trial"},
     "detectors": set(),
-    "sweep": {"trial", "store", "feasibility"},
+    "sweep": {"trial", "store", "feasibility", "detectors"},
     "confirm": {"trial", "store", "feasibility", "sweep", "detectors"},
     "warmup_tuner": {"trial", "store", "feasibility", "sweep", "detectors"},
     "report": {"trial", "store", "feasibility", "sweep", "detectors", "confirm", "warmup_tuner"},

@@ -31,19 +31,27 @@ def test_diagnose_finds_the_early_instability_and_the_warmup(tmp_path):
   assert d.sweep.best_learning_rate == pytest.approx(0.01)
   assert d.warmup is not None and d.warmup.warmup_steps == 30
   assert d.warmup.base_learning_rate == pytest.approx(10 * 10 ** -1.5)
-  assert any("unstable_base_learning_rate = 0.03162" in f.text and "infeasible in the sweep"
-             in f.text for f in d.findings)
+  assert any("unstable_base_learning_rate = 0.03162" in f.text
+             and "in the sweep: diverged, infeasible" in f.text for f in d.findings)
   topics = [f.topic for f in d.findings]
-  assert topics[:2] == ["Sweep", "Best learning rate"] and "Warmup result" in topics
+  assert topics[:2] == ["Sweep", "Best learning rate"]
+  assert topics[-4:] == ["Warmup search", "Warmup vs baseline", "Warmup result", "Next steps"]
   text = " ".join(f.text for f in d.findings)
-  assert "lr* = 0.01" in text and "shortest warmup that does not blow up is 30 steps" in text
-  assert re.search(r"At 0\.03162: non-finite training loss \(nan\) at step \d+", text)
+  assert "lr* = 0.01" in text and "the shortest warmup that trains is 30 steps (stable:" in text
+  assert re.search(r"At 0\.03162: diverged: the loss became NaN/Inf at step \d+", text)
+  # S4 in full: prepended to the 300-step baseline, compared, recommended.
+  (comparison,) = d.warmup.comparisons
+  assert comparison.run.config.total_steps == 330 and d.warmup.recommendation is comparison
+  result = next(f for f in d.findings if f.topic == "Warmup result")
+  assert result.text.startswith("Recommended: prepend 30 warmup steps") and "330 steps" in result.text
+  assert d.findings[-1].text.startswith("Use the warmup: 30 steps at base rate 0.3162")
   # Files: markdown, JSON, the figures, all where files says.
   for name in ("learning-rate sweep", "rates above lr*", "short check, every step", "long checks",
-               "gradient norm at lr*", "gradient norm histogram at lr*", "markdown", "json"):
+               "gradient norm at lr*", "gradient norm histogram at lr*", "warmup vs baseline",
+               "markdown", "json"):
     assert os.path.exists(d.files[name]), name
   pngs = [p for p in d.files.values() if p.endswith(".png")]
-  assert len(pngs) == 7 and all(_is_png(p) for p in pngs)
+  assert len(pngs) == 8 and all(_is_png(p) for p in pngs)
   with open(d.files["json"], encoding="utf-8") as f:
     data = json.load(f)
   assert data["verdict"] == EARLY_UNSTABLE and data["warmup"]["warmup_steps"] == 30
@@ -53,22 +61,32 @@ def test_diagnose_finds_the_early_instability_and_the_warmup(tmp_path):
     md = f.read()
   assert "**Verdict: early-unstable.**" in md and "![learning-rate sweep](sweep.png)" in md
   # Every trial is in the store, once: 13 sweep rates, the short check, the
-  # 5 x long check (10 x lr* = 0.1 is a grid rate: reused), 6 warmups.
+  # 5 x long check (10 x lr* = 0.1 is a grid rate: reused), 6 warmups, the comparison.
   store = optstab.diagnosis.TrialStore(tmp_path)
-  assert len(store) == 13 + 1 + 1 + 6 and store.ignored_lines == 0
+  assert len(store) == 13 + 1 + 1 + 6 + 1 and store.ignored_lines == 0
+  # The short check evaluated at the sweep's cadence, not every step.
+  assert d.short_check.config.eval_every == d.sweep.base_config.eval_every
+  # No sentence about a run contradicts its label.
+  for run in (*d.above_best, d.short_check, *d.long_checks):
+    assert run.trial.describe().startswith(run.trial.headline)
+    assert not (run.label != "stable" and "no loss spike" in run.describe())
 
 
 def test_unstable_rate_comes_from_the_confirmation_runs_too():
   from test_diagnosis_confirm import synthetic_trial  # pylint: disable=import-outside-toplevel
   from optstab.diagnosis import learning_rate_sweep, short_check, unstable_learning_rate
   sweep = learning_rate_sweep(synthetic_trial, [0.025, 0.05, 0.1, 0.2, 0.8], 400, progress=False)
-  assert sweep.unstable_learning_rate == 0.8
-  # 0.2 = 2 x lr* is feasible in the sweep, but the short check shows it goes
-  # unstable early (and recovers): that is the unstable rate warmup starts from.
+  # 0.2 = 2 x lr* is feasible in the sweep but early-unstable: its label makes it the unstable rate.
+  assert sweep.unstable_learning_rate == 0.2
+  assert unstable_learning_rate(sweep) == (0.2, "in the sweep: early-unstable (then recovered)")
+  # The short check at 2 x lr* sees the same early instability.
   run = short_check(synthetic_trial, sweep, progress=False)
   rate, where = unstable_learning_rate(sweep, (run,))
-  assert rate == pytest.approx(0.2) and "short check" in where and "early-unstable" in where
-  assert unstable_learning_rate(sweep) == (0.8, "infeasible in the sweep")
+  assert rate == pytest.approx(0.2)
+  # A confirmation run can find a rate the sweep's grid does not have.
+  run = short_check(synthetic_trial, sweep, factor=1.5, progress=False)
+  rate, where = unstable_learning_rate(sweep, (run,))
+  assert rate == pytest.approx(0.15) and "short check" in where and "early-unstable" in where
 
 
 def test_diagnose_stable_workload_skips_warmup(tmp_path):
@@ -130,6 +148,13 @@ def test_plot_functions_take_plain_arrays(tmp_path):
                                          [False, True], tmp_path / "d.png", base_learning_rate=0.3))
   with pytest.raises(ValueError, match="equal length"):
     plots.plot_learning_rate_sweep([1e-3], [0.5, 0.2], [True], tmp_path / "e.png")
+  # Figure 7a with labels: failed-to-train (finite, feasible) drawn apart from infeasible.
+  assert _is_png(plots.plot_learning_rate_sweep(
+      [1e-3, 1e-2, 1e-1, 1.0], [0.5, 0.2, 0.9, np.nan], [True, True, True, False],
+      tmp_path / "e2.png", best_learning_rate=1e-2,
+      labels=["stable", "stable", "failed-to-train", "diverged"]))
+  with pytest.raises(ValueError, match="labels"):
+    plots.plot_learning_rate_sweep([1e-3], [0.5], [True], tmp_path / "e3.png", labels=[])
   with pytest.raises(ValueError, match="at least one curve"):
     plots.plot_loss_curves({}, tmp_path / "f.png")
 
@@ -153,3 +178,17 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
   for name in ("diagnosis.md", "diagnosis.json", "sweep.png", "trials.jsonl"):
     assert (tmp_path / "diagnosis_out" / name).exists()
   assert optstab.diagnose is diagnose
+
+
+def test_report_says_warmup_did_not_help_when_it_loses_to_lr_star(tmp_path):
+  from test_diagnosis_warmup import _warmup_trains_but_generalizes_worse  # pylint: disable=import-outside-toplevel
+  d = diagnose(_warmup_trains_but_generalizes_worse, [0.003, 0.01, 0.03, 0.1], 400, out_dir=tmp_path,
+               max_train_steps=4000, warmup_candidates=(3, 10, 30), progress=False)
+  assert d.warmup.warmup_steps == 10 and d.warmup.recommendation is None
+  texts = {f.topic: f.text for f in d.findings}
+  assert "worse than the baseline, so warmup did not help" in texts["Warmup vs baseline"]
+  assert texts["Warmup result"].startswith("Warmup did not help")
+  assert d.findings[-1].text.startswith(
+      "Warmup did not help: the warmup that trained, prepended to lr*'s schedule, did worse than "
+      "the baseline (best loss 0.3 vs 0.1)")
+  assert "Recommended" not in " ".join(texts.values())

@@ -82,13 +82,14 @@ def test_metric_choices_and_max_mode():
 def test_sweep_by_named_metric_higher_is_better():
   def trial(config):
     acc = np.full(config.eval_steps().size, 1.0 - abs(np.log10(config.learning_rate) + 2))
-    loss = np.full(config.total_steps, 1.0)
+    loss = np.linspace(2.0, 1.0, config.total_steps)  # a flat loss would be failed-to-train
     return TrialResult(config, loss, config.eval_steps(), {"accuracy": acc}, loss)
 
   sweep = learning_rate_sweep(trial, log_grid(1e-4, 1.0, 5), 10, metric="accuracy", mode="max",
                               progress=False)
   assert sweep.best_learning_rate == pytest.approx(1e-2)
   assert not sweep.at_edge_of_feasibility and not sweep.at_grid_top
+  assert sweep.labels == ("stable",) * 5
 
 
 def test_feasibility_rule_reasons():
@@ -100,13 +101,15 @@ def test_feasibility_rule_reasons():
                        np.ones(4))
 
   ok = result([2.0, 1.5, 1.0, 0.5])
-  assert check_feasibility(ok) == (True, None)
+  assert check_feasibility(ok) == (True, None, None, None, False)
   nan = check_feasibility(result([2.0, np.nan, np.nan, np.nan]))
   assert not nan.feasible and "step 2" in nan.reason
+  assert (nan.kind, nan.step) == ("nonfinite", 2)
   inf_eval = check_feasibility(result([2.0, 1.0, 1.0, 1.0], evals=(1.0, np.inf)))
   assert not inf_eval.feasible and "loss" in inf_eval.reason and "step 4" in inf_eval.reason
   spike = result([2.0, 25.0, 1.0, 0.5])  # recovers, but 12.5 x the initial loss at step 2
   assert "step 2" in check_feasibility(spike).reason
+  assert check_feasibility(spike)[2:] == ("loss_ratio", 2, False)
   assert check_feasibility(spike, FeasibilityRule(scope="final")).feasible
   assert check_feasibility(spike, FeasibilityRule(max_loss_ratio=20)).feasible
   high = check_feasibility(ok, FeasibilityRule(metric_thresholds={"error_rate": 0.5}))
@@ -117,6 +120,46 @@ def test_feasibility_rule_reasons():
     FeasibilityRule(scope="sometimes")
   with pytest.raises(ValueError, match="accuracy"):
     check_feasibility(ok, FeasibilityRule(metric_thresholds={"accuracy": 0.5}))
+
+
+def _trial_of(losses_by_rate, evals=None):
+  """A TrialFn replaying fixed curves (one per rate), evaluated at the end."""
+  def trial(config):
+    loss = np.asarray(losses_by_rate[config.learning_rate], float)
+    value = loss[-1] if evals is None else evals[config.learning_rate]
+    steps = config.eval_steps()
+    return TrialResult(config, loss, steps, {"loss": np.full(steps.size, value)},
+                       np.ones(loss.size))
+  return trial
+
+
+def test_labels_agree_with_feasibility_and_failed_to_train_marks_the_edge():
+  n = 200
+  falling = np.linspace(2.3, 0.2, n)
+  spike = falling.copy()
+  spike[1] = 81.0  # 35 x the initial loss for one step, then trains: infeasible by the rule
+  stalled = np.full(n, 2.303)
+  blown = np.r_[np.linspace(2.3, 2.0, 20), np.full(n - 20, 40.0)]
+  curves = {0.01: np.linspace(2.3, 1.0, n), 0.1: falling, 0.3: spike, 1.0: stalled, 3.0: blown}
+  sweep = learning_rate_sweep(_trial_of(curves), sorted(curves), n, trivial_loss=np.log(10.0),
+                              progress=False)
+  assert sweep.best_learning_rate == 0.1
+  assert sweep.reference_loss == pytest.approx(np.median(falling[-20:]))  # its final level: last 10%
+  assert sweep.feasible.tolist() == [True, True, False, True, False]
+  assert sweep.labels == ("stable", "stable", "early-unstable", "failed-to-train", "diverged")
+  assert sweep.at_edge_of_feasibility and sweep.unstable_learning_rate == 0.3
+  for t in sweep.trials:
+    text = t.describe()
+    assert text.startswith(t.headline + ": ")
+    assert ("infeasible" in text) == (not t.feasible)
+    assert not (t.label != "stable" and "no loss spike" in text), text
+  assert sweep.trials[2].describe().startswith(
+      "early-unstable (then recovered): at step 2 the loss jumped to 81")
+  # Without the spike, the stalled run alone marks lr*'s edge: failed-to-train counts.
+  del curves[0.3]
+  sweep = learning_rate_sweep(_trial_of(curves), sorted(curves), n, progress=False)
+  assert sweep.at_edge_of_feasibility and sweep.unstable_learning_rate == 1.0
+  assert sweep.trials[2].label == "failed-to-train" and sweep.trials[2].feasible
 
 
 def test_raising_and_misbehaving_trials_are_recorded_and_the_sweep_goes_on():

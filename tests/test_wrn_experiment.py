@@ -51,6 +51,21 @@ def test_cli_tiny_end_to_end_then_interrupted_run_resumes_to_the_same_results(tm
                                                                     "warmup 2 steps"]
   report = (full / "report.md").read_text()
   assert "## What reproduced" in report and "published" in report
+  # Honest about the machine, the seeds and the labels.
+  env = summary["environment"]
+  assert env["versions"]["jax"] and env["versions"]["optax"] and env["versions"]["flax"]
+  assert env["cpu"] and env["backend"] == "cpu"
+  assert "Results vary across machines" in report and env["versions"]["jax"] in report
+  assert summary["seeds"] == [0] and "per_seed" not in summary
+  claims = [v for v in summary["verdicts"] if v["status"] is not None]
+  assert claims and all(v["seeds_agreeing"] == [0] for v in claims)
+  assert all("[1 of 1 seed(s): 0]" in line for line in experiment.verdicts(summary)
+             if not line.startswith("Mitigations"))
+  for curve in summary["figure4"].values():
+    for t in curve["trials"]:
+      assert t["label"] in ("stable", "early-unstable", "mid-training-unstable",
+                            "failed-to-train", "diverged")
+      assert t["diagnosis"].startswith(t["label"])
 
   # 2. The same command, killed after 3 trials (KeyboardInterrupt is not caught
   # as a failed trial), then run again: only the missing trials run.
@@ -111,3 +126,74 @@ def test_module_entry_point_help():
                         text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr
   assert "--preset" in proc.stdout and "quick" in proc.stdout
+
+
+def _summary(errors, labels, warmup_errors=None, warmup_labels=None, n_test=359):
+  """A results.json-like summary over a grid: per variant, error and label per rate."""
+  grid = sorted(errors["standard"])
+  warmup_errors = warmup_errors or errors
+  warmup_labels = warmup_labels or labels
+
+  def trials(errs, labs):
+    return [{"learning_rate": lr, "final_test_error": errs[lr], "label": labs[lr],
+             "recovered": labs[lr] == "early-unstable", "feasible": labs[lr] != "diverged",
+             "trained": labs[lr] in ("stable", "early-unstable"), "total_steps": 100}
+            for lr in grid]
+
+  f4 = {}
+  for v in ("standard", "stride_1x1"):
+    f4[v] = {"trials": trials(errors[v], labels[v]), "best_learning_rate": 0.1,
+             "unstable_from": None}
+    f4[v + "+warmup20"] = {"trials": trials(warmup_errors[v], warmup_labels[v]),
+                           "best_learning_rate": 0.1, "unstable_from": None}
+  f5 = {v: {"early_peak_loss": None, "initial_loss": 2.3, "label": "stable"}
+        for v in ("standard", "stride_1x1")}
+  return {"figure4": f4, "figure5": f5, "mitigations": [{"mitigation": "none"}],
+          "preset": {"warmup_steps": 20, "high_learning_rate": 0.1, "num_steps": 100, "seed": 0},
+          "data": {"test_images": n_test}}
+
+
+def test_low_rate_parity_is_two_sided_where_both_models_train():
+  grid = (0.01, 0.03, 0.1)
+  errors = {"standard": dict(zip(grid, (0.245, 0.05, 0.02))),
+            "stride_1x1": dict(zip(grid, (0.025, 0.03, 0.5)))}
+  labels = {"standard": dict(zip(grid, ("failed-to-train", "stable", "stable"))),
+            "stride_1x1": dict(zip(grid, ("stable", "stable", "early-unstable")))}
+  # 0.01: the standard model did not train, so parity is judged at 0.03, without warmup.
+  (parity,) = [v for v in experiment._verdicts(_summary(errors, labels)) if v[0] == "parity"]
+  assert parity[1] == "REPRODUCED" and "lr 0.03, the lowest such grid point" in parity[2]
+  # Two-sided: the stride model being much *better* is not parity either (24.5% vs 2.5% at 0.01
+  # would have passed the old one-sided test).
+  errors["stride_1x1"][0.03] = 0.005
+  (parity,) = [v for v in experiment._verdicts(_summary(errors, labels)) if v[0] == "parity"]
+  assert parity[1] == "NOT reproduced" and "outside the two-sided tolerance" in parity[2]
+  # Nothing trains without warmup: the warmup curves give the parity point.
+  bad = {v: dict.fromkeys(grid, "failed-to-train") for v in labels}
+  (parity,) = [v for v in experiment._verdicts(_summary(errors, bad, warmup_labels=labels))
+               if v[0] == "parity"]
+  assert "lr 0.03 with 20 warmup steps" in parity[2]
+
+
+def test_verdicts_count_the_seeds_that_support_them():
+  grid = (0.01, 0.03, 0.1)
+  errors = {"standard": dict(zip(grid, (0.2, 0.03, 0.02))),
+            "stride_1x1": dict(zip(grid, (0.03, 0.03, 0.5)))}
+  labels = {v: dict.fromkeys(grid, "stable") for v in errors}
+  other = {"standard": dict(errors["standard"]), "stride_1x1": {**errors["stride_1x1"], 0.01: 0.2}}
+  support = experiment._verdict_support([_summary(errors, labels), _summary(other, labels),
+                                         _summary(errors, labels)], (0, 1, 2))
+  (parity,) = [v for v in support if v["key"] == "parity"]
+  # Seeds 0 and 2: 20% vs 3% at 0.01 is not parity; seed 1: 20% vs 20% is.
+  assert parity["status"] == "NOT reproduced" and parity["seeds_agreeing"] == [0, 2]
+  assert parity["statuses"] == ["NOT reproduced", "REPRODUCED", "NOT reproduced"]
+  lines = experiment.verdicts({**_summary(errors, labels), "verdicts": support, "seeds": [0, 1, 2]})
+  assert any("[2 of 3 seed(s): 0, 2; the others: REPRODUCED]" in line for line in lines)
+  # The warmup verdict states the warmup run's own label and the budgets.
+  (warm,) = [v for v in support if v["key"] == "warmup"]
+  assert "with warmup (stable)" in warm["text"] and "Budgets differ by the warmup" in warm["text"]
+
+
+def test_run_experiment_rejects_bad_seeds(tmp_path):
+  for seeds, match in (((), "at least one seed"), ((0, 0), "distinct"), ((-1,), r"seeds\[0\]")):
+    with pytest.raises(ValueError, match=match):
+      experiment.run_experiment("tiny", tmp_path, seeds=seeds, progress=False)

@@ -4,7 +4,11 @@ from optstab.diagnosis.trial import SCHEDULES, TrialConfig, TrialFn, TrialResult
 
 from optstab.diagnosis.confirm import ConfirmationRun, long_check, rates_above_best, short_check
 from optstab.diagnosis.detectors import (
+    DIVERGED,
     EARLY_UNSTABLE,
+    FAILED_TO_TRAIN,
+    LABELS,
+    LABELS_BY_SEVERITY,
     MID_TRAINING_UNSTABLE,
     STABLE,
     DetectorThresholds,
@@ -14,12 +18,15 @@ from optstab.diagnosis.detectors import (
     classify_run,
     detect_grad_norm_outliers,
     detect_loss_spikes,
+    final_loss_level,
+    most_severe,
 )
 from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
 from optstab.diagnosis.procedure import diagnose, unstable_learning_rate
 from optstab.diagnosis.report import Diagnosis, Finding, make_diagnosis, write_report
 from optstab.diagnosis.store import TrialRecord, TrialStore
 from optstab.diagnosis.sweep import (
+    ERROR,
     SweepResult,
     SweepTrial,
     learning_rate_sweep,
@@ -28,8 +35,10 @@ from optstab.diagnosis.sweep import (
     run_trials,
 )
 from optstab.diagnosis.warmup_tuner import (
+    WarmupComparison,
     WarmupSearch,
     WarmupTrial,
     WarmupTuningResult,
+    compare_with_baseline,
     tune_warmup,
 )

@@ -5,16 +5,20 @@ After a sweep finds lr*, the FAQ double-checks in three ways:
 * ``rates_above_best``: look at the training-loss curves of the rates just
   above lr* (already in the sweep, no new trials): if the loss goes up during
   training, fixing the instability usually improves training;
-* ``short_check``: a short run (about 500 steps) at 2 x lr*, evaluating every
-  step, because models that go unstable early and then recover are missed by
-  evaluation schedules that evaluate rarely;
+* ``short_check``: a short run (about 500 steps) at 2 x lr*, because models
+  that go unstable early and then recover are missed by evaluation schedules
+  that evaluate rarely. The every-step view the FAQ asks for is the per-step
+  training loss every ``TrialResult`` already holds, so the run evaluates at
+  the sweep's own cadence by default (``eval_every=None``); ``eval_every=1``
+  evaluates every step too, when the evaluation metric itself is wanted;
 * ``long_check``: full-length runs at 5 x and 10 x lr*: a sudden loss increase
   after a steady decline (Figure 7b) means instability.
 
-Each run is labelled by ``classify_run`` (stable / early-unstable /
-mid-training-unstable, with the loss spikes and gradient-norm outliers as
-evidence) and judged by the sweep's ``FeasibilityRule``. Runs are recorded in
-the same store as the sweep, so re-running resumes.
+Each run is judged like a sweep trial (``SweepResult.judge``): the sweep's
+``FeasibilityRule`` and one ``classify_run`` label with the sweep's context
+(its trivial loss; lr*'s final loss level as the reference for the full-length
+runs), with the loss spikes and gradient-norm outliers as evidence. Runs are
+recorded in the same store as the sweep, so re-running resumes.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ import dataclasses
 from typing import Any, Optional, Sequence
 
 from optstab import _validation
-from optstab.diagnosis.detectors import DetectorThresholds, RunDiagnosis, classify_run
+from optstab.diagnosis.detectors import DetectorThresholds, RunDiagnosis
 from optstab.diagnosis.feasibility import FeasibilityRule
 from optstab.diagnosis.store import RecordView, TrialRecord, TrialStore
-from optstab.diagnosis.sweep import PathLike, SweepResult, judge, run_trials
+from optstab.diagnosis.sweep import PathLike, SweepResult, SweepTrial, run_trials
 from optstab.diagnosis.trial import TrialFn
 
 __all__ = ["ConfirmationRun", "rates_above_best", "short_check", "long_check"]
@@ -39,41 +43,50 @@ class ConfirmationRun(RecordView):
   Attributes:
     name: ``"above lr*"``, ``"short check"`` or ``"long check"``.
     factor: its learning rate as a multiple of lr*.
-    record: the trial record (result or error).
-    feasible: by the sweep's feasibility rule.
-    reason: why it is infeasible, if it is.
-    diagnosis: ``classify_run`` of its training loss and gradient norms
-      (``None`` if the training function raised).
+    trial: the judged trial (record, feasibility, label and diagnosis).
   """
 
   name: str
   factor: float
-  record: TrialRecord
-  feasible: bool
-  reason: Optional[str]
-  diagnosis: Optional[RunDiagnosis]
+  trial: SweepTrial
+
+  @property
+  def record(self) -> TrialRecord:  # type: ignore[override]
+    return self.trial.record
+
+  @property
+  def feasible(self) -> bool:
+    return self.trial.feasible
+
+  @property
+  def reason(self) -> Optional[str]:
+    return self.trial.reason
+
+  @property
+  def diagnosis(self) -> Optional[RunDiagnosis]:
+    return self.trial.diagnosis
 
   @property
   def label(self) -> str:
-    """The run's instability kind; ``"error"`` if the training function raised."""
-    return "error" if self.diagnosis is None else self.diagnosis.label
+    """The run's label (``"error"`` if the training function raised)."""
+    return self.trial.label
+
+  @property
+  def recovered(self) -> Optional[bool]:
+    return self.trial.recovered
 
   @property
   def unstable(self) -> bool:
-    """Infeasible, or any instability evidence."""
-    return not self.feasible or self.label != "stable"
+    """Infeasible, or labelled anything but stable."""
+    return self.trial.unstable
 
   def describe(self) -> str:
     """One sentence with the evidence."""
     every = "step" if self.config.eval_every == 1 else f"{self.config.eval_every} steps"
     head = (f"{self.name} at {self.factor:.3g} x lr* = {self.learning_rate:.4g} "
-            f"({self.config.total_steps} steps, evaluating every {every})")
-    if self.diagnosis is None:
-      return f"{head}: the training function raised {self.record.error}."
-    text = f"{head}: {self.diagnosis.summary()}"
-    if not self.feasible:
-      text += f"; infeasible: {self.reason}"
-    return text + "."
+            f"({self.config.total_steps} steps, training loss at every step, evaluating every "
+            f"{every})")
+    return f"{head}: {self.trial.describe()}."
 
   def to_dict(self) -> dict[str, Any]:
     return {
@@ -84,6 +97,8 @@ class ConfirmationRun(RecordView):
         "eval_every": self.config.eval_every,
         "feasible": self.feasible,
         "reason": self.reason,
+        "label": self.label,
+        "recovered": self.recovered,
         "error": self.record.error,
         "diagnosis": None if self.diagnosis is None else self.diagnosis.to_dict(),
         "summary": self.describe(),
@@ -91,13 +106,12 @@ class ConfirmationRun(RecordView):
 
 
 def _confirm(name: str, factor: float, record: TrialRecord, sweep: SweepResult,
-             rule: Optional[FeasibilityRule], thresholds: DetectorThresholds) -> ConfirmationRun:
-  rule = sweep.rule if rule is None else rule
-  verdict = judge(record, rule, sweep.metric, sweep.mode, sweep.reduce)
-  diagnosis = None
-  if record.result is not None:
-    diagnosis = classify_run(record.result.train_loss, record.result.grad_norms, thresholds)
-  return ConfirmationRun(name, float(factor), record, verdict.feasible, verdict.reason, diagnosis)
+             rule: Optional[FeasibilityRule], thresholds: Optional[DetectorThresholds],
+             use_reference: bool = True) -> ConfirmationRun:
+  if thresholds is not None and thresholds != sweep.thresholds:
+    sweep = dataclasses.replace(sweep, thresholds=thresholds)
+  return ConfirmationRun(name, float(factor),
+                         sweep.judge(record, rule, use_reference=use_reference))
 
 
 def _best(sweep: SweepResult):
@@ -123,13 +137,12 @@ def rates_above_best(
   Args:
     sweep: a finished learning-rate sweep.
     count: how many rates above lr* to look at.
-    thresholds: detector thresholds (default ``DetectorThresholds()``).
+    thresholds: detector thresholds (default: the sweep's).
 
   Returns:
     One ``ConfirmationRun`` per rate (fewer if lr* is near the grid's top).
   """
   best = _best(sweep)
-  thresholds = DetectorThresholds() if thresholds is None else thresholds
   return tuple(
       _confirm("above lr*", t.learning_rate / best.learning_rate, t.record, sweep, None, thresholds)
       for t in sweep.above_best(count)
@@ -142,42 +155,49 @@ def short_check(
     *,
     factor: float = 2.0,
     num_steps: int = 500,
+    eval_every: Optional[int] = None,
     rule: Optional[FeasibilityRule] = None,
     thresholds: Optional[DetectorThresholds] = None,
     out_dir: Optional[PathLike] = None,
     store: Optional[TrialStore] = None,
     progress: bool = True,
 ) -> ConfirmationRun:
-  """The FAQ's early-instability check: ~500 steps at 2 x lr*, evaluating every step.
+  """The FAQ's early-instability check: ~500 steps at 2 x lr*, looked at every step.
 
   The run copies lr*'s configuration (its warmup and schedule shape included)
-  with ``learning_rate = factor * lr*``, ``num_steps`` and ``eval_every=1``.
+  with ``learning_rate = factor * lr*`` and ``num_steps``. Its per-step
+  training loss is the every-step view; evaluation runs at ``eval_every``.
+  The run is shorter than the sweep's, so it is not held to lr*'s final loss.
 
   Args:
     train_fn: the user's training function.
     sweep: a finished learning-rate sweep (it must have a feasible lr*).
     factor: multiple of lr* (FAQ: 2).
     num_steps: length of the run (FAQ: about 500).
+    eval_every: evaluation cadence: ``None`` (default) keeps the sweep's, 1
+      evaluates every step (costly: only when the metric itself is wanted).
     rule: feasibility rule (default: the sweep's).
-    thresholds: detector thresholds (default ``DetectorThresholds()``).
+    thresholds: detector thresholds (default: the sweep's).
     out_dir: folder of the trial store (resume).
     store: an open ``TrialStore`` instead of ``out_dir``.
     progress: show a progress bar.
 
   Returns:
-    A ``ConfirmationRun``; ``diagnosis.label == "early-unstable"`` (with
-    ``diagnosis.recovered``) flags the FAQ's "unstable early, then recovers".
+    A ``ConfirmationRun``; ``label == "early-unstable"`` (with ``recovered``)
+    flags the FAQ's "unstable early, then recovers".
   """
   _validation.check_positive("factor", factor)
   _validation.check_positive_int("num_steps", num_steps)
+  if eval_every is not None:
+    _validation.check_positive_int("eval_every", eval_every)
   best = _best(sweep)
-  thresholds = DetectorThresholds() if thresholds is None else thresholds
   config = best.config.replace(
-      learning_rate=factor * best.learning_rate, num_steps=num_steps, eval_every=1
-  )
+      learning_rate=factor * best.learning_rate, num_steps=num_steps,
+      eval_every=best.config.eval_every if eval_every is None else eval_every)
   (record,) = run_trials(train_fn, [config], out_dir=out_dir, store=store, progress=progress,
                          desc="short check")
-  return _confirm("short check", factor, record, sweep, rule, thresholds)
+  return _confirm("short check", factor, record, sweep, rule, thresholds,
+                  use_reference=config.total_steps >= best.config.total_steps)
 
 
 def long_check(
@@ -200,7 +220,7 @@ def long_check(
     factors: multiples of lr* (FAQ: 5 and 10).
     num_steps: length of each run (default: the sweep's ``num_steps``).
     rule: feasibility rule (default: the sweep's).
-    thresholds: detector thresholds (default ``DetectorThresholds()``).
+    thresholds: detector thresholds (default: the sweep's).
     out_dir: folder of the trial store (resume).
     store: an open ``TrialStore`` instead of ``out_dir``.
     progress: show a progress bar.
@@ -217,7 +237,6 @@ def long_check(
   best = _best(sweep)
   if num_steps is not None:
     _validation.check_positive_int("num_steps", num_steps)
-  thresholds = DetectorThresholds() if thresholds is None else thresholds
   configs = []
   for f in factors:
     config = best.config.replace(learning_rate=f * best.learning_rate)
@@ -227,6 +246,8 @@ def long_check(
   records = run_trials(train_fn, configs, out_dir=out_dir, store=store, progress=progress,
                        desc="long check")
   return tuple(
-      _confirm("long check", f, r, sweep, rule, thresholds) for f, r in zip(factors, records)
+      _confirm("long check", f, r, sweep, rule, thresholds,
+               use_reference=r.config.total_steps >= best.config.total_steps)
+      for f, r in zip(factors, records)
   )
 

@@ -15,6 +15,12 @@ A trial is infeasible when any of these holds, checked in this order:
    (``scope="final"``). Skipped when the initial loss is not positive;
 4. the final value of a metric named in ``metric_thresholds`` exceeds its
    threshold (e.g. ``{"error_rate": 0.8}``).
+
+``Feasibility.kind`` names which check failed (``"nonfinite"``,
+``"loss_ratio"``, ``"metric_threshold"``; the sweep adds ``"raised"``) and
+``Feasibility.step`` its step, so that the run's label (``classify_run``) can
+be made to agree with the verdict: see ``optstab.diagnosis.detectors`` on how
+feasibility and labels relate.
 """
 
 from __future__ import annotations
@@ -71,10 +77,22 @@ class FeasibilityRule:
 
 
 class Feasibility(NamedTuple):
-  """Whether a trial is feasible, and if not, why (with the step as evidence)."""
+  """Whether a trial is feasible, and if not, why (with the step as evidence).
+
+  Attributes:
+    feasible: whether the trial passes the rule.
+    reason: the sentence saying why not.
+    kind: which check failed: ``"raised"``, ``"nonfinite"``, ``"loss_ratio"``
+      or ``"metric_threshold"``.
+    step: the 1-based step of the failing value.
+    at_last_step: the failing loss ratio still holds at the last step.
+  """
 
   feasible: bool
   reason: Optional[str] = None
+  kind: Optional[str] = None
+  step: Optional[int] = None
+  at_last_step: bool = False
 
 
 def check_feasibility(result: TrialResult, rule: FeasibilityRule = FeasibilityRule()) -> Feasibility:
@@ -100,12 +118,14 @@ def check_feasibility(result: TrialResult, rule: FeasibilityRule = FeasibilityRu
   loss = result.train_loss
   bad = np.flatnonzero(~np.isfinite(loss))
   if bad.size:
-    return Feasibility(False, f"non-finite training loss ({loss[bad[0]]}) at step {bad[0] + 1}")
+    return Feasibility(False, f"non-finite training loss ({loss[bad[0]]}) at step {bad[0] + 1}",
+                       "nonfinite", int(bad[0]) + 1)
   for name, values in sorted(result.eval_metrics.items()):
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
       step = int(result.eval_steps[bad[0]])
-      return Feasibility(False, f"non-finite {name} ({values[bad[0]]}) at step {step}")
+      return Feasibility(False, f"non-finite {name} ({values[bad[0]]}) at step {step}",
+                         "nonfinite", step)
   initial = float(loss[0])
   if initial > 0:
     limit = rule.max_loss_ratio * initial
@@ -118,6 +138,7 @@ def check_feasibility(result: TrialResult, rule: FeasibilityRule = FeasibilityRu
           False,
           f"training loss {loss[i]:.4g} at step {i + 1} is {loss[i] / initial:.3g} x the "
           f"initial loss {initial:.4g} (limit {rule.max_loss_ratio:g} x)",
+          "loss_ratio", i + 1, bool(loss[-1] > limit),
       )
   for name, threshold in rule.metric_thresholds.items():
     if name not in result.eval_metrics or result.eval_metrics[name].size == 0:
@@ -128,5 +149,6 @@ def check_feasibility(result: TrialResult, rule: FeasibilityRule = FeasibilityRu
     final = float(result.eval_metrics[name][-1])
     if final > threshold:
       step = int(result.eval_steps[-1])
-      return Feasibility(False, f"final {name} {final:.4g} at step {step} exceeds {threshold:g}")
+      return Feasibility(False, f"final {name} {final:.4g} at step {step} exceeds {threshold:g}",
+                         "metric_threshold", step)
   return Feasibility(True, None)

@@ -6,12 +6,19 @@ as it finishes (so an interrupted diagnosis resumes where it stopped):
 1. the learning-rate sweep (``learning_rate_sweep``): lr*, infeasible trials,
    edge of feasibility;
 2. the curves of the rates just above lr* (``rates_above_best``);
-3. the short check: ~500 steps at 2 x lr*, evaluating every step
-   (``short_check``);
+3. the short check: ~500 steps at 2 x lr*, its training loss looked at every
+   step, evaluating at the sweep's cadence unless ``short_check_eval_every``
+   says otherwise (``short_check``);
 4. the long checks at 5 x and 10 x lr* (``long_check``);
-5. if any of these shows instability, the warmup search (``tune_warmup``) at
-   10 x the smallest rate above lr* seen unstable (``unstable_learning_rate``:
-   infeasible in the sweep, or unstable in a confirmation run);
+5. if any of these shows instability, S4 (``tune_warmup``): the shortest
+   warmup that trains at 10 x the smallest rate above lr* seen unstable
+   (``unstable_learning_rate``: infeasible or not stable in the sweep, or
+   unstable in a confirmation run), prepended to lr*'s schedule for the
+   sweep's budget and compared with lr* by best-checkpoint selection; it is
+   recommended only if it beats or matches lr*;
+
+Every run is labelled with the sweep's context (``trivial_loss``, and lr*'s
+final loss level as the reference).
 
 then writes the report (``write_report``): ``diagnosis.md``,
 ``diagnosis.json`` and the figures.
@@ -19,6 +26,7 @@ then writes the report (``write_report``): ``diagnosis.md``,
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 from optstab import _validation
@@ -40,9 +48,10 @@ def unstable_learning_rate(
 ) -> Optional[tuple[float, str]]:
   """FAQ S4's unstable_base_learning_rate: the smallest rate above lr* seen unstable.
 
-  Candidates: the sweep's infeasible rates above lr*, and every confirmation
-  run above lr* that is infeasible or shows instability (e.g. the short check
-  at 2 x lr* going unstable early even if it recovers).
+  Candidates: the sweep's unstable rates above lr* (infeasible, or labelled
+  anything but stable: failed-to-train included), and every confirmation run
+  above lr* that is infeasible or not stable (e.g. the short check at 2 x lr*
+  going unstable early even if it recovers).
 
   Args:
     sweep: the learning-rate sweep.
@@ -56,7 +65,9 @@ def unstable_learning_rate(
     return None
   found = []
   if sweep.unstable_learning_rate is not None:
-    found.append((sweep.unstable_learning_rate, "infeasible in the sweep"))
+    trial = next(t for t in sweep.trials if t.learning_rate == sweep.unstable_learning_rate)
+    found.append((trial.learning_rate, f"in the sweep: {trial.headline}"
+                  + ("" if trial.feasible else ", infeasible")))
   for run in runs:
     if run.learning_rate > best and run.unstable:
       found.append((run.learning_rate, f"{run.name} at {run.factor:.3g} x lr*: {run.label}"
@@ -86,6 +97,9 @@ def diagnose(
     warmup_factors: Sequence[float] = (10.0,),
     warmup_candidates: Sequence[int] = (10, 1000, 10000, 100000),
     progress: bool = True,
+    trivial_loss: Optional[float] = None,
+    short_check_eval_every: Optional[int] = None,
+    warmup_match_tolerance: float = 0.02,
 ) -> Diagnosis:
   """Runs the FAQ's instability diagnosis and writes the report into ``out_dir``.
 
@@ -113,6 +127,13 @@ def diagnose(
     warmup_candidates: warmup lengths to consider (capped at 10% of
       ``max_train_steps``).
     progress: show progress bars.
+    trivial_loss: the loss of a model that learned nothing (e.g.
+      ``math.log(num_classes)``, the unigram entropy): runs stalled there are
+      failed-to-train. Default: each run's own initial level.
+    short_check_eval_every: the short check's evaluation cadence: ``None``
+      (default) the sweep's, 1 every step.
+    warmup_match_tolerance: the warmup "matches" lr* within this fraction of
+      lr*'s best-checkpoint metric (or its evaluation noise, if larger).
 
   Returns:
     The ``Diagnosis``, with ``files`` naming what was written.
@@ -128,6 +149,11 @@ def diagnose(
   _validation.check_positive_int("above_count", above_count)
   _validation.check_positive("short_check_factor", short_check_factor)
   _validation.check_positive_int("short_check_steps", short_check_steps)
+  if short_check_eval_every is not None:
+    _validation.check_positive_int("short_check_eval_every", short_check_eval_every)
+  if trivial_loss is not None:
+    _validation.check_in_range("trivial_loss", trivial_loss, -math.inf, math.inf)
+  _validation.check_non_negative("warmup_match_tolerance", warmup_match_tolerance)
   if long_check_steps is not None:
     _validation.check_positive_int("long_check_steps", long_check_steps)
   sweep_steps = num_steps if num_steps is not None else base_config.num_steps
@@ -148,17 +174,18 @@ def diagnose(
   store = TrialStore(out_dir)
   sweep = learning_rate_sweep(
       train_fn, learning_rates, num_steps, base_config=base_config, metric=metric, mode=mode,
-      reduce=reduce, rule=rule, store=store, progress=progress,
+      reduce=reduce, rule=rule, store=store, progress=progress, trivial_loss=trivial_loss,
+      thresholds=thresholds,
   )
   if sweep.best is None:
     return write_report(make_diagnosis(sweep), out_dir)
-  above = rates_above_best(sweep, count=above_count, thresholds=thresholds)
+  above = rates_above_best(sweep, count=above_count)
   short = short_check(train_fn, sweep, factor=short_check_factor, num_steps=short_check_steps,
-                      thresholds=thresholds, store=store, progress=progress)
+                      eval_every=short_check_eval_every, store=store, progress=progress)
   longs = ()
   if tuple(long_check_factors):
     longs = long_check(train_fn, sweep, factors=long_check_factors, num_steps=long_check_steps,
-                       thresholds=thresholds, store=store, progress=progress)
+                       store=store, progress=progress)
   preliminary = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs)
   notes = []
   warmup = None
@@ -171,9 +198,9 @@ def diagnose(
       notes.append(f"unstable_base_learning_rate = {rate:.4g}, the smallest rate above lr* found "
                    f"unstable ({where}); the warmup search starts from it.")
       warmup = tune_warmup(
-          train_fn, rate, max_train_steps,
-          base_config=sweep.best.config, factors=warmup_factors, candidates=warmup_candidates,
-          rule=sweep.rule, thresholds=thresholds, store=store, progress=progress,
+          train_fn, rate, max_train_steps, baseline=sweep, factors=warmup_factors,
+          candidates=warmup_candidates, match_tolerance=warmup_match_tolerance, store=store,
+          progress=progress,
       )
   diagnosis = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs,
                              warmup=warmup, notes=tuple(notes))

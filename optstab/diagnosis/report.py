@@ -9,7 +9,10 @@ which takes plain arrays) into an output folder.
 
 Verdicts: ``"stable"`` (no evidence of instability), ``"early-unstable"``,
 ``"mid-training-unstable"``, ``"unstable"`` (lr* sits at the edge of
-feasibility, but no run showed which kind), ``"no-feasible-rate"``.
+feasibility, or a run above lr* diverged or failed to train, but no run showed
+which kind), ``"no-feasible-rate"``. A run's label is never restated in other
+words: every sentence about a run is its ``describe()`` (label first, then its
+evidence and feasibility), so sentences cannot contradict the label.
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ import numpy as np
 
 from optstab import clipping, plots
 from optstab.diagnosis.confirm import ConfirmationRun
-from optstab.diagnosis.detectors import EARLY_UNSTABLE, MID_TRAINING_UNSTABLE, STABLE
+from optstab.diagnosis.detectors import (
+    DIVERGED,
+    EARLY_UNSTABLE,
+    FAILED_TO_TRAIN,
+    MID_TRAINING_UNSTABLE,
+    STABLE,
+)
 from optstab.diagnosis.sweep import PathLike, SweepResult
 from optstab.diagnosis.trial import to_jsonable
 from optstab.diagnosis.warmup_tuner import WarmupTuningResult
@@ -93,12 +102,20 @@ class Diagnosis:
         lines += [f"### {name}", "", f"![{name}]({os.path.basename(path)})", ""]
     trials = self.sweep.trials
     lines += ["", "## Sweep trials", "",
-              f"| learning rate | feasible | {self.sweep.metric} | reason |", "|---|---|---|---|"]
+              f"| learning rate | feasible | {self.sweep.metric} | label | reason |",
+              "|---|---|---|---|---|"]
     for t in trials:
       value = f"{t.metric_value:.4g}" if math.isfinite(t.metric_value) else "-"
       lines += [f"| {t.learning_rate:.4g} | {'yes' if t.feasible else 'no'} | {value} | "
-                f"{t.reason or ''} |"]
+                f"{t.headline} | {t.reason or ''} |"]
     return "\n".join(lines) + "\n"
+
+
+def _counts(labels) -> list[tuple[str, int]]:
+  counts: dict[str, int] = {}
+  for label in labels:
+    counts[label] = counts.get(label, 0) + 1
+  return sorted(counts.items(), key=lambda kv: -kv[1])
 
 
 def _runs(*groups) -> list[ConfirmationRun]:
@@ -113,12 +130,18 @@ def _runs(*groups) -> list[ConfirmationRun]:
 def _verdict(sweep: SweepResult, runs: list[ConfirmationRun]) -> str:
   if sweep.best is None:
     return "no-feasible-rate"
-  labels = {r.label for r in runs}
-  if EARLY_UNSTABLE in labels:
+
+  def shows(run, kind, flag):
+    # A diverged or failed run still tells which kind of instability it showed.
+    d = run.diagnosis
+    return run.label == kind or (run.label in (DIVERGED, FAILED_TO_TRAIN) and d is not None
+                                 and getattr(d, flag))
+
+  if any(shows(r, EARLY_UNSTABLE, "early_unstable") for r in runs):
     return EARLY_UNSTABLE
-  if MID_TRAINING_UNSTABLE in labels:
+  if any(shows(r, MID_TRAINING_UNSTABLE, "mid_training_unstable") for r in runs):
     return MID_TRAINING_UNSTABLE
-  if sweep.at_edge_of_feasibility:
+  if sweep.at_edge_of_feasibility or any(r.unstable for r in runs):
     return "unstable"
   return STABLE
 
@@ -153,17 +176,26 @@ def make_diagnosis(
   trials = sweep.trials
   rates = sweep.learning_rates
   infeasible = [t for t in trials if not t.feasible]
+  unstable = [t for t in trials if t.unstable]
   base = sweep.base_config
+  context = ""
+  if sweep.trivial_loss is not None:
+    context += f" Trivial loss level: {sweep.trivial_loss:.4g}."
+  if sweep.reference_loss is not None:
+    context += f" Reference (lr*'s final training-loss level): {sweep.reference_loss:.4g}."
   findings.append(Finding(
       "Sweep",
       f"{len(trials)} learning rates from {rates.min():.3g} to {rates.max():.3g} were trained for "
       f"{base.total_steps} steps each; {len(trials) - len(infeasible)} feasible, "
-      f"{len(infeasible)} infeasible ({sweep.rule.describe()})."
-      + "".join(f" At {t.learning_rate:.4g}: {t.reason}." for t in infeasible[:6])
-      + (f" ({len(infeasible) - 6} more infeasible.)" if len(infeasible) > 6 else ""),
+      f"{len(infeasible)} infeasible ({sweep.rule.describe()}); labels: "
+      + ", ".join(f"{n} {label}" for label, n in _counts(t.label for t in trials)) + "."
+      + context
+      + "".join(f" At {t.learning_rate:.4g}: {t.describe()}." for t in unstable[:6])
+      + (f" ({len(unstable) - 6} more not stable.)" if len(unstable) > 6 else ""),
       {"learning_rates": rates.tolist(), "feasible": sweep.feasible.tolist(),
-       "metric_values": sweep.metric_values.tolist(),
-       "reasons": [t.reason for t in trials]},
+       "metric_values": sweep.metric_values.tolist(), "labels": list(sweep.labels),
+       "reasons": [t.reason for t in trials], "trivial_loss": sweep.trivial_loss,
+       "reference_loss": sweep.reference_loss},
   ))
   best = sweep.best
   runs = _runs(above_best, short_check, long_checks)
@@ -187,9 +219,11 @@ def make_diagnosis(
     findings.append(Finding(
         "Edge of feasibility",
         f"lr* sits at the edge of feasibility: the next rate of the grid, {nxt.learning_rate:.4g}, "
-        f"is infeasible ({nxt.reason}). The FAQ reads this as a sign that optimization "
-        "instability limits the learning rate; fixing it usually improves training.",
-        {"next_learning_rate": nxt.learning_rate, "reason": nxt.reason},
+        f"is {'infeasible' if not nxt.feasible else 'not stable'} ({nxt.describe()}). The FAQ "
+        "reads this as a sign that optimization instability limits the learning rate (a run "
+        "that stalls or fails to train counts like one that blows up); fixing it usually "
+        "improves training.",
+        {"next_learning_rate": nxt.learning_rate, "reason": nxt.reason, "label": nxt.label},
     ))
   elif sweep.at_grid_top:
     findings.append(Finding(
@@ -201,7 +235,7 @@ def make_diagnosis(
     nxt = trials[i + 1]
     findings.append(Finding(
         "Not at the edge",
-        f"The next rate, {nxt.learning_rate:.4g}, is still feasible ({sweep.metric} "
+        f"The next rate, {nxt.learning_rate:.4g}, is still feasible and stable ({sweep.metric} "
         f"{nxt.metric_value:.4g}): lr* is not at the edge of feasibility.",
         {"next_learning_rate": nxt.learning_rate, "metric_value": nxt.metric_value},
     ))
@@ -209,7 +243,7 @@ def make_diagnosis(
     findings.append(Finding("Rate above lr*", run.describe(), run.to_dict()))
   if short_check is not None:
     text = short_check.describe()
-    if short_check.label == EARLY_UNSTABLE and short_check.diagnosis.recovered:
+    if short_check.label == EARLY_UNSTABLE and short_check.recovered:
       text += (" This is the FAQ's 'unstable early, then recovers' pattern (slow but stable "
                "training), which evaluating rarely misses; warmup is the first fix to try.")
     findings.append(Finding("Short check", text, short_check.to_dict()))
@@ -241,29 +275,7 @@ def make_diagnosis(
   for note in notes:
     findings.append(Finding("Note", note))
   if warmup is not None:
-    for search in warmup.searches:
-      blew = [t for t in search.trials if not t.feasible]
-      if search.shortest_stable_warmup is not None:
-        text = (f"At base rate {search.base_learning_rate:.4g} ({search.factor:g} x the unstable "
-                f"rate {warmup.unstable_base_learning_rate:.4g}), the shortest warmup that does "
-                f"not blow up is {search.shortest_stable_warmup} steps.")
-      else:
-        text = (f"At base rate {search.base_learning_rate:.4g} ({search.factor:g} x the unstable "
-                f"rate {warmup.unstable_base_learning_rate:.4g}), every warmup tried "
-                f"({', '.join(str(w) for w in warmup.grid)} steps) blew up.")
-      text += "".join(f" Warmup {t.warmup_steps}: {t.reason}." for t in blew[:4])
-      findings.append(Finding("Warmup", text, search.to_dict()))
-    if warmup.warmup_steps is not None:
-      text = (f"Prepend {warmup.warmup_steps} warmup steps to the baseline schedule "
-              f"(optstab.prepend_warmup; a {base.num_steps}-step baseline becomes "
-              f"{base.num_steps + warmup.warmup_steps} steps) at base rate "
-              f"{warmup.base_learning_rate:.4g}, and compare against the baseline with "
-              "best-checkpoint selection.")
-      if warmup.advice:
-        text += f" {warmup.advice}"
-      findings.append(Finding("Warmup result", text, {"warmup_steps": warmup.warmup_steps,
-                                                      "base_learning_rate": warmup.base_learning_rate,
-                                                      "advice": warmup.advice}))
+    findings.extend(_warmup_findings(warmup, base))
   steps = {
       STABLE: "No instability found at the rates tried: no fix is needed.",
       EARLY_UNSTABLE: "Early instability: try, in the FAQ's order, learning-rate warmup, then "
@@ -278,14 +290,74 @@ def make_diagnosis(
                   "optimizer and architecture best practices; lower the learning rate last.",
   }
   text = steps[verdict]
-  if warmup is not None and warmup.warmup_steps is None and verdict != STABLE:
-    text = ("Warmup did not help at the rates and lengths tried (it fixes instability caused by "
-            "high curvature early in training, not a curvature that stays high). "
+  if warmup is not None and warmup.recommendation is None and verdict != STABLE:
+    if warmup.warmup_steps is None:
+      why = ("no warmup tried trained at the higher base rates (warmup fixes instability caused "
+             "by high curvature early in training, not a curvature that stays high)")
+    elif warmup.comparisons:
+      c = warmup.comparisons[0]
+      why = (f"the warmup that trained, prepended to lr*'s schedule, {c.outcome.replace('worse', 'did worse than')}"
+             f"{'' if c.outcome != 'does not train' else ' at full length, unlike'} the "
+             f"baseline (best {c.metric} {c.run_value:.4g} vs {c.baseline_value:.4g})")
+    else:
+      why = "the warmup that trained was not compared with the baseline"
+    text = (f"Warmup did not help: {why}. "
             + text.replace("learning-rate warmup, then gradient clipping", "gradient clipping")
             .replace("try warmup, then gradient clipping", "try gradient clipping"))
+  elif warmup is not None and warmup.recommendation is not None and verdict != STABLE:
+    rec = warmup.recommendation
+    text = (f"Use the warmup: {rec.warmup_steps} steps at base rate {rec.base_learning_rate:.4g} "
+            f"({rec.outcome} the baseline). If instability remains, " + text[0].lower() + text[1:])
   findings.append(Finding("Next steps", text))
   return Diagnosis(verdict, tuple(findings), sweep, tuple(above_best), short_check,
                    tuple(long_checks), warmup)
+
+
+def _warmup_findings(warmup: WarmupTuningResult, base) -> list[Finding]:
+  findings = []
+  for search in warmup.searches:
+    head = (f"At base rate {search.base_learning_rate:.4g} ({search.factor:g} x the unstable rate "
+            f"{warmup.unstable_base_learning_rate:.4g}; each trial is W warmup steps then 2 W at "
+            "the constant base rate)")
+    found = search.shortest_training_trial
+    if found is not None:
+      text = (f"{head}, the shortest warmup that trains is {found.warmup_steps} steps "
+              f"({found.trial.describe()}).")
+    else:
+      text = (f"{head}, no warmup tried ({', '.join(str(w) for w in warmup.grid)} steps) "
+              "trains.")
+    shorter = [t for t in search.trials if not t.trains
+               and (found is None or t.warmup_steps < found.warmup_steps)]
+    text += "".join(f" Warmup {t.warmup_steps}: {t.trial.describe()}." for t in shorter[:4])
+    findings.append(Finding("Warmup search", text, search.to_dict()))
+  for comparison in warmup.comparisons:
+    findings.append(Finding("Warmup vs baseline", comparison.describe() + ".",
+                            comparison.to_dict()))
+  rec = warmup.recommendation
+  if rec is not None:
+    text = (f"Recommended: prepend {rec.warmup_steps} warmup steps to the baseline schedule "
+            f"(optstab.prepend_warmup; the {base.num_steps}-step baseline becomes "
+            f"{base.num_steps + rec.warmup_steps} steps) at base rate {rec.base_learning_rate:.4g}: "
+            f"it {rec.outcome} the baseline by best-checkpoint selection.")
+    if warmup.advice:
+      text += f" {warmup.advice}"
+    findings.append(Finding("Warmup result", text, {"warmup_steps": rec.warmup_steps,
+                                                    "base_learning_rate": rec.base_learning_rate,
+                                                    "outcome": rec.outcome,
+                                                    "advice": warmup.advice}))
+  elif warmup.warmup_steps is not None and not warmup.comparisons:
+    findings.append(Finding(
+        "Warmup result",
+        f"{warmup.warmup_steps} warmup steps train at base rate {warmup.base_learning_rate:.4g}, "
+        "but were not compared with the baseline (no baseline sweep was given), so nothing is "
+        "recommended yet: prepend them to the baseline's schedule and compare with "
+        "best-checkpoint selection."))
+  else:
+    why = ("no warmup tried trains at the higher base rates" if warmup.warmup_steps is None else
+           "prepended to the baseline's schedule, the warmup that trains does not beat or match "
+           "the baseline at lr*")
+    findings.append(Finding("Warmup result", f"Warmup did not help: {why}."))
+  return findings
 
 
 def _plot_all(d: Diagnosis, out_dir: str) -> dict[str, str]:
@@ -294,7 +366,7 @@ def _plot_all(d: Diagnosis, out_dir: str) -> dict[str, str]:
   files["learning-rate sweep"] = plots.plot_learning_rate_sweep(
       sweep.learning_rates, sweep.metric_values, sweep.feasible,
       os.path.join(out_dir, "sweep.png"), best_learning_rate=sweep.best_learning_rate,
-      metric_name=f"{sweep.reduce} {sweep.metric}",
+      metric_name=f"{sweep.reduce} {sweep.metric}", labels=sweep.labels,
   )
   best = sweep.best
   if best is None:
@@ -335,9 +407,18 @@ def _plot_all(d: Diagnosis, out_dir: str) -> dict[str, str]:
       name = f"warmup sweep at {search.base_learning_rate:.3g}"
       files[name] = plots.plot_warmup_sweep(
           [t.warmup_steps for t in done], [t.record.result.train_loss for t in done],
-          [t.feasible for t in done],
+          [t.trains for t in done],
           os.path.join(out_dir, f"warmup_sweep_{search.factor:g}x.png"),
-          base_learning_rate=search.base_learning_rate)
+          base_learning_rate=search.base_learning_rate, labels=[t.label for t in done])
+    ran = [c for c in d.warmup.comparisons if c.run.result is not None]
+    if ran:
+      compared = {f"baseline: lr* = {best.learning_rate:.3g}": best.result.train_loss}
+      for c in ran:
+        compared[f"{c.warmup_steps} warmup steps, base {c.base_learning_rate:.3g} ({c.outcome})"] = (
+            c.run.result.train_loss)
+      files["warmup vs baseline"] = plots.plot_loss_curves(
+          compared, os.path.join(out_dir, "warmup_vs_baseline_loss.png"),
+          title="Warmup prepended to the baseline's schedule, against the baseline")
   return files
 
 

@@ -1,11 +1,22 @@
-"""Learning-rate sweeps: find lr*, mark infeasible trials, spot the edge (S2).
+"""Learning-rate sweeps: find lr*, label every trial, spot the edge (S2).
 
 The FAQ's procedure starts with a learning-rate sweep: train at each rate of a
 grid (log-spaced by default, ``log_grid``), mark the trials that produce NaNs
 or abnormally high loss as infeasible (``FeasibilityRule``), and pick the best
 rate lr* by a metric (the final evaluation ``"loss"`` by default, lower is
-better). If lr*'s higher grid neighbour is infeasible, lr* "sits at the edge of
-feasibility", which the FAQ reads as a sign of optimization instability.
+better) among the feasible ones.
+
+Every trial also gets one label (``classify_run``: stable, early-unstable,
+mid-training-unstable, failed-to-train, diverged), classified with the sweep's
+context: ``reference_loss`` is lr*'s final training-loss level, and
+``trivial_loss`` what the user passes (e.g. ``log(num_classes)``). The label is
+never milder than the feasibility verdict (``judge``; see
+``optstab.diagnosis.detectors``). A trial is *unstable* when it is infeasible
+or its label is not ``"stable"``: the FAQ's Figures 4 and 6 treat a run that
+stalls at a high rate like one that blows up. If lr*'s higher grid neighbour
+is unstable, lr* "sits at the edge of feasibility", which the FAQ reads as a
+sign of optimization instability; ``unstable_learning_rate`` is the smallest
+unstable rate above lr*.
 
 Every finished trial is appended durably to ``<out_dir>/trials.jsonl``
 (``TrialStore``) the moment it ends; re-running the same sweep into the same
@@ -25,6 +36,18 @@ import numpy as np
 from tqdm import tqdm
 
 from optstab import _validation
+from optstab.diagnosis.detectors import (
+    DIVERGED,
+    EARLY_UNSTABLE,
+    FAILED_TO_TRAIN,
+    MID_TRAINING_UNSTABLE,
+    STABLE,
+    DetectorThresholds,
+    RunDiagnosis,
+    classify_run,
+    final_loss_level,
+    most_severe,
+)
 from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
 from optstab.diagnosis.store import RecordView, TrialRecord, TrialStore
 from optstab.diagnosis.trial import TrialConfig, TrialFn, TrialResult
@@ -37,10 +60,14 @@ __all__ = [
     "SweepTrial",
     "SweepResult",
     "TRAIN_LOSS",
+    "ERROR",
 ]
 
 #: Metric name meaning "the training loss" rather than an evaluation metric.
 TRAIN_LOSS = "train_loss"
+
+#: The label of a trial whose training function raised: there is no curve to label.
+ERROR = "error"
 
 _MODES = ("min", "max")
 _REDUCES = ("final", "best")
@@ -185,12 +212,50 @@ def metric_value(result: TrialResult, metric: str = "loss", mode: str = "min", r
 
 @dataclasses.dataclass(frozen=True)
 class SweepTrial(RecordView):
-  """One sweep point: the trial record, its feasibility and its metric value."""
+  """One judged trial: its record, feasibility, metric value and label.
+
+  Attributes:
+    record: the trial record (result or error).
+    feasible: by the sweep's ``FeasibilityRule``.
+    reason: why it is infeasible, if it is.
+    metric_value: what lr* is chosen by (NaN if infeasible).
+    label: one of ``LABELS`` (``ERROR`` if the training function raised),
+      never milder than the feasibility verdict.
+    recovered: for an early-unstable trial, whether training recovered.
+    diagnosis: ``classify_run`` of its curve, with the sweep's context
+      (``None`` if the training function raised).
+  """
 
   record: TrialRecord
   feasible: bool
   reason: Optional[str]
   metric_value: float
+  label: str = ERROR
+  recovered: Optional[bool] = None
+  diagnosis: Optional[RunDiagnosis] = None
+
+  @property
+  def unstable(self) -> bool:
+    """Infeasible, or labelled anything but ``"stable"``."""
+    return not self.feasible or self.label != STABLE
+
+  @property
+  def headline(self) -> str:
+    """The label, with ``(then recovered)`` / ``(did not recover)`` for early instability."""
+    if self.label == EARLY_UNSTABLE:
+      return self.label + (" (then recovered)" if self.recovered else " (did not recover)")
+    return self.label
+
+  def describe(self) -> str:
+    """One clause: the label, its evidence, and the feasibility verdict (never contradicting)."""
+    if self.diagnosis is None:
+      return f"{ERROR}: the training function raised {self.record.error}"
+    # Raised above the curve's own label by the feasibility verdict: the
+    # verdict's reason is the evidence, not "no loss spike".
+    parts = self.diagnosis.evidence(include_none=self.label == self.diagnosis.label)
+    if not self.feasible:
+      parts.append(f"infeasible: {self.reason}")
+    return f"{self.headline}: " + "; ".join(parts)
 
   def to_dict(self) -> dict[str, Any]:
     return {
@@ -198,22 +263,91 @@ class SweepTrial(RecordView):
         "feasible": self.feasible,
         "reason": self.reason,
         "metric_value": self.metric_value if math.isfinite(self.metric_value) else None,
+        "label": self.label,
+        "recovered": self.recovered,
+        "summary": self.describe(),
         "seconds": self.record.seconds,
     }
 
 
-def judge(record: TrialRecord, rule: FeasibilityRule, metric: str, mode: str, reduce: str) -> SweepTrial:
-  """Feasibility and metric value of one finished trial."""
+def _label(verdict: Feasibility, diagnosis: RunDiagnosis) -> tuple[str, Optional[bool]]:
+  """The curve's label, raised to what the feasibility verdict implies (never milder)."""
+  implied = STABLE
+  if verdict.kind == "nonfinite" or (verdict.kind == "loss_ratio" and verdict.at_last_step):
+    implied = DIVERGED
+  elif verdict.kind == "loss_ratio":
+    implied = EARLY_UNSTABLE if verdict.step <= diagnosis.early_steps else MID_TRAINING_UNSTABLE
+  elif verdict.kind == "metric_threshold":
+    implied = FAILED_TO_TRAIN
+  label = most_severe(diagnosis.label, implied)
+  if label != EARLY_UNSTABLE:
+    return label, None
+  if diagnosis.label == EARLY_UNSTABLE:
+    return label, diagnosis.recovered
+  return label, bool(diagnosis.first_nonfinite_step is None
+                     and diagnosis.final_loss < diagnosis.initial_loss)
+
+
+def judge(record: TrialRecord, rule: FeasibilityRule, metric: str, mode: str, reduce: str, *,
+          thresholds: Optional[DetectorThresholds] = None, trivial_loss: Optional[float] = None,
+          reference_loss: Optional[float] = None) -> SweepTrial:
+  """Feasibility, metric value and label of one finished trial.
+
+  Args:
+    record: the trial.
+    rule, metric, mode, reduce: as in ``learning_rate_sweep``.
+    thresholds: detector thresholds (default ``DetectorThresholds()``).
+    trivial_loss, reference_loss: ``classify_run``'s context.
+
+  Returns:
+    A ``SweepTrial``.
+  """
   if record.result is None:
-    verdict = Feasibility(False, f"the training function raised {record.error}")
-  else:
-    verdict = check_feasibility(record.result, rule)
+    return SweepTrial(record, False, f"the training function raised {record.error}", math.nan)
+  verdict = check_feasibility(record.result, rule)
   value = math.nan
   if verdict.feasible:
     value = metric_value(record.result, metric, mode, reduce)
     if math.isnan(value):
-      verdict = Feasibility(False, f"{metric} is not finite")
-  return SweepTrial(record, verdict.feasible, verdict.reason, value)
+      verdict = Feasibility(False, f"{metric} is not finite", "nonfinite")
+  thresholds = DetectorThresholds() if thresholds is None else thresholds
+  diagnosis = classify_run(record.result.train_loss, record.result.grad_norms, thresholds,
+                           trivial_loss=trivial_loss, reference_loss=reference_loss)
+  label, recovered = _label(verdict, diagnosis)
+  return SweepTrial(record, verdict.feasible, verdict.reason, value, label, recovered, diagnosis)
+
+
+def _best_index(trials: Sequence[SweepTrial], mode: str) -> Optional[int]:
+  """Index of lr* among the feasible trials (ties: the smaller rate)."""
+  values = np.array([t.metric_value for t in trials])
+  ok = np.array([t.feasible for t in trials], dtype=bool) & np.isfinite(values)
+  if not ok.any():
+    return None
+  scores = np.where(ok, values if mode == "min" else -values, np.inf)
+  return int(np.argmin(scores))
+
+
+def judge_sweep(records: Sequence[TrialRecord], rule: FeasibilityRule, metric: str, mode: str,
+                reduce: str, *, thresholds: Optional[DetectorThresholds] = None,
+                trivial_loss: Optional[float] = None) -> tuple[tuple[SweepTrial, ...], Optional[float]]:
+  """Judges a sweep's trials with its context: ``(trials, reference_loss)``.
+
+  lr* is found first (by feasibility and the metric, which the labels do not
+  change); its final training-loss level (``final_loss_level``) is then every
+  trial's ``reference_loss``.
+  """
+  thresholds = DetectorThresholds() if thresholds is None else thresholds
+  first = [judge(r, rule, metric, mode, reduce, thresholds=thresholds, trivial_loss=trivial_loss)
+           for r in records]
+  i = _best_index(first, mode)
+  if i is None:
+    return tuple(first), None
+  reference = final_loss_level(first[i].result.train_loss, thresholds)
+  if not math.isfinite(reference):
+    return tuple(first), None
+  return tuple(judge(r, rule, metric, mode, reduce, thresholds=thresholds,
+                     trivial_loss=trivial_loss, reference_loss=reference)
+               for r in records), reference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +359,10 @@ class SweepResult:
     base_config: the configuration every trial copies (all but the rate).
     metric, mode, reduce: how trials were ranked.
     rule: the feasibility rule applied.
+    thresholds: the detector thresholds the labels used.
+    trivial_loss: the trivial loss level given to the sweep, if any.
+    reference_loss: lr*'s final training-loss level, every trial's
+      ``reference_loss`` (``None`` without a feasible trial).
   """
 
   trials: tuple[SweepTrial, ...]
@@ -233,6 +371,9 @@ class SweepResult:
   mode: str
   reduce: str
   rule: FeasibilityRule
+  thresholds: DetectorThresholds = DetectorThresholds()
+  trivial_loss: Optional[float] = None
+  reference_loss: Optional[float] = None
 
   @property
   def learning_rates(self) -> np.ndarray:
@@ -247,14 +388,13 @@ class SweepResult:
     return np.array([t.feasible for t in self.trials], dtype=bool)
 
   @property
+  def labels(self) -> tuple[str, ...]:
+    return tuple(t.label for t in self.trials)
+
+  @property
   def best_index(self) -> Optional[int]:
     """Index of lr* among the feasible trials (ties: the smaller rate)."""
-    values = self.metric_values
-    ok = self.feasible & np.isfinite(values)
-    if not ok.any():
-      return None
-    scores = np.where(ok, values if self.mode == "min" else -values, np.inf)
-    return int(np.argmin(scores))
+    return _best_index(self.trials, self.mode)
 
   @property
   def best(self) -> Optional[SweepTrial]:
@@ -275,20 +415,38 @@ class SweepResult:
 
   @property
   def at_edge_of_feasibility(self) -> bool:
-    """lr*'s higher grid neighbour is infeasible: the FAQ's sign of instability."""
+    """lr*'s higher grid neighbour is unstable (infeasible, or not labelled stable).
+
+    The FAQ's sign of instability: a failed-to-train or unstable trial just
+    above lr* counts like an infeasible one.
+    """
     i = self.best_index
-    return i is not None and i + 1 < len(self.trials) and not self.trials[i + 1].feasible
+    return i is not None and i + 1 < len(self.trials) and self.trials[i + 1].unstable
 
   @property
   def unstable_learning_rate(self) -> Optional[float]:
-    """The smallest infeasible rate above lr* (FAQ S4's unstable_base_learning_rate)."""
+    """The smallest unstable rate above lr* (FAQ S4's unstable_base_learning_rate)."""
     i = self.best_index
     if i is None:
       return None
     for trial in self.trials[i + 1:]:
-      if not trial.feasible:
+      if trial.unstable:
         return trial.learning_rate
     return None
+
+  def judge(self, record: TrialRecord, rule: Optional[FeasibilityRule] = None, *,
+            use_reference: bool = True) -> SweepTrial:
+    """Judges another trial (a confirmation run) with this sweep's context.
+
+    Args:
+      record: the trial.
+      rule: feasibility rule (default: the sweep's).
+      use_reference: hold the trial to lr*'s final loss level; ``False`` for
+        runs much shorter than the sweep's (the warmup search), which cannot be.
+    """
+    return judge(record, self.rule if rule is None else rule, self.metric, self.mode, self.reduce,
+                 thresholds=self.thresholds, trivial_loss=self.trivial_loss,
+                 reference_loss=self.reference_loss if use_reference else None)
 
   def above_best(self, count: int = 2) -> tuple[SweepTrial, ...]:
     """The ``count`` trials at the grid rates just above lr*."""
@@ -307,6 +465,8 @@ class SweepResult:
         "at_edge_of_feasibility": self.at_edge_of_feasibility,
         "at_grid_top": self.at_grid_top,
         "unstable_learning_rate": self.unstable_learning_rate,
+        "trivial_loss": self.trivial_loss,
+        "reference_loss": self.reference_loss,
         "trials": [t.to_dict() for t in self.trials],
     }
 
@@ -324,8 +484,10 @@ def learning_rate_sweep(
     out_dir: Optional[PathLike] = None,
     store: Optional[TrialStore] = None,
     progress: bool = True,
+    trivial_loss: Optional[float] = None,
+    thresholds: Optional[DetectorThresholds] = None,
 ) -> SweepResult:
-  """Trains at each learning rate, marks infeasible trials and picks lr*.
+  """Trains at each learning rate, labels every trial and picks lr*.
 
   Args:
     train_fn: the user's training function (``TrialFn``).
@@ -344,10 +506,14 @@ def learning_rate_sweep(
     out_dir: folder to record trials in and resume from.
     store: an open ``TrialStore`` instead of ``out_dir``.
     progress: show a tqdm progress bar.
+    trivial_loss: the loss of a model that learned nothing (e.g.
+      ``math.log(num_classes)``): trials stalled there are failed-to-train.
+    thresholds: the ``DetectorThresholds`` of the labels (default
+      ``DetectorThresholds()``).
 
   Returns:
     A ``SweepResult``: ``best_learning_rate`` (lr*), ``at_edge_of_feasibility``,
-    ``unstable_learning_rate`` and every trial with its reason.
+    ``unstable_learning_rate`` and every trial with its label and reason.
 
   Raises:
     ValueError: on an empty grid, a non-positive or repeated rate, a missing or
@@ -364,10 +530,15 @@ def learning_rate_sweep(
     base_config = base_config.replace(num_steps=num_steps)
   _validation.check_one_of("mode", mode, _MODES)
   _validation.check_one_of("reduce", reduce, _REDUCES)
+  if trivial_loss is not None:
+    _validation.check_in_range("trivial_loss", trivial_loss, -math.inf, math.inf)
   rule = FeasibilityRule() if rule is None else rule
   configs = [base_config.replace(learning_rate=rate) for rate in rates]
   records = run_trials(
       train_fn, configs, out_dir=out_dir, store=store, progress=progress, desc="learning-rate sweep"
   )
-  trials = tuple(judge(r, rule, metric, mode, reduce) for r in records)
-  return SweepResult(trials, base_config, metric, mode, reduce, rule)
+  thresholds = DetectorThresholds() if thresholds is None else thresholds
+  trials, reference = judge_sweep(records, rule, metric, mode, reduce, thresholds=thresholds,
+                                  trivial_loss=trivial_loss)
+  return SweepResult(trials, base_config, metric, mode, reduce, rule, thresholds, trivial_loss,
+                     reference)

@@ -3,6 +3,7 @@
 Examples::
 
   optstab-wrn --preset quick --out runs/quick            # CPU, offline, a few minutes
+  optstab-wrn --preset quick --out runs/quick --seeds 0 1 2 3   # four seeds, verdicts counted
   optstab-wrn --preset cifar10-gpu --out runs/c10 --data-dir ~/data
   optstab-wrn --preset cifar10-tpu --out gs-mounted/run --distributed   # every TPU host
 
@@ -42,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--num-steps", type=int, default=None, help="override post-warmup steps")
   parser.add_argument("--warmup-steps", type=int, default=None, help="override warmup steps")
   parser.add_argument("--batch-size", type=int, default=None, help="override the global batch size")
+  parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                      help="run the whole experiment once per seed (e.g. --seeds 0 1 2 3); the "
+                           "report says how many seeds support each verdict (default: the "
+                           "preset's one seed)")
   parser.add_argument("--distributed", action="store_true",
                       help="call jax.distributed.initialize() first (multi-host: run the same "
                            "command on every host)")
@@ -78,7 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"optstab-wrn: preset {preset.name} on {jax.device_count()} {jax.devices()[0].platform} "
           f"device(s), {jax.process_count()} process(es); writing {args.out}", flush=True)
   result = experiment.run_experiment(preset, out, data_dir=args.data_dir,
-                                     progress=lead and not args.no_progress)
+                                     progress=lead and not args.no_progress, seeds=args.seeds)
   if lead:
     s = result.summary
     print("\n".join(experiment.verdicts(s)))

@@ -5,10 +5,13 @@
 1. **Figure 4** -- a learning-rate sweep (``optstab.diagnosis.learning_rate_sweep``)
    for four curves: the standard WideResNet and the one with a single group's
    stride changed from (2,2) to (1,1), each without and with linear warmup
-   prepended to the cosine decay (``TrialConfig.warmup_steps``). Infeasible
-   trials are marked by the toolkit's ``FeasibilityRule`` (NaN/Inf, or a training
-   loss above 10x the initial one at any step); lr* is the feasible rate with the
-   lowest final test error.
+   prepended to the cosine decay (``TrialConfig.warmup_steps``; such runs train
+   warmup + ``num_steps`` steps, S4's prepend, and the report says so).
+   Infeasible trials are marked by the toolkit's ``FeasibilityRule`` (NaN/Inf,
+   or a training loss above 10x the initial one at any step); lr* is the
+   feasible rate with the lowest final test error; every run is labelled by
+   the sweep (``classify_run`` with the trivial loss log(10) and lr*'s final
+   training loss as context).
 2. **Figure 5** -- the training loss of both models at the high rate, as a coarse
    evaluation cadence sees it and at every step over the first steps. Every
    trial records its training loss at every step, so this reuses the Figure 4
@@ -23,6 +26,16 @@
    warmup, percentile clipping, Adam, x + Norm(f(x)), zero-initialised residual
    branches, the global-average-pool head, and the lower rate lr*.
 
+The verdicts (``verdicts``): the stride change does not hurt where both models
+train (two-sided, at the lowest grid rate where both runs are trained,
+within two binomial standard errors of the test-error difference); the
+changed model goes unstable at a lower rate; its lr* is lower; warmup makes
+the high rate trainable (stating the warmup run's own label and the budgets);
+the every-step view shows the early spike. ``seeds=`` repeats everything per
+seed and each verdict says how many seeds reach it. ``results.json`` records
+the library versions and the machine (``environment``): results vary across
+machines.
+
 Every trial is appended to ``<out_dir>/trials.jsonl`` (``TrialStore``) as it
 finishes; running again into the same folder skips finished trials, so an
 interrupted run resumes. Outputs: ``fig4_test_error_vs_lr.png``,
@@ -36,20 +49,23 @@ import dataclasses
 import json
 import math
 import os
+import platform
 import time
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
 import optstab
 from optstab import clipping, plots
+from optstab import _validation
 from optstab.diagnosis import (
+    EARLY_UNSTABLE,
+    STABLE,
     FeasibilityRule,
     SweepResult,
+    SweepTrial,
     TrialConfig,
     TrialStore,
-    classify_run,
-    check_feasibility,
     learning_rate_sweep,
     run_trials,
 )
@@ -60,7 +76,8 @@ from optstab.wrn import train as wrn_train
 from optstab.wrn.model import WideResNetConfig
 from optstab.wrn.presets import PUBLISHED, Preset, get_preset
 
-__all__ = ["run_experiment", "load_preset_data", "setup_for", "VARIANTS", "ExperimentResult"]
+__all__ = ["run_experiment", "load_preset_data", "setup_for", "VARIANTS", "ExperimentResult",
+           "environment", "verdicts", "render_report"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -119,24 +136,25 @@ def _finite(x) -> Optional[float]:
   return x if math.isfinite(x) else None
 
 
-def _run_summary(record: TrialRecord, fig5_steps: int) -> dict[str, Any]:
-  """Every number of one trial the report uses."""
+def _run_summary(trial: SweepTrial, fig5_steps: int) -> dict[str, Any]:
+  """Every number of one judged trial the report uses."""
+  record = trial.record
   config = record.config
   out: dict[str, Any] = {"learning_rate": config.learning_rate,
                          "warmup_steps": config.warmup_steps,
-                         "extra": dict(config.extra), "seconds": record.seconds}
+                         "total_steps": config.total_steps,
+                         "extra": dict(config.extra), "seconds": record.seconds,
+                         "feasible": trial.feasible, "reason": trial.reason,
+                         "label": trial.label, "recovered": trial.recovered,
+                         "trained": _trained(trial), "diagnosis": trial.describe()}
   if record.result is None:
-    out.update(feasible=False, reason=record.error)
     return out
   r = record.result
-  verdict = check_feasibility(r, RULE)
-  diag = classify_run(r.train_loss, r.grad_norms)
   loss = r.train_loss
   early = loss[:fig5_steps]
   finite_early = early[np.isfinite(early)]
   peak_step = int(np.argmax(np.where(np.isfinite(early), early, -np.inf))) + 1 if finite_early.size else None
   out.update(
-      feasible=verdict.feasible, reason=verdict.reason,
       final_test_error=_finite(r.eval_metrics["error_rate"][-1]),
       best_test_error=_finite(np.nanmin(r.eval_metrics["error_rate"])),
       final_test_loss=_finite(r.eval_metrics["loss"][-1]),
@@ -147,9 +165,45 @@ def _run_summary(record: TrialRecord, fig5_steps: int) -> dict[str, Any]:
       max_loss_ratio=_finite(np.nanmax(loss) / loss[0]) if np.isfinite(loss[0]) else None,
       max_grad_norm=_finite(np.nanmax(r.grad_norms)),
       median_grad_norm=_finite(np.nanmedian(r.grad_norms)),
-      label=diag.label, diagnosis=diag.summary(),
   )
   return out
+
+
+def _trained(trial: SweepTrial) -> bool:
+  """Feasible, and stable or early-unstable then recovered (not failed-to-train or diverged)."""
+  return trial.feasible and (trial.label == STABLE
+                             or (trial.label == EARLY_UNSTABLE and bool(trial.recovered)))
+
+
+def environment() -> dict[str, Any]:
+  """Library versions and the machine, recorded in ``results.json`` (results vary across machines)."""
+  import importlib.metadata as metadata  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+
+  versions = {}
+  for name in ("jax", "jaxlib", "optax", "flax", "numpy"):
+    try:
+      versions[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      versions[name] = None
+  cpu = platform.processor() or None
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                 cpu)
+  except OSError:
+    pass
+  devices = jax.devices()
+  return {
+      "versions": versions,
+      "python": platform.python_version(),
+      "platform": platform.platform(),
+      "cpu": cpu,
+      "cpu_count": os.cpu_count(),
+      "backend": devices[0].platform,
+      "devices": [getattr(d, "device_kind", str(d)) for d in devices],
+  }
 
 
 @dataclasses.dataclass
@@ -162,7 +216,8 @@ class ExperimentResult:
 
 def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
                    data_dir: Optional[PathLike] = None, progress: bool = True,
-                   mesh=None, data: Optional[wrn_data.ImageDataset] = None) -> ExperimentResult:
+                   mesh=None, data: Optional[wrn_data.ImageDataset] = None,
+                   seeds: Optional[Sequence[int]] = None) -> ExperimentResult:
   """Runs (or resumes) the whole experiment of ``preset`` into ``out_dir``.
 
   Args:
@@ -174,12 +229,22 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
     progress: tqdm progress bars.
     mesh: a ``'data'`` mesh (default: every device).
     data: the data set (default: the preset's).
+    seeds: run the whole experiment once per seed (default: the preset's one
+      seed); the report's tables show the first seed and every verdict says
+      how many seeds support it.
 
   Returns:
     An ``ExperimentResult`` with ``summary`` (the content of ``results.json``)
     and ``files`` (name -> path).
   """
   preset = get_preset(preset) if isinstance(preset, str) else preset
+  seeds = (preset.seed,) if seeds is None else tuple(seeds)
+  if not seeds:
+    raise ValueError("seeds must hold at least one seed; got ().")
+  for i, seed in enumerate(seeds):
+    _validation.check_positive_int(f"seeds[{i}]", seed, minimum=0)
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"seeds must be distinct; got {list(seeds)}.")
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   start = time.perf_counter()
@@ -187,7 +252,24 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
   setup = setup_for(preset, data)
   trial_fn = wrn_train.make_trial_fn(setup, data, mesh=mesh, progress=progress)
   store = TrialStore(out_dir)
+  runs = [_run_seed(preset.replace(seed=seed), trial_fn, store, data, progress) for seed in seeds]
+  summary, sweeps, clip_records, unstable = runs[0]
+  summary = dict(summary)
+  summary["seeds"] = list(seeds)
+  if len(seeds) > 1:
+    summary["per_seed"] = {str(seed): run[0] for seed, run in zip(seeds, runs)}
+  summary["verdicts"] = _verdict_support([run[0] for run in runs], seeds)
+  summary["environment"] = environment()
+  summary["wall_seconds"] = time.perf_counter() - start
+  summary["trial_seconds"] = sum(r.seconds for r in store.records())
+  files = _write_outputs(preset, out_dir, sweeps, clip_records, unstable, summary)
+  return ExperimentResult(summary, files)
+
+
+def _run_seed(preset: Preset, trial_fn, store: TrialStore, data, progress: bool):
+  """One seed's trials and summary: ``(summary, sweeps, clip_records, unstable record)``."""
   lrs = sorted(preset.learning_rates)
+  trivial = math.log(data.num_classes)  # a classifier that learned nothing
 
   # Figure 4: four sweeps.
   warmups = (0, preset.warmup_steps) if preset.warmup_steps else (0,)
@@ -197,7 +279,7 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
       name = variant + (f"+warmup{w}" if w else "")
       sweeps[name] = learning_rate_sweep(
           trial_fn, lrs, base_config=_base_config(preset, variant, w), metric="error_rate",
-          rule=RULE, store=store, progress=progress)
+          rule=RULE, store=store, progress=progress, trivial_loss=trivial)
 
   def sweep_record(name: str, lr: float) -> TrialRecord:
     return next(t.record for t in sweeps[name].trials if t.learning_rate == lr)
@@ -258,23 +340,19 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
       rows.append((label, extra_records[m].config.learning_rate, extra_records[m]))
 
   summary = _summarize(preset, sweeps, unstable, clip_records, rows, data)
-  summary["wall_seconds"] = time.perf_counter() - start
-  summary["trial_seconds"] = sum(r.seconds for r in store.records())
-  files = _write_outputs(preset, out_dir, sweeps, clip_records, unstable, summary)
-  return ExperimentResult(summary, files)
+  return summary, sweeps, clip_records, unstable
 
 
 def _summarize(preset: Preset, sweeps: dict[str, SweepResult], unstable: TrialRecord,
                clip_records: dict, rows: list, data) -> dict[str, Any]:
+  judge = sweeps["stride_1x1"].judge  # the changed model's runs, in its sweep's context
   fig4 = {}
   for name, sweep in sweeps.items():
-    trials = [_run_summary(t.record, preset.fig5_steps) for t in sweep.trials]
-    for t, st in zip(trials, sweep.trials):
-      t["feasible"] = st.feasible
-      t["reason"] = st.reason
+    trials = [_run_summary(t, preset.fig5_steps) for t in sweep.trials]
     best = sweep.best
-    unstable_from = next((t["learning_rate"] for t in trials
-                          if not t["feasible"] or t.get("label") != "stable"), None)
+    # Instability is judged above lr* (FAQ S2): a run under-trained at a low
+    # rate is slow, not unstable.
+    unstable_from = sweep.unstable_learning_rate
     fig4[name] = {
         "best_learning_rate": sweep.best_learning_rate,
         "best_test_error": None if best is None else _finite(best.metric_value),
@@ -282,18 +360,20 @@ def _summarize(preset: Preset, sweeps: dict[str, SweepResult], unstable: TrialRe
         "unstable_learning_rate": sweep.unstable_learning_rate,
         "infeasible_from": next((t["learning_rate"] for t in trials if not t["feasible"]), None),
         "unstable_from": unstable_from,
+        "reference_loss": sweep.reference_loss,
         "trials": trials,
     }
   fig5 = {}
   for variant in VARIANTS:
-    rec = next(t.record for t in sweeps[variant].trials
-               if t.learning_rate == preset.high_learning_rate)
-    s = _run_summary(rec, preset.fig5_steps)
+    trial = next(t for t in sweeps[variant].trials if t.learning_rate == preset.high_learning_rate)
+    s = _run_summary(trial, preset.fig5_steps)
     fig5[variant] = {k: s.get(k) for k in ("early_peak_loss", "early_peak_step", "initial_loss",
-                                           "label", "diagnosis", "final_train_loss")}
-  fig9 = {"unclipped": _run_summary(unstable, preset.fig5_steps)}
+                                           "label", "recovered", "diagnosis", "final_train_loss")}
+    fig5[variant]["early_evidence"] = bool(trial.diagnosis is not None
+                                           and trial.diagnosis.early_unstable)
+  fig9 = {"unclipped": _run_summary(judge(unstable), preset.fig5_steps)}
   for p, rec in clip_records.items():
-    s = _run_summary(rec, preset.fig5_steps)
+    s = _run_summary(judge(rec), preset.fig5_steps)
     s["threshold"] = rec.config.extra["clip_initial_threshold"]
     if rec.result is not None:
       # Threshold fixed for the first clip_window steps: count clipped updates there.
@@ -307,7 +387,7 @@ def _summarize(preset: Preset, sweeps: dict[str, SweepResult], unstable: TrialRe
   bound = None if best_err is None else RESTORED_FACTOR * best_err + RESTORED_SLACK
   base_err = None
   for label, lr, rec in rows:
-    s = _run_summary(rec, preset.fig5_steps)
+    s = _run_summary(judge(rec), preset.fig5_steps)
     err = s.get("final_test_error")
     if base_err is None:
       base_err = err if err is not None else 1.0
@@ -321,7 +401,8 @@ def _summarize(preset: Preset, sweeps: dict[str, SweepResult], unstable: TrialRe
       restored = "no"
     table.append({"mitigation": label, "learning_rate": lr, "restored": restored,
                   **{k: s.get(k) for k in ("feasible", "final_test_error", "early_peak_loss",
-                                           "max_loss_ratio", "label", "reason")}})
+                                           "max_loss_ratio", "label", "recovered", "reason",
+                                           "total_steps")}})
   return {
       "preset": preset.to_dict(),
       "data": {"name": data.name, "train_images": int(len(data.train_labels)),
@@ -401,6 +482,15 @@ def _pct(x) -> str:
   return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _environment_line(env: Optional[dict[str, Any]]) -> str:
+  if not env:
+    return "Machine: not recorded."
+  v = env["versions"]
+  return (f"Machine: {env['cpu']} ({env['cpu_count']} CPUs), {env['backend']} backend "
+          f"({', '.join(sorted(set(env['devices'])))}); jax {v['jax']}, jaxlib {v['jaxlib']}, "
+          f"optax {v['optax']}, flax {v['flax']}, Python {env['python']}.")
+
+
 def render_report(s: dict[str, Any]) -> str:
   """The markdown report: our numbers beside the published ones, and verdicts."""
   p = s["preset"]
@@ -423,11 +513,18 @@ def render_report(s: dict[str, Any]) -> str:
       f"{s['restored_definition']}.",
       f"Wall time of the last invocation: {s['wall_seconds']:.0f} s; the trials took "
       f"{s['trial_seconds']:.0f} s in all (summed over every invocation that ran them).",
+      f"Seeds: {', '.join(str(x) for x in s.get('seeds', [p['seed']]))}; the tables show seed "
+      f"{s.get('seeds', [p['seed']])[0]}, and every verdict below says how many seeds reach it.",
+      _environment_line(s.get("environment")),
+      "Results vary across machines and library versions (float32 reductions, XLA's choices): "
+      "a run that sits at the edge of stability can land on either side.",
       "",
       "## Figure 4: test error vs base learning rate",
       "",
-      "Final test error; in brackets the toolkit's verdict when not stable (infeasible by the "
-      "rule above, or `classify_run`'s early- / mid-training-unstable label).",
+      "Final test error; in brackets the run's label when not stable (`classify_run` with "
+      "the sweep's context: the trivial loss log(10) and lr*'s final training loss; "
+      "infeasible by the rule above). Runs with warmup train warmup + "
+      f"{p['num_steps']} steps (S4: the warmup is prepended), the others {p['num_steps']}.",
       "",
       "| learning rate | " + " | ".join(_pretty(k) for k in f4) + " |",
       "|---|" + "---|" * len(f4),
@@ -437,10 +534,8 @@ def render_report(s: dict[str, Any]) -> str:
     for k in f4:
       t = f4[k]["trials"][i]
       cell = _pct(t.get("final_test_error"))
-      if not t["feasible"]:
-        cell += " (infeasible)"
-      elif t.get("label") not in (None, "stable"):
-        cell += f" ({t['label']})"
+      if not t["feasible"] or t.get("label") not in (None, STABLE):
+        cell += f" ({_headline(t)})"
       cells.append(cell)
     lines.append(f"| {lr:g} | " + " | ".join(cells) + " |")
   lines += [
@@ -500,76 +595,176 @@ def render_report(s: dict[str, Any]) -> str:
       f"## Mitigations for the stride (1,1) model at lr {p['high_learning_rate']:g}",
       "",
       "| mitigation | lr | feasible | restores training | final test error | "
-      "max loss / initial | run diagnosis |",
+      "max loss / initial | run label |",
       "|---|---|---|---|---|---|---|",
   ]
   for r in s["mitigations"]:
     lines.append(f"| {r['mitigation']} | {r['learning_rate']:g} | {r['feasible']} | "
                  f"{r['restored']} | {_pct(r['final_test_error'])} | "
-                 f"{_fmt(r['max_loss_ratio'])} | {r['label'] or 'n/a'} |")
+                 f"{_fmt(r['max_loss_ratio'])} | {_headline(r)} |")
   lines += ["", "## What reproduced", ""] + [f"- {v}" for v in verdicts(s)]
+  lines += ["", "A verdict's seed count says on how many of the seeds the same verdict holds "
+            "(each seed is the whole experiment again, with its own initialization and data "
+            "order)."]
   lines += ["", "Figures: " + ", ".join(f"`{v}`" for k, v in s.get("files", {}).items()
                                          if v.endswith(".png")), ""]
   return "\n".join(lines)
 
 
-def verdicts(s: dict[str, Any]) -> list[str]:
-  """Plain sentences: which published claims our numbers reproduce."""
+REPRODUCED, PARTLY, NOT = "REPRODUCED", "PARTLY reproduced", "NOT reproduced"
+
+
+def _trial_at(sweep: dict[str, Any], lr: float) -> Optional[dict[str, Any]]:
+  return next((t for t in sweep["trials"] if t["learning_rate"] == lr), None)
+
+
+def _headline(t: dict[str, Any]) -> str:
+  label = t.get("label") or "n/a"
+  if label == EARLY_UNSTABLE:
+    label += " (then recovered)" if t.get("recovered") else " (did not recover)"
+  return label + ("" if t.get("feasible") else ", infeasible")
+
+
+def _parity_point(s: dict[str, Any]) -> Optional[tuple[float, int]]:
+  """The lowest grid rate (no warmup first) where both models' runs are stable, else where both
+  trained: ``(rate, warmup)``."""
+  f4, p = s["figure4"], s["preset"]
+  warmups = [0] + ([p["warmup_steps"]] if p["warmup_steps"] else [])
+  # Both stable if possible: a recovered early instability is not "trained alike".
+  for ok in (lambda t: t.get("label") == STABLE and t.get("feasible"), lambda t: t.get("trained")):
+    for lr in sorted(t["learning_rate"] for t in f4["standard"]["trials"]):
+      for w in warmups:
+        suffix = f"+warmup{w}" if w else ""
+        pair = [_trial_at(f4[v + suffix], lr) for v in VARIANTS]
+        if all(t is not None and ok(t) and t.get("final_test_error") is not None for t in pair):
+          return lr, w
+  return None
+
+
+def _two_sided_tolerance(a: float, b: float, n: int) -> float:
+  """Two binomial standard errors of the difference of two error rates on ``n`` images."""
+  return max(2.0 * math.sqrt((a * (1 - a) + b * (1 - b)) / n), 1.0 / n)
+
+
+def _verdicts(s: dict[str, Any]) -> list[tuple[str, Optional[str], str]]:
+  """``(key, status, sentence)`` per published claim; status ``None``: a list, not a claim."""
   f4 = s["figure4"]
   p = s["preset"]
+  n_test = s["data"]["test_images"]
   std, chg = f4["standard"], f4["stride_1x1"]
   out = []
 
-  def err_at(sweep, lr):
-    t = next(t for t in sweep["trials"] if t["learning_rate"] == lr)
-    return t
+  point = _parity_point(s)
+  if point is None:
+    out.append(("parity", NOT, "NOT tested: the stride change does not hurt at low rates -- there "
+                "is no grid rate where both models train (every pair has a failed-to-train, "
+                "diverged or unrecovered run)."))
+  else:
+    lr, w = point
+    suffix = f"+warmup{w}" if w else ""
+    a, b = _trial_at(f4["standard" + suffix], lr), _trial_at(f4["stride_1x1" + suffix], lr)
+    ea, eb = a["final_test_error"], b["final_test_error"]
+    tol = _two_sided_tolerance(ea, eb, n_test)
+    where = f"lr {lr:g}" + (f" with {w} warmup steps" if w else "")
+    out.append(("parity", REPRODUCED if abs(eb - ea) <= tol else NOT,
+                ("REPRODUCED" if abs(eb - ea) <= tol else "NOT reproduced")
+                + f": the stride change does not hurt where both models train ({where}, the "
+                f"lowest such grid point): test error {_pct(eb)} with it ({_headline(b)}), "
+                f"{_pct(ea)} without ({_headline(a)}); the difference {100 * (eb - ea):+.1f} "
+                f"points is {'within' if abs(eb - ea) <= tol else 'outside'} the two-sided "
+                f"tolerance +-{100 * tol:.1f} (two binomial standard errors on {n_test} test "
+                "images)."))
 
-  low = min(t["learning_rate"] for t in std["trials"])
-  a, b = err_at(std, low), err_at(chg, low)
-  if a.get("final_test_error") is not None and b.get("final_test_error") is not None:
-    ok = b["final_test_error"] <= a["final_test_error"] + 0.03
-    out.append(("REPRODUCED" if ok else "NOT reproduced") +
-               f": the stride change does not hurt at the lowest rate {low:g} (test error "
-               f"{_pct(b['final_test_error'])} with it, {_pct(a['final_test_error'])} without).")
   cu, su = chg["unstable_from"], std["unstable_from"]
   if cu is not None and (su is None or su > cu):
-    out.append(f"REPRODUCED: the stride (1,1) model is unstable from lr {cu:g} (published "
-               f"~0.02), where the standard model is "
-               + ("stable on the whole grid." if su is None else
-                  f"still stable (it becomes unstable only from {su:g})."))
+    first = _trial_at(chg, cu)
+    out.append(("unstable_from", REPRODUCED,
+                f"REPRODUCED: above its lr*, the stride (1,1) model is unstable from lr {cu:g} "
+                f"({_headline(first)}; published ~0.02), where the standard model is "
+                + (f"not unstable at any grid rate above its lr* ({std['best_learning_rate']:g})."
+                   if su is None else
+                   f"still stable (it becomes unstable only from {su:g}).")))
   else:
-    out.append("NOT reproduced: the stride (1,1) model is not unstable at lower rates than "
-               "the standard one on this grid (the preset may be too small to show it).")
+    out.append(("unstable_from", NOT,
+                "NOT reproduced: above their lr*, the stride (1,1) model is not unstable at "
+                f"lower rates than the standard one on this grid (from {_fmt(cu, 'g', 'none')} "
+                f"vs {_fmt(su, 'g', 'none')}; the preset may be too small to show it)."))
   sb, cb = std["best_learning_rate"], chg["best_learning_rate"]
   if sb is not None and cb is not None:
-    out.append(("REPRODUCED" if cb < sb else "NOT reproduced") +
-               f": lr* of the stride (1,1) model ({cb:g}) is below the standard model's ({sb:g}); "
-               f"published 0.01 vs 0.2.")
+    out.append(("best_lr", REPRODUCED if cb < sb else NOT,
+                ("REPRODUCED" if cb < sb else "NOT reproduced") +
+                f": lr* of the stride (1,1) model ({cb:g}) is below the standard model's "
+                f"({sb:g}); published 0.01 vs 0.2."))
   warm_key = f"stride_1x1+warmup{p['warmup_steps']}"
   if warm_key in f4:
-    t = err_at(f4[warm_key], p["high_learning_rate"])
-    base = err_at(chg, p["high_learning_rate"])
-    fixed = t["feasible"] and (not base["feasible"] or (
+    t = _trial_at(f4[warm_key], p["high_learning_rate"])
+    base = _trial_at(chg, p["high_learning_rate"])
+    better = t["feasible"] and (not base["feasible"] or (
         t.get("final_test_error") is not None and base.get("final_test_error") is not None
         and t["final_test_error"] < base["final_test_error"]))
-    out.append(("REPRODUCED" if fixed else "NOT reproduced") +
-               f": {p['warmup_steps']} warmup steps make lr {p['high_learning_rate']:g} "
-               f"trainable for the stride (1,1) model (test error {_pct(t.get('final_test_error'))}"
-               f" vs {_pct(base.get('final_test_error'))} without).")
+    status = (REPRODUCED if better and t.get("label") == STABLE else
+              PARTLY if better and t.get("trained") else NOT)
+    why = {REPRODUCED: "", NOT: "",
+           PARTLY: " -- but the warmup run itself is not stable"}[status]
+    out.append(("warmup", status,
+                f"{status}: {p['warmup_steps']} warmup steps make lr {p['high_learning_rate']:g} "
+                f"trainable for the stride (1,1) model{why}: test error "
+                f"{_pct(t.get('final_test_error'))} with warmup ({_headline(t)}) vs "
+                f"{_pct(base.get('final_test_error'))} without ({_headline(base)}). Budgets "
+                f"differ by the warmup, as S4 prescribes: {t['total_steps']} steps with "
+                f"warmup ({p['warmup_steps']} + {p['num_steps']}), {base['total_steps']} without."))
   f5 = s["figure5"]
   c, d = f5["stride_1x1"], f5["standard"]
   if c["early_peak_loss"] is not None and c["initial_loss"]:
     ratio = c["early_peak_loss"] / c["initial_loss"]
-    spiked = c["label"] == "early-unstable" and d["label"] == "stable"
-    out.append(("REPRODUCED" if spiked else "NOT reproduced") +
-               f": the every-step view shows an early spike only in the stride (1,1) model "
-               f"({c['label']} vs {d['label']}): at lr {p['high_learning_rate']:g} its loss "
-               f"peaks at {c['early_peak_loss']:.3g} at step {c['early_peak_step']} "
-               f"({ratio:.3g} x the initial loss; published ~70, ~30 x, at steps 3-8) while the "
-               f"standard model peaks at {_fmt(d['early_peak_loss'])}.")
+    # The spike is early-instability evidence even when a worse label wins
+    # (a run that spikes and then stalls is failed-to-train).
+    spiked = bool(c.get("early_evidence")) and not d.get("early_evidence")
+
+    def kind(x):
+      extra = " with early-unstable evidence" if x.get("early_evidence") and x["label"] != EARLY_UNSTABLE else ""
+      return x["label"] + extra
+
+    out.append(("spike", REPRODUCED if spiked else NOT,
+                ("REPRODUCED" if spiked else "NOT reproduced") +
+                f": the every-step view shows an early spike only in the stride (1,1) model "
+                f"({kind(c)} vs {kind(d)}): at lr {p['high_learning_rate']:g} its loss "
+                f"peaks at {c['early_peak_loss']:.3g} at step {c['early_peak_step']} "
+                f"({ratio:.3g} x the initial loss; published ~70, ~30 x, at steps 3-8) while the "
+                f"standard model peaks at {_fmt(d['early_peak_loss'])}."))
   rows = s["mitigations"][1:]
   for verdict, text in (("yes", "restore training"), ("partly", "help only partly"),
                         ("no", "do not help")):
-    names = [r["mitigation"] for r in rows if r["restored"] == verdict]
-    out.append(f"Mitigations that {text}: " + (", ".join(names) or "none") + ".")
+    names = [r["mitigation"] + ("" if r.get("label") in (None, STABLE) else f" ({r['label']})")
+             for r in rows if r["restored"] == verdict]
+    out.append((f"mitigations_{verdict}", None,
+                f"Mitigations that {text}: " + (", ".join(names) or "none") + "."))
+  return out
+
+
+def _verdict_support(summaries: Sequence[dict[str, Any]], seeds: Sequence[int]) -> list[dict[str, Any]]:
+  """Each verdict of the first seed, with how many seeds reach the same status."""
+  per_seed = [{key: status for key, status, _ in _verdicts(s)} for s in summaries]
+  out = []
+  for key, status, text in _verdicts(summaries[0]):
+    agree = [seed for seed, st in zip(seeds, per_seed) if status is not None and st.get(key) == status]
+    out.append({"key": key, "status": status, "text": text,
+                "seeds_agreeing": agree if status is not None else None,
+                "statuses": [st.get(key) for st in per_seed]})
+  return out
+
+
+def verdicts(s: dict[str, Any]) -> list[str]:
+  """Plain sentences: which published claims our numbers reproduce, and on how many seeds."""
+  support = s.get("verdicts") or _verdict_support([s], s.get("seeds", [s["preset"]["seed"]]))
+  seeds = s.get("seeds", [s["preset"]["seed"]])
+  out = []
+  for v in support:
+    text = v["text"]
+    if v["status"] is not None:
+      others = sorted({st for st in v["statuses"] if st != v["status"]} - {None})
+      text += (f" [{len(v['seeds_agreeing'])} of {len(seeds)} seed(s): "
+               f"{', '.join(str(x) for x in v['seeds_agreeing'])}"
+               + (f"; the others: {', '.join(others)}" if others else "") + "]")
+    out.append(text)
   return out
