@@ -68,6 +68,7 @@ __all__ = [
     "jit_train_step",
     "load_data",
     "data_mesh",
+    "check_batch_size",
     "maybe_initialize_distributed",
     "shard_batch",
     "replicate",
@@ -98,6 +99,14 @@ def data_mesh(devices: Optional[list] = None) -> Mesh:
   """A one-axis ``'data'`` mesh over ``devices`` (default: all, every process)."""
   devices = jax.devices() if devices is None else devices
   return Mesh(np.asarray(devices), ("data",))
+
+
+def check_batch_size(batch_size: int, mesh: Optional[Mesh] = None) -> None:
+  """Raises unless ``batch_size`` splits evenly over ``mesh`` (default: every device)."""
+  n_dev = jax.device_count() if mesh is None else mesh.size
+  if batch_size % n_dev:
+    raise ValueError(f"batch_size {batch_size} is not divisible by the {n_dev} devices of the "
+                     "'data' mesh axis.")
 
 
 def shard_batch(mesh: Mesh, batch: Any) -> Any:
@@ -514,9 +523,6 @@ def train(workload: Workload, config: TrialConfig, *, mesh: Optional[Mesh] = Non
   try:
     for t in range(total):
       batch = next(batches)
-      if t == 0 and batch[0].shape[0] % mesh.size:
-        raise ValueError(f"the batch size {batch[0].shape[0]} is not divisible by the "
-                         f"{mesh.size} devices of the 'data' mesh axis.")
       state, metrics = compiled.train_step(state, *batch, lrs[t])
       pending.append(("train", metrics))
       if (t + 1) in eval_set:

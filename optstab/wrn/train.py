@@ -387,10 +387,7 @@ def train(setup: TrainSetup, data: "wrn_data.ImageDataset", config: TrialConfig,
     progress: show a tqdm bar.
     compiled: the compiled steps to use (default: the runner's cached ones).
   """
-  mesh = data_mesh() if mesh is None else mesh
-  if setup.batch_size % mesh.size:
-    raise ValueError(f"batch_size {setup.batch_size} is not divisible by the "
-                     f"{mesh.size} devices of the 'data' mesh axis.")
+  runner.check_batch_size(setup.batch_size, mesh)
   return runner.train(workload(setup, data), config, mesh=mesh, progress=progress,
                       compiled=compiled)
 
@@ -421,8 +418,5 @@ def make_trial_fn(setup: TrainSetup,
     >>> sweep = learning_rate_sweep(trial_fn, [0.1, 1.0], base_config=TrialConfig(
     ...     0.1, num_steps=20, schedule="cosine", eval_every=20), progress=False)  # doctest: +SKIP
   """
-  n_dev = (jax.device_count() if mesh is None else mesh.size)
-  if setup.batch_size % n_dev:
-    raise ValueError(f"batch_size {setup.batch_size} is not divisible by the "
-                     f"{n_dev} devices of the 'data' mesh axis.")
+  runner.check_batch_size(setup.batch_size, mesh)
   return runner.TrialFunction(workload, setup, data, progress=progress, mesh=mesh)

@@ -1,0 +1,82 @@
+"""``optstab-transformer`` / ``python -m optstab.transformer``: the Post-LN vs Pre-LN warmup experiment.
+
+Examples::
+
+  optstab-transformer --preset quick --out runs/postln          # CPU, offline, minutes
+  optstab-transformer --preset gpu --out runs/postln-gpu        # one H100/H200, about an hour
+  optstab-transformer --preset quick --corpus ~/books --out runs/books   # your own text
+
+Re-running the same command into the same ``--out`` resumes: finished trials
+are read back from ``<out>/trials.jsonl`` and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+  from optstab.transformer.presets import PRESETS
+
+  lines = "\n".join(f"  {name:8s} {p.description}" for name, p in PRESETS.items())
+  parser = argparse.ArgumentParser(
+      prog="optstab-transformer",
+      description="Reproduce the Deep Learning Tuning Playbook's Post-LN vs Pre-LN warmup "
+                  "figures (Figures 6, 7 and 8) on a character-level Transformer, and run "
+                  "optstab.diagnose on both models.",
+      epilog=f"presets:\n{lines}", formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--preset", default="quick", choices=sorted(PRESETS),
+                      help="experiment scale (default: quick)")
+  parser.add_argument("--out", required=True, help="output folder (created; resumes if it exists)")
+  parser.add_argument("--corpus", default=None,
+                      help="a text file or folder to train on (default: the running Python's "
+                           "standard-library sources)")
+  parser.add_argument("--learning-rates", type=float, nargs="+", default=None,
+                      help="override the Figure 8 grid (must include the Figure 6 rate)")
+  parser.add_argument("--num-steps", type=int, default=None,
+                      help="override the steps of every run (warmup included)")
+  parser.add_argument("--no-diagnosis", action="store_true", help="skip optstab.diagnose")
+  parser.add_argument("--compile-cache", default=None,
+                      help="persistent XLA compilation cache folder (default: <out>/.jax_cache; "
+                           "'none' disables)")
+  parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+  return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = build_parser().parse_args(argv)
+  import jax
+
+  from optstab.transformer import experiment, presets
+
+  cache = args.compile_cache or os.path.join(args.out, ".jax_cache")
+  if cache.lower() != "none":
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  preset = presets.get_preset(args.preset)
+  changes = {}
+  if args.learning_rates is not None:
+    changes["learning_rates"] = tuple(sorted(args.learning_rates))
+  if args.num_steps is not None:
+    changes["num_steps"] = args.num_steps
+  if args.no_diagnosis:
+    changes["run_diagnosis"] = False
+  if changes:
+    preset = preset.replace(**changes)
+  print(f"optstab-transformer: preset {preset.name} on {jax.device_count()} "
+        f"{jax.devices()[0].platform} device(s); writing {args.out}", flush=True)
+  result = experiment.run_experiment(preset, args.out, corpus=args.corpus,
+                                     progress=not args.no_progress)
+  s = result.summary
+  print("\n".join(experiment.verdicts(s)))
+  print(f"wall time {s['wall_seconds']:.0f} s; report: {result.files['report']}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
