@@ -284,3 +284,15 @@ def test_a_four_rate_sweep_compiles_the_model_once():
   np.testing.assert_allclose(optstab.schedule_values(schedule, config.total_steps),
                              [float(schedule(t)) for t in range(config.total_steps)], rtol=0,
                              atol=4 * np.finfo(np.float32).eps * config.learning_rate)
+
+
+def test_the_readme_recipe_compiles_once_per_sweep():
+  with open(os.path.join(TESTS_DIR, os.pardir, "README.md"), encoding="utf-8") as f:
+    text = f.read()
+  section = text[text.index("<!-- diagnosis -->"):text.index("<!-- end diagnosis -->")]
+  code = section.split("```python\n", 1)[1].split("# 1. The learning-rate sweep", 1)[0]
+  namespace: dict = {"__name__": "readme_recipe"}
+  exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  with COMPILES.counting() as compiled:
+    learning_rate_sweep(namespace["train"], (0.001, 0.01, 0.03, 0.1), 50, progress=False)
+  assert len([n for n in compiled if "run" in n]) == 1, compiled  # "jit(run)", once
