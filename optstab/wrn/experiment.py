@@ -42,7 +42,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 import optstab
-from optstab import clipping, plots
+from optstab import clipping, plots, runner
 from optstab.diagnosis import (
     FeasibilityRule,
     SweepResult,
@@ -60,7 +60,7 @@ from optstab.wrn import train as wrn_train
 from optstab.wrn.model import WideResNetConfig
 from optstab.wrn.presets import PUBLISHED, Preset, get_preset
 
-__all__ = ["run_experiment", "load_preset_data", "setup_for", "VARIANTS", "ExperimentResult"]
+__all__ = ["run_experiment", "load_preset_data", "data_source_for", "setup_for", "VARIANTS", "ExperimentResult"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -78,16 +78,16 @@ RESTORED_FACTOR = 2.0
 RESTORED_SLACK = 0.01
 
 
+def data_source_for(preset: Preset, data_dir: Optional[PathLike] = None) -> wrn_train.ImageDataSource:
+  """How to load the preset's data (picklable: trial workers load it themselves)."""
+  return wrn_train.ImageDataSource(
+      preset.dataset, image_size=preset.image_size, train_size=preset.train_size,
+      data_dir=None if data_dir is None else os.fspath(data_dir))
+
+
 def load_preset_data(preset: Preset, data_dir: Optional[PathLike] = None) -> wrn_data.ImageDataset:
-  """The preset's data set (digits: shipped, offline; CIFAR-10: from ``data_dir``)."""
-  if preset.dataset == "digits":
-    data = wrn_data.load_digits(image_size=preset.image_size)
-  else:
-    data = wrn_data.load_cifar10(data_dir)
-  if preset.train_size is not None and preset.train_size < len(data.train_labels):
-    data = dataclasses.replace(data, train_images=data.train_images[:preset.train_size],
-                               train_labels=data.train_labels[:preset.train_size])
-  return data
+  """The preset's data set (digits: shipped, offline; CIFAR-10: from ``data_dir``), once per process."""
+  return runner.load_data(data_source_for(preset, data_dir))
 
 
 def setup_for(preset: Preset, data: wrn_data.ImageDataset) -> wrn_train.TrainSetup:
@@ -183,9 +183,10 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   start = time.perf_counter()
-  data = load_preset_data(preset, data_dir) if data is None else data
+  source = data_source_for(preset, data_dir) if data is None else data
+  data = runner.load_data(source)
   setup = setup_for(preset, data)
-  trial_fn = wrn_train.make_trial_fn(setup, data, mesh=mesh, progress=progress)
+  trial_fn = wrn_train.make_trial_fn(setup, source, mesh=mesh, progress=progress)
   store = TrialStore(out_dir)
   lrs = sorted(preset.learning_rates)
 
