@@ -288,7 +288,8 @@ def plan_workers(platform: str, device_count: int, cpu_cores: int,
   return {"max_workers": n, "env": {}, "worker_envs": [{pin: ",".join(g)} for g in groups]}
 
 
-def default_executor(workers: Optional[int] = None) -> Optional[ProcessPool]:
+def default_executor(workers: Optional[int] = None, *,
+                     env: Optional[Mapping[str, str]] = None) -> Optional[ProcessPool]:
   """The executor that fits this machine, or ``None`` (trials in this process).
 
   * CPU backend: ``ProcessPool`` of one single-threaded XLA process per core
@@ -302,15 +303,22 @@ def default_executor(workers: Optional[int] = None) -> Optional[ProcessPool]:
 
   Args:
     workers: override the number of workers; ``1`` gives ``None``.
+    env: more variables for every worker, e.g. ``{"JAX_COMPILATION_CACHE_DIR":
+      path}`` to share compiled programs between the workers and across runs.
 
   Returns:
     A ``ProcessPool``, or ``None``.
   """
+  if workers is not None:
+    _validation.check_positive_int("workers", workers)
   if workers == 1:
     return None
   platform, devices = _visible_devices()
   plan = plan_workers(platform, devices, _cpu_cores(), workers)
-  return None if plan is None else ProcessPool(**plan)
+  if plan is None:
+    return None
+  return ProcessPool(plan["max_workers"], env={**plan["env"], **dict(env or {})},
+                     worker_envs=plan["worker_envs"])
 
 
 # ----------------------------------------------------------------------------
