@@ -21,6 +21,7 @@ from optstab.optimizers import sgd as sgd
 
 # --- schedules (S4) ---
 from optstab.schedules import post_warmup_steps_for as post_warmup_steps_for
+from optstab.schedules import schedule_values as schedule_values
 from optstab.schedules import prepend_warmup as prepend_warmup
 from optstab.schedules import total_steps_with_warmup as total_steps_with_warmup
 from optstab.schedules import warmup as warmup
@@ -53,6 +54,8 @@ from optstab.diagnosis import TrialConfig as TrialConfig
 from optstab.diagnosis import TrialFn as TrialFn
 from optstab.diagnosis import TrialResult as TrialResult
 from optstab.diagnosis import WarmupTuningResult as WarmupTuningResult
+from optstab.diagnosis import ProcessPool as ProcessPool
+from optstab.diagnosis import default_executor as default_executor
 from optstab.diagnosis import classify_run as classify_run
 from optstab.diagnosis import detect_grad_norm_outliers as detect_grad_norm_outliers
 from optstab.diagnosis import detect_loss_spikes as detect_loss_spikes

@@ -15,6 +15,16 @@ from optstab.diagnosis.detectors import (
     detect_grad_norm_outliers,
     detect_loss_spikes,
 )
+from optstab.diagnosis.executors import (
+    SINGLE_THREADED_ENV,
+    WORKER_CRASHED,
+    ProcessPool,
+    SubmititExecutor,
+    default_executor,
+    execute_trials,
+    plan_workers,
+    run_trial,
+)
 from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
 from optstab.diagnosis.procedure import diagnose, unstable_learning_rate
 from optstab.diagnosis.report import Diagnosis, Finding, make_diagnosis, write_report

@@ -19,6 +19,7 @@ then writes the report (``write_report``): ``diagnosis.md``,
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import Optional, Sequence
 
 from optstab import _validation
@@ -86,6 +87,7 @@ def diagnose(
     warmup_factors: Sequence[float] = (10.0,),
     warmup_candidates: Sequence[int] = (10, 1000, 10000, 100000),
     progress: bool = True,
+    executor: Optional[Executor] = None,
 ) -> Diagnosis:
   """Runs the FAQ's instability diagnosis and writes the report into ``out_dir``.
 
@@ -113,6 +115,9 @@ def diagnose(
     warmup_candidates: warmup lengths to consider (capped at 10% of
       ``max_train_steps``).
     progress: show progress bars.
+    executor: a ``concurrent.futures.Executor`` every step's trials run on
+      (``optstab.diagnosis.default_executor()`` fits the machine); ``None``:
+      in turn in this process. Only this process writes ``out_dir``.
 
   Returns:
     The ``Diagnosis``, with ``files`` naming what was written.
@@ -148,17 +153,17 @@ def diagnose(
   store = TrialStore(out_dir)
   sweep = learning_rate_sweep(
       train_fn, learning_rates, num_steps, base_config=base_config, metric=metric, mode=mode,
-      reduce=reduce, rule=rule, store=store, progress=progress,
+      reduce=reduce, rule=rule, store=store, progress=progress, executor=executor,
   )
   if sweep.best is None:
     return write_report(make_diagnosis(sweep), out_dir)
   above = rates_above_best(sweep, count=above_count, thresholds=thresholds)
   short = short_check(train_fn, sweep, factor=short_check_factor, num_steps=short_check_steps,
-                      thresholds=thresholds, store=store, progress=progress)
+                      thresholds=thresholds, store=store, progress=progress, executor=executor)
   longs = ()
   if tuple(long_check_factors):
     longs = long_check(train_fn, sweep, factors=long_check_factors, num_steps=long_check_steps,
-                       thresholds=thresholds, store=store, progress=progress)
+                       thresholds=thresholds, store=store, progress=progress, executor=executor)
   preliminary = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs)
   notes = []
   warmup = None
@@ -174,6 +179,7 @@ def diagnose(
           train_fn, rate, max_train_steps,
           base_config=sweep.best.config, factors=warmup_factors, candidates=warmup_candidates,
           rule=sweep.rule, thresholds=thresholds, store=store, progress=progress,
+          executor=executor,
       )
   diagnosis = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs,
                              warmup=warmup, notes=tuple(notes))

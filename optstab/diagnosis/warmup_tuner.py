@@ -22,6 +22,7 @@ compare against the baseline with best-checkpoint selection.
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import Executor
 from typing import Any, Optional, Sequence
 
 from tqdm import tqdm
@@ -174,6 +175,7 @@ def tune_warmup(
     out_dir: Optional[PathLike] = None,
     store: Optional[TrialStore] = None,
     progress: bool = True,
+    executor: Optional[Executor] = None,
 ) -> WarmupTuningResult:
   """Finds the shortest warmup that trains stably at 10 x the unstable rate (S4).
 
@@ -205,6 +207,7 @@ def tune_warmup(
     out_dir: folder of the trial store (resume).
     store: an open ``TrialStore`` instead of ``out_dir``.
     progress: show a progress bar.
+    executor: a ``concurrent.futures.Executor`` to run on (see ``run_trials``).
 
   Returns:
     A ``WarmupTuningResult``: ``warmup_steps`` (shortest stable, or ``None``),
@@ -241,7 +244,7 @@ def tune_warmup(
           schedule="constant",
       )
       bar.set_postfix(lr=f"{rate:.3g}", warmup=warmup_steps)
-      (record,) = run_trials(train_fn, [config], store=store, progress=False)
+      (record,) = run_trials(train_fn, [config], store=store, progress=False, executor=executor)
       bar.update(1)
       if record.result is None:
         feasible, reason, diagnosis = False, f"the training function raised {record.error}", None

@@ -3,6 +3,7 @@
 Examples::
 
   optstab-wrn --preset quick --out runs/quick            # CPU, offline, a few minutes
+  optstab-wrn --preset quick --out runs/q1 --workers 1   # every trial in this process
   optstab-wrn --preset cifar10-gpu --out runs/c10 --data-dir ~/data
   optstab-wrn --preset cifar10-tpu --out gs-mounted/run --distributed   # every TPU host
 
@@ -13,6 +14,7 @@ are read back from ``<out>/trials.jsonl`` and skipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Optional, Sequence
@@ -48,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--compile-cache", default=None,
                       help="persistent XLA compilation cache folder (default: <out>/.jax_cache; "
                            "'none' disables)")
+  parser.add_argument("--workers", default="auto",
+                      help="trials run side by side: 'auto' (default) fits the machine: one "
+                           "single-threaded process per CPU core, one process per GPU on a "
+                           "multi-GPU host, this process on one GPU or a TPU host; N: that many "
+                           "worker processes; 1: every trial in this process")
   parser.add_argument("--no-progress", action="store_true", help="no progress bars")
   return parser
 
@@ -56,12 +63,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   import jax
 
+  from optstab.diagnosis.executors import ProcessPool, default_executor
   from optstab.wrn import experiment, presets, train
 
-  train.maybe_initialize_distributed(args.distributed)
+  if args.workers != "auto":
+    try:
+      workers = int(args.workers)
+    except ValueError:
+      workers = 0
+    if workers < 1:
+      raise SystemExit(f"optstab-wrn: --workers must be 'auto' or an integer >= 1; got "
+                       f"{args.workers!r}.")
+  else:
+    workers = 1 if args.distributed else None  # several hosts already share each trial
+  if args.distributed and workers != 1:
+    raise SystemExit("optstab-wrn: --distributed trains every trial on every host's devices; "
+                     "use --workers 1 with it.")
   cache = args.compile_cache or os.path.join(args.out, ".jax_cache")
+  cache_env = {}
   if cache.lower() != "none":
-    jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
+    cache_env = {"JAX_COMPILATION_CACHE_DIR": os.path.abspath(cache),
+                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
+  executor = default_executor(workers, env=cache_env)  # the workers share the cache
+  if isinstance(executor, ProcessPool) and executor.worker_envs:
+    # The workers own the GPUs: this process only coordinates, on the CPU, so
+    # that it claims no accelerator memory.
+    jax.config.update("jax_platforms", "cpu")
+  train.maybe_initialize_distributed(args.distributed)
+  if cache_env:
+    jax.config.update("jax_compilation_cache_dir", cache_env["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   preset = presets.get_preset(args.preset)
   changes = {}
@@ -75,10 +105,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   lead = jax.process_index() == 0
   out = args.out if lead else os.path.join(args.out, f".process{jax.process_index()}")
   if lead:
-    print(f"optstab-wrn: preset {preset.name} on {jax.device_count()} {jax.devices()[0].platform} "
-          f"device(s), {jax.process_count()} process(es); writing {args.out}", flush=True)
-  result = experiment.run_experiment(preset, out, data_dir=args.data_dir,
-                                     progress=lead and not args.no_progress)
+    where = (f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
+             f"{jax.process_count()} process(es)")
+    if executor is not None:
+      where = f"{executor.max_workers} worker processes"
+    print(f"optstab-wrn: preset {preset.name} on {where}; writing {args.out}", flush=True)
+  with contextlib.nullcontext() if executor is None else executor:
+    result = experiment.run_experiment(preset, out, data_dir=args.data_dir,
+                                       progress=lead and not args.no_progress, executor=executor)
   if lead:
     s = result.summary
     print("\n".join(experiment.verdicts(s)))

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import Executor
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -162,7 +163,8 @@ class ExperimentResult:
 
 def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
                    data_dir: Optional[PathLike] = None, progress: bool = True,
-                   mesh=None, data: Optional[wrn_data.ImageDataset] = None) -> ExperimentResult:
+                   mesh=None, data: Optional[wrn_data.ImageDataset] = None,
+                   executor: Optional[Executor] = None) -> ExperimentResult:
   """Runs (or resumes) the whole experiment of ``preset`` into ``out_dir``.
 
   Args:
@@ -172,26 +174,55 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
       ``results.json`` and ``report.md``.
     data_dir: where CIFAR-10's python batches are (CIFAR-10 presets).
     progress: tqdm progress bars.
-    mesh: a ``'data'`` mesh (default: every device).
+    mesh: a ``'data'`` mesh (default: every device); not with ``executor``.
     data: the data set (default: the preset's).
+    executor: a ``concurrent.futures.Executor`` to run the trials on (e.g.
+      ``optstab.default_executor()``: one process per CPU core or per GPU);
+      ``None``: one after another in this process. Each worker loads the data
+      and compiles for itself; only this process writes ``out_dir``.
 
   Returns:
     An ``ExperimentResult`` with ``summary`` (the content of ``results.json``)
     and ``files`` (name -> path).
   """
   preset = get_preset(preset) if isinstance(preset, str) else preset
+  if mesh is not None and executor is not None:
+    raise ValueError("give mesh or executor, not both: a mesh's devices belong to this process, "
+                     "and each worker of an executor trains on its own devices.")
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   start = time.perf_counter()
   source = data_source_for(preset, data_dir) if data is None else data
   data = runner.load_data(source)
   setup = setup_for(preset, data)
-  trial_fn = wrn_train.make_trial_fn(setup, source, mesh=mesh, progress=progress)
+  # Workers' per-trial bars would interleave: with an executor, only the trial count shows.
+  trial_fn = wrn_train.make_trial_fn(setup, source, mesh=mesh,
+                                     progress=progress and executor is None)
   store = TrialStore(out_dir)
   lrs = sorted(preset.learning_rates)
 
+  # The mitigation table's trials (all but clipping, which needs a sweep trial's norms).
+  mitigation_configs = {}
+  for m in preset.mitigations:
+    if m == "adam":
+      mitigation_configs[m] = _base_config(preset, "stride_1x1", optimizer="adam").replace(
+          learning_rate=preset.adam_learning_rate)
+    elif m == "residual_norm":
+      mitigation_configs[m] = _base_config(preset, "stride_1x1", block_norm="residual_norm")
+    elif m == "zero_init":
+      mitigation_configs[m] = _base_config(preset, "stride_1x1", zero_init_residual=True)
+    elif m == "global_pool":
+      mitigation_configs[m] = _base_config(preset, "stride_1x1", head="global_pool")
+
   # Figure 4: four sweeps.
   warmups = (0, preset.warmup_steps) if preset.warmup_steps else (0,)
+  if executor is not None:
+    # Every trial that needs no other trial's result, in one batch, so the
+    # workers stay busy; the sweeps and the table below read them back from the store.
+    run_trials(trial_fn, [_base_config(preset, v, w).replace(learning_rate=lr)
+                          for v in VARIANTS for w in warmups for lr in lrs]
+               + list(mitigation_configs.values()),
+               store=store, progress=progress, desc="trials", executor=executor)
   sweeps: dict[str, SweepResult] = {}
   for variant in VARIANTS:
     for w in warmups:
@@ -219,21 +250,10 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
                                   clip_initial_threshold=float(f"{threshold:.6g}"),
                                   clip_min_history=preset.clip_window))
     for config, record in zip(configs, run_trials(trial_fn, configs, store=store,
-                                                  progress=progress, desc="clipping")):
+                                                  progress=progress, desc="clipping",
+                                                  executor=executor)):
       clip_records[config.extra["clip_percentile"]] = record
 
-  # Mitigation table.
-  mitigation_configs = {}
-  for m in preset.mitigations:
-    if m == "adam":
-      mitigation_configs[m] = _base_config(preset, "stride_1x1", optimizer="adam").replace(
-          learning_rate=preset.adam_learning_rate)
-    elif m == "residual_norm":
-      mitigation_configs[m] = _base_config(preset, "stride_1x1", block_norm="residual_norm")
-    elif m == "zero_init":
-      mitigation_configs[m] = _base_config(preset, "stride_1x1", zero_init_residual=True)
-    elif m == "global_pool":
-      mitigation_configs[m] = _base_config(preset, "stride_1x1", head="global_pool")
   extra_records = dict(zip(mitigation_configs, run_trials(
       trial_fn, list(mitigation_configs.values()), store=store, progress=progress,
       desc="mitigations")))
