@@ -473,21 +473,28 @@ def plot_loss_vs_learning_rate(curves, path: PathLike, *, reference=None,
   low = shown_all.min() if shown_all.size else 0.0
   edge = top + 0.05 * max(top - low, 1e-12)
   styles = ["o-", "s-", "o--", "s--", "^-", "v-"]
+  any_failed = any_bad = False
   for i, (label, lrs, losses, feasible, failed) in enumerate(parsed):
     shown = feasible & np.isfinite(losses)
     line, = ax.plot(lrs[shown], losses[shown], styles[i % len(styles)], label=label)
     color = line.get_color()
     stalled = shown & failed
     if stalled.any():
-      ax.plot(lrs[stalled], losses[stalled], "o", mfc="white", mec=color, ms=11, mew=1.5,
-              label=f"{label}: failed to train ({stalled.sum()})")
+      any_failed = True
+      ax.plot(lrs[stalled], losses[stalled], "o", mfc="white", mec=color, ms=11, mew=1.5)
     bad = ~feasible
     if bad.any():
-      ax.plot(lrs[bad], np.full(bad.sum(), edge), "x", color=color, ms=9, mew=2,
-              label=f"{label}: infeasible ({bad.sum()})")
+      any_bad = True
+      ax.plot(lrs[bad], np.full(bad.sum(), edge), "x", color=color, ms=9, mew=2)
     if shown.any():
       j = int(np.argmin(np.where(shown, losses, np.inf)))
       ax.plot([lrs[j]], [losses[j]], "*", color=color, ms=15, mec="black")
+  # One legend entry per marker kind, not per curve.
+  ax.plot([], [], "*", color="gray", ms=12, mec="black", label="best rate of each curve")
+  if any_failed:
+    ax.plot([], [], "o", mfc="white", mec="gray", ms=10, mew=1.5, label="failed to train")
+  if any_bad:
+    ax.plot([], [], "x", color="gray", ms=9, mew=2, label="infeasible (drawn at the top)")
   if reference is not None:
     ax.axhline(float(reference), color="gray", ls=":", label=reference_label)
   ax.set_xscale("log")

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import queue
 import threading
 from typing import Any, Callable, Hashable, Iterable, Iterator, NamedTuple, Optional, Protocol
@@ -54,6 +55,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from optstab import _validation
+from optstab import schedules
 from optstab.diagnosis.trial import TrialConfig, TrialResult
 
 __all__ = [
@@ -63,6 +65,8 @@ __all__ = [
     "CompiledSteps",
     "DataSource",
     "TrialFunction",
+    "add_process_options",
+    "start_processes",
     "train",
     "compiled_steps",
     "jit_train_step",
@@ -74,7 +78,6 @@ __all__ = [
     "replicate",
     "injectable_learning_rate",
     "set_learning_rate",
-    "schedule_values",
     "Prefetcher",
     "prefetch_to_device",
 ]
@@ -181,18 +184,6 @@ def set_learning_rate(opt_state: Any, learning_rate: Any) -> Any:
   raise TypeError(f"opt_state has no injected learning rate: expected an "
                   f"optax.inject_hyperparams state, or a chain ending in one; got "
                   f"{type(opt_state).__name__}.")
-
-
-def schedule_values(schedule: Callable[[Any], Any], total_steps: int) -> np.ndarray:
-  """The schedule at steps ``0..total_steps-1`` (one small compiled program), float64."""
-  steps = np.arange(total_steps)
-  try:
-    values = np.asarray(jax.jit(schedule)(jnp.asarray(steps)), dtype=np.float64)
-    if values.shape == (total_steps,):
-      return values
-  except Exception:  # a schedule that is not vectorized
-    pass
-  return np.asarray([float(schedule(int(t))) for t in steps], dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------
@@ -496,7 +487,7 @@ def train(workload: Workload, config: TrialConfig, *, mesh: Optional[Mesh] = Non
   state = replicate(state, mesh)
   eval_batches = _eval_set(workload, mesh)
   total = config.total_steps
-  lrs = schedule_values(config.learning_rate_schedule(), total).astype(np.float32)
+  lrs = schedules.schedule_values(config.learning_rate_schedule(), total, np.float32)
   eval_set = set(int(s) for s in config.eval_steps())
   fetch_every = workload.loop.fetch_every
 
@@ -544,6 +535,59 @@ def train(workload: Workload, config: TrialConfig, *, mesh: Optional[Mesh] = Non
       eval_metrics={k: np.asarray([e[k] for e in evals]) for k in names},
       grad_norms=np.asarray(norms),
   )
+
+
+# ----------------------------------------------------------------------------
+# The demo command lines' shared process setup.
+
+
+def add_process_options(parser: Any) -> None:
+  """Adds ``--workers`` and ``--compile-cache`` to a demo's ``argparse`` parser."""
+  parser.add_argument("--workers", default="auto",
+                      help="trials run side by side: 'auto' (default) fits the machine: one "
+                           "single-threaded process per CPU core, one process per GPU on a "
+                           "multi-GPU host, this process on one GPU or a TPU host; N: that many "
+                           "worker processes; 1: every trial in this process")
+  parser.add_argument("--compile-cache", default=None,
+                      help="persistent XLA compilation cache folder (default: <out>/.jax_cache; "
+                           "'none' disables)")
+
+
+def start_processes(args: Any, prog: str, *, distributed: bool = False) -> Any:
+  """The executor for ``--workers`` (or ``None``), with the compilation cache set up.
+
+  ``args`` holds ``workers``, ``compile_cache`` and ``out``. With
+  ``distributed`` (``jax.distributed``: every host shares each trial) only
+  ``--workers 1`` is allowed, and ``jax.distributed.initialize()`` is called.
+  The workers share the persistent compilation cache; when they own the GPUs
+  this process only coordinates, on the CPU, claiming no accelerator memory.
+  """
+  from optstab.diagnosis.executors import ProcessPool, default_executor
+
+  workers = None
+  if args.workers != "auto":
+    workers = int(args.workers) if str(args.workers).isdigit() else 0
+    if workers < 1:
+      raise SystemExit(f"{prog}: --workers must be 'auto' or an integer >= 1; got "
+                       f"{args.workers!r}.")
+  elif distributed:
+    workers = 1  # several hosts already share each trial
+  if distributed and workers != 1:
+    raise SystemExit(f"{prog}: --distributed trains every trial on every host's devices; use "
+                     "--workers 1 with it.")
+  cache = args.compile_cache or os.path.join(args.out, ".jax_cache")
+  cache_env = {}
+  if cache.lower() != "none":
+    cache_env = {"JAX_COMPILATION_CACHE_DIR": os.path.abspath(cache),
+                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
+  executor = default_executor(workers, env=cache_env)
+  if isinstance(executor, ProcessPool) and executor.worker_envs:
+    jax.config.update("jax_platforms", "cpu")
+  maybe_initialize_distributed(distributed)
+  if cache_env:
+    jax.config.update("jax_compilation_cache_dir", cache_env["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return executor
 
 
 # ----------------------------------------------------------------------------

@@ -151,17 +151,6 @@ def test_set_learning_rate_finds_the_injected_rate_or_says_why_not():
     runner.set_learning_rate(optstab.sgd(0.1).init(params), 0.1)
 
 
-def test_schedule_values_vectorized_and_not():
-  sched = TrialConfig(1.0, num_steps=4, warmup_steps=2, schedule="linear").learning_rate_schedule()
-  values = runner.schedule_values(sched, 6)
-  np.testing.assert_allclose(values, [0.0, 0.5, 1.0, 0.75, 0.5, 0.25], atol=1e-7)
-
-  def python_only(step):
-    return 0.1 if int(step) < 2 else 0.2  # int() of a tracer fails: the per-step fallback
-
-  np.testing.assert_allclose(runner.schedule_values(python_only, 3), [0.1, 0.1, 0.2])
-
-
 def test_load_data_loads_a_source_once_per_process_and_passes_data_through():
   a = runner.load_data(LinearData(dim=3))
   assert runner.load_data(LinearData(dim=3)) is a

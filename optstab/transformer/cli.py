@@ -3,6 +3,7 @@
 Examples::
 
   optstab-transformer --preset quick --out runs/postln          # CPU, offline, minutes
+  optstab-transformer --preset quick --out runs/q1 --workers 1  # every trial in this process
   optstab-transformer --preset gpu --out runs/postln-gpu        # one H100/H200, about an hour
   optstab-transformer --preset quick --corpus ~/books --out runs/books   # your own text
 
@@ -13,7 +14,7 @@ are read back from ``<out>/trials.jsonl`` and skipped.
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import sys
 from typing import Optional, Sequence
 
@@ -21,6 +22,7 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from optstab import runner
   from optstab.transformer.presets import PRESETS
 
   lines = "\n".join(f"  {name:8s} {p.description}" for name, p in PRESETS.items())
@@ -41,9 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--num-steps", type=int, default=None,
                       help="override the steps of every run (warmup included)")
   parser.add_argument("--no-diagnosis", action="store_true", help="skip optstab.diagnose")
-  parser.add_argument("--compile-cache", default=None,
-                      help="persistent XLA compilation cache folder (default: <out>/.jax_cache; "
-                           "'none' disables)")
+  runner.add_process_options(parser)
   parser.add_argument("--no-progress", action="store_true", help="no progress bars")
   return parser
 
@@ -52,12 +52,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   import jax
 
+  from optstab import runner
   from optstab.transformer import experiment, presets
 
-  cache = args.compile_cache or os.path.join(args.out, ".jax_cache")
-  if cache.lower() != "none":
-    jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  executor = runner.start_processes(args, "optstab-transformer")
   preset = presets.get_preset(args.preset)
   changes = {}
   if args.learning_rates is not None:
@@ -68,10 +66,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     changes["run_diagnosis"] = False
   if changes:
     preset = preset.replace(**changes)
-  print(f"optstab-transformer: preset {preset.name} on {jax.device_count()} "
-        f"{jax.devices()[0].platform} device(s); writing {args.out}", flush=True)
-  result = experiment.run_experiment(preset, args.out, corpus=args.corpus,
-                                     progress=not args.no_progress)
+  where = f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
+  if executor is not None:
+    where = f"{executor.max_workers} worker processes"
+  print(f"optstab-transformer: preset {preset.name} on {where}; writing {args.out}", flush=True)
+  with contextlib.nullcontext() if executor is None else executor:
+    result = experiment.run_experiment(preset, args.out, corpus=args.corpus,
+                                       progress=not args.no_progress, executor=executor)
   s = result.summary
   print("\n".join(experiment.verdicts(s)))
   print(f"wall time {s['wall_seconds']:.0f} s; report: {result.files['report']}")

@@ -48,6 +48,7 @@ import math
 import os
 import platform
 import time
+from concurrent.futures import Executor
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -202,11 +203,6 @@ def _versions() -> dict[str, Any]:
           "machine": platform.machine(), "cpu_count": os.cpu_count()}
 
 
-def _parallel(executor) -> dict[str, Any]:
-  """``executor=`` for the diagnosis calls, only when one is given (see ``run_experiment``)."""
-  return {} if executor is None else {"executor": executor}
-
-
 def _seed_store(source: TrialStore, folder: str) -> None:
   """Copies the experiment's finished trials into ``folder``'s store, so a diagnosis there reruns none."""
   target = TrialStore(folder)
@@ -217,7 +213,8 @@ def _seed_store(source: TrialStore, folder: str) -> None:
 
 def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
                    corpus: Union[None, PathLike, corpus_data.CharCorpus] = None,
-                   progress: bool = True, mesh=None, executor=None) -> ExperimentResult:
+                   progress: bool = True, mesh=None,
+                   executor: Optional[Executor] = None) -> ExperimentResult:
   """Runs (or resumes) the whole experiment of ``preset`` into ``out_dir``.
 
   Args:
@@ -227,15 +224,22 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
     corpus: a text file or folder, or a loaded ``CharCorpus`` (default: the
       preset's, the standard-library sources).
     progress: tqdm progress bars.
-    mesh: a ``'data'`` mesh (default: every device of the process running a trial).
-    executor: a ``concurrent.futures.Executor`` passed as ``executor=`` to every
-      ``optstab.diagnosis`` call (parallel trials); ``None`` runs them in turn.
+    mesh: a ``'data'`` mesh (default: every device of the process running a
+      trial); not with ``executor``.
+    executor: a ``concurrent.futures.Executor`` every ``optstab.diagnosis`` call
+      runs its trials on (e.g. ``optstab.diagnosis.default_executor()``: one
+      process per CPU core or per GPU); ``None``: one after another in this
+      process. Each worker loads the corpus and compiles for itself; only this
+      process writes ``out_dir``. The results do not depend on it.
 
   Returns:
     An ``ExperimentResult`` with ``summary`` (the content of ``results.json``)
     and ``files`` (name -> path).
   """
   preset = get_preset(preset) if isinstance(preset, str) else preset
+  if mesh is not None and executor is not None:
+    raise ValueError("give mesh or executor, not both: a mesh's devices belong to this process, "
+                     "and each worker of an executor trains on its own devices.")
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   start = time.perf_counter()
@@ -243,29 +247,38 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
   text = runner.load_data(source)
   setup = setup_for(preset, text)
   corpus_data.check_size(text, preset.seq_len, preset.batch_size, preset.eval_sequences)
-  trial_fn = transformer_train.make_trial_fn(setup, source, mesh=mesh, progress=progress)
+  # Workers' per-trial bars would interleave: with an executor, only trial counts show.
+  trial_fn = transformer_train.make_trial_fn(setup, source, mesh=mesh,
+                                             progress=progress and executor is None)
   store = TrialStore(out_dir)
-  parallel = _parallel(executor)
   lrs = sorted(preset.learning_rates)
-
-  # Figure 8: four sweeps, every run preset.num_steps steps in all.
-  sweeps: dict[str, SweepResult] = {}
-  for name, norm, warm in CURVES:
-    sweeps[name] = learning_rate_sweep(
-        trial_fn, lrs, base_config=_config(preset, norm, preset.warmup_steps if warm else 0),
-        metric="loss", rule=RULE, store=store, progress=progress, **parallel)
-
-  # Figure 6: Post-LN at one high rate, warmup lengths.
+  sweep_bases = {name: _config(preset, norm, preset.warmup_steps if warm else 0)
+                 for name, norm, warm in CURVES}
   fig6_configs = [_config(preset, "post", w, preset.figure6_learning_rate)
                   for w in preset.figure6_warmups]
+  if executor is not None:
+    # Every trial that needs no other trial's result, in one batch, so the workers
+    # stay busy; the sweeps and Figure 6 below read them back from the store.
+    run_trials(trial_fn, [base.replace(learning_rate=lr) for base in sweep_bases.values()
+                          for lr in lrs] + fig6_configs,
+               store=store, progress=progress, desc="trials", executor=executor)
+
+  # Figure 8: four sweeps, every run preset.num_steps steps in all.
+  sweeps: dict[str, SweepResult] = {
+      name: learning_rate_sweep(trial_fn, lrs, base_config=base, metric="loss", rule=RULE,
+                                store=store, progress=progress, executor=executor)
+      for name, base in sweep_bases.items()}
+
+  # Figure 6: Post-LN at one high rate, warmup lengths.
   fig6 = dict(zip(preset.figure6_warmups, run_trials(
-      trial_fn, fig6_configs, store=store, progress=progress, desc="figure 6", **parallel)))
+      trial_fn, fig6_configs, store=store, progress=progress, desc="figure 6",
+      executor=executor)))
 
   # Figure 7b: the FAQ's long checks at 5 x and 10 x Post-LN's lr*.
   long_runs = ()
   if sweeps["post_ln"].best is not None:
     long_runs = long_check(trial_fn, sweeps["post_ln"], factors=preset.long_check_factors,
-                           rule=RULE, store=store, progress=progress, **parallel)
+                           rule=RULE, store=store, progress=progress, executor=executor)
 
   # The diagnosis, on each model, over the same grid (reusing the sweep trials).
   diagnoses = {}
@@ -278,7 +291,7 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
           rule=RULE, short_check_steps=preset.short_check_steps,
           long_check_factors=preset.long_check_factors,
           max_train_steps=preset.warmup_max_train_steps,
-          warmup_candidates=preset.warmup_candidates, progress=progress, **parallel)
+          warmup_candidates=preset.warmup_candidates, progress=progress, executor=executor)
 
   trivial = {
       "train_unigram_entropy": text.unigram_entropy,
@@ -307,6 +320,23 @@ def _diagnosis_summary(d, out_dir: str) -> dict[str, Any]:
   }
 
 
+def _margin(trials: list[dict[str, Any]]) -> Optional[float]:
+  """How much lower the best rate's final validation loss is than the runner-up's."""
+  losses = sorted(t["final_eval_loss"] for t in trials
+                  if t["feasible"] and t.get("final_eval_loss") is not None)
+  return losses[1] - losses[0] if len(losses) > 1 else None
+
+
+def _trains_up_to(trials: list[dict[str, Any]]) -> Optional[float]:
+  """The largest grid rate at which this run and every lower-rate run trained (feasible, not stalled)."""
+  best = None
+  for t in trials:
+    if not t["feasible"] or t["failed_to_train"]:
+      break
+    best = t["learning_rate"]
+  return best
+
+
 def _summarize(preset: Preset, text, sweeps, fig6, long_runs, diagnoses, trivial,
                out_dir: str) -> dict[str, Any]:
   level = trivial["eval_unigram_loss"]
@@ -325,6 +355,8 @@ def _summarize(preset: Preset, text, sweeps, fig6, long_runs, diagnoses, trivial
         "at_grid_top": sweep.at_grid_top,
         "failed_to_train_from": next((t["learning_rate"] for t in trials
                                       if t["failed_to_train"]), None),
+        "trains_up_to": _trains_up_to(trials),
+        "best_margin": _margin(trials),
         "trials": trials,
     }
   fig6_runs = {w: _run_summary(rec, level) for w, rec in fig6.items()}
@@ -348,6 +380,7 @@ def _summarize(preset: Preset, text, sweeps, fig6, long_runs, diagnoses, trivial
           "step": preset.num_steps,
           "best_learning_rate": {k: v["best_learning_rate"] for k, v in fig8.items()},
           "best_eval_loss": {k: v["best_eval_loss"] for k, v in fig8.items()},
+          "trains_up_to": {k: v["trains_up_to"] for k, v in fig8.items()},
           "curves": fig8,
       },
       "figure6": {
@@ -478,13 +511,16 @@ def render_report(s: dict[str, Any]) -> str:
     lines.append(f"| {t0['learning_rate']:g} | " + " | ".join(cells) + " |")
   lines += [
       "",
-      "| curve | published best rate | our best rate | our best loss | failed to train from |",
-      "|---|---|---|---|---|",
+      "| curve | published best rate | our best rate | our best loss (margin over the "
+      "runner-up) | trains up to | failed to train from |",
+      "|---|---|---|---|---|---|",
   ]
   for k, v in curves.items():
     top = " (grid top)" if v["at_grid_top"] else ""
     lines.append(f"| {_PRETTY[k]} | ~{pub['figure8_best_learning_rate'][k]:g} | "
-                 f"{_fmt(v['best_learning_rate'], 'g')}{top} | {_fmt(v['best_eval_loss'], '.3f')} | "
+                 f"{_fmt(v['best_learning_rate'], 'g')}{top} | {_fmt(v['best_eval_loss'], '.3f')} "
+                 f"({_fmt(v['best_margin'], '.3f')}) | "
+                 f"{_fmt(v['trains_up_to'], 'g', 'none')} | "
                  f"{_fmt(v['failed_to_train_from'], 'g', 'none on the grid')} |")
   f6 = s["figure6"]
   lines += [
@@ -542,6 +578,18 @@ def verdicts(s: dict[str, Any]) -> list[str]:
   else:
     out.append("NOT reproduced: Post-LN does not fail to train at lower rates than Pre-LN on "
                "this grid.")
+  up = s["figure8"]["trains_up_to"]
+  grid_top = max(t["learning_rate"] for t in curves["post_ln"]["trials"])
+
+  def limit(k):  # a curve that trains on the whole grid trains beyond its top
+    return math.inf if up[k] == grid_top else (up[k] or 0.0)
+
+  raised = limit("post_ln_warmup") > limit("post_ln") and limit("pre_ln") > limit("post_ln")
+  out.append(("REPRODUCED" if raised else "NOT reproduced") +
+             ": the highest rate that trains is raised by warmup and by Pre-LN (trains up to: " +
+             ", ".join(f"{_PRETTY[k]} {_fmt(up[k], 'g', 'none')}"
+                       + (" (whole grid)" if up[k] == grid_top else "") for k in curves) +
+             "); in the published Figure 8 the Post-LN curves also go unstable first.")
   names = ("post_ln", "post_ln_warmup", "pre_ln", "pre_ln_warmup")
   if all(best[k] is not None for k in names):
     b = [best[k] for k in names]

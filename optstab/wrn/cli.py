@@ -23,6 +23,7 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from optstab import runner
   from optstab.wrn.presets import PRESETS
 
   lines = "\n".join(f"  {name:12s} {p.description}" for name, p in PRESETS.items())
@@ -47,14 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--distributed", action="store_true",
                       help="call jax.distributed.initialize() first (multi-host: run the same "
                            "command on every host)")
-  parser.add_argument("--compile-cache", default=None,
-                      help="persistent XLA compilation cache folder (default: <out>/.jax_cache; "
-                           "'none' disables)")
-  parser.add_argument("--workers", default="auto",
-                      help="trials run side by side: 'auto' (default) fits the machine: one "
-                           "single-threaded process per CPU core, one process per GPU on a "
-                           "multi-GPU host, this process on one GPU or a TPU host; N: that many "
-                           "worker processes; 1: every trial in this process")
+  runner.add_process_options(parser)
   parser.add_argument("--no-progress", action="store_true", help="no progress bars")
   return parser
 
@@ -63,36 +57,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   import jax
 
-  from optstab.diagnosis.executors import ProcessPool, default_executor
-  from optstab.wrn import experiment, presets, train
+  from optstab import runner
+  from optstab.wrn import experiment, presets
 
-  if args.workers != "auto":
-    try:
-      workers = int(args.workers)
-    except ValueError:
-      workers = 0
-    if workers < 1:
-      raise SystemExit(f"optstab-wrn: --workers must be 'auto' or an integer >= 1; got "
-                       f"{args.workers!r}.")
-  else:
-    workers = 1 if args.distributed else None  # several hosts already share each trial
-  if args.distributed and workers != 1:
-    raise SystemExit("optstab-wrn: --distributed trains every trial on every host's devices; "
-                     "use --workers 1 with it.")
-  cache = args.compile_cache or os.path.join(args.out, ".jax_cache")
-  cache_env = {}
-  if cache.lower() != "none":
-    cache_env = {"JAX_COMPILATION_CACHE_DIR": os.path.abspath(cache),
-                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
-  executor = default_executor(workers, env=cache_env)  # the workers share the cache
-  if isinstance(executor, ProcessPool) and executor.worker_envs:
-    # The workers own the GPUs: this process only coordinates, on the CPU, so
-    # that it claims no accelerator memory.
-    jax.config.update("jax_platforms", "cpu")
-  train.maybe_initialize_distributed(args.distributed)
-  if cache_env:
-    jax.config.update("jax_compilation_cache_dir", cache_env["JAX_COMPILATION_CACHE_DIR"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  executor = runner.start_processes(args, "optstab-wrn", distributed=args.distributed)
   preset = presets.get_preset(args.preset)
   changes = {}
   if args.learning_rates is not None:
