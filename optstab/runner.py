@@ -65,6 +65,7 @@ __all__ = [
     "CompiledSteps",
     "DataSource",
     "TrialFunction",
+    "environment",
     "add_process_options",
     "start_processes",
     "train",
@@ -539,6 +540,22 @@ def train(workload: Workload, config: TrialConfig, *, mesh: Optional[Mesh] = Non
 
 # ----------------------------------------------------------------------------
 # The demo command lines' shared process setup.
+
+
+def environment() -> dict[str, Any]:
+  """The software and hardware a result was measured on (for a demo's ``results.json``)."""
+  import platform
+
+  import flax
+  import jaxlib
+
+  device = jax.devices()[0]
+  return {"python": platform.python_version(), "jax": jax.__version__,
+          "jaxlib": jaxlib.__version__, "optax": optax.__version__, "flax": flax.__version__,
+          "platform": device.platform, "device_kind": device.device_kind,
+          "device_count": jax.device_count(), "process_count": jax.process_count(),
+          "processor": platform.processor() or None, "machine": platform.machine(),
+          "cpu_count": os.cpu_count()}
 
 
 def add_process_options(parser: Any) -> None:

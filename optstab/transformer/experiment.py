@@ -46,7 +46,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import time
 from concurrent.futures import Executor
 from typing import Any, Optional, Union
@@ -189,20 +188,6 @@ class ExperimentResult:
   files: dict[str, str]
 
 
-def _versions() -> dict[str, Any]:
-  import flax
-  import jax
-  import jaxlib
-  import optax
-
-  device = jax.devices()[0]
-  return {"python": platform.python_version(), "jax": jax.__version__,
-          "jaxlib": jaxlib.__version__, "optax": optax.__version__, "flax": flax.__version__,
-          "platform": device.platform, "device_kind": device.device_kind,
-          "device_count": jax.device_count(), "processor": platform.processor() or None,
-          "machine": platform.machine(), "cpu_count": os.cpu_count()}
-
-
 def _seed_store(source: TrialStore, folder: str) -> None:
   """Copies the experiment's finished trials into ``folder``'s store, so a diagnosis there reruns none."""
   target = TrialStore(folder)
@@ -302,7 +287,7 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
   summary = _summarize(preset, text, sweeps, fig6, long_runs, diagnoses, trivial, out_dir)
   summary["wall_seconds"] = time.perf_counter() - start
   summary["trial_seconds"] = sum(r.seconds for r in store.records())
-  summary["environment"] = _versions()
+  summary["environment"] = runner.environment()
   files = _write_outputs(preset, out_dir, sweeps, fig6, long_runs, summary)
   return ExperimentResult(summary, files)
 
