@@ -87,3 +87,8 @@ def mlp_trial(config: TrialConfig) -> TrialResult:
   losses, norms = jax.device_get(mlp_run(config.seed, rates))
   steps = config.eval_steps()
   return TrialResult(config, losses, steps, {"loss": losses[steps - 1]}, norms)
+
+
+def jax_option(name: str):
+  """The value of a ``jax.config`` option in the calling process."""
+  return getattr(jax.config, name)

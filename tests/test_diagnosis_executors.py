@@ -34,7 +34,7 @@ from optstab.diagnosis import (
     run_trials,
 )
 from optstab.diagnosis.store import TRIALS_FILE
-from _executor_trials import GRID, mlp_run, mlp_trial, numpy_trial
+from _executor_trials import GRID, jax_option, mlp_trial, numpy_trial
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -60,9 +60,15 @@ def reference(tmp_path_factory):
 
 
 def test_process_pool_sweep_equals_sequential(tmp_path, reference):
-  with ProcessPool(2, env=SINGLE_THREADED_ENV) as pool:
+  cache = str(tmp_path / "cache")
+  env = {**SINGLE_THREADED_ENV, "JAX_COMPILATION_CACHE_DIR": cache,
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  with ProcessPool(2, env=env) as pool:
     assert pool.submit(os.getenv, "NPROC").result() == "1"
     assert "--xla_cpu_multi_thread_eigen=false" in pool.submit(os.getenv, "XLA_FLAGS").result()
+    # JAX options apply though the worker imported JAX before its initializer ran.
+    assert pool.submit(jax_option, "jax_compilation_cache_dir").result() == cache
+    assert pool.submit(jax_option, "jax_persistent_cache_min_compile_time_secs").result() == 0.0
     parallel = learning_rate_sweep(numpy_trial, GRID, 40, out_dir=tmp_path, progress=False,
                                    executor=pool)
   assert _summary(parallel) == _summary(reference)
@@ -71,7 +77,7 @@ def test_process_pool_sweep_equals_sequential(tmp_path, reference):
   # The coordinator wrote every trial once; a rerun reads them all back.
   assert _lines(tmp_path / TRIALS_FILE) == len(GRID)
   calls = []
-  again = learning_rate_sweep(lambda c: calls.append(c), GRID, 40, out_dir=tmp_path, progress=False)
+  again = learning_rate_sweep(calls.append, GRID, 40, out_dir=tmp_path, progress=False)
   assert calls == [] and _summary(again) == _summary(reference)
 
 

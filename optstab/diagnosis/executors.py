@@ -145,11 +145,42 @@ def _exit_when_orphaned(parent: int) -> None:
   os._exit(1)  # the coordinator died (e.g. SIGKILL): do not compute for nobody
 
 
+def _parse_like(text: str, current: Any) -> Any:
+  if isinstance(current, bool):
+    return text.strip().lower() in ("1", "true", "yes", "on")
+  if isinstance(current, (int, float)):
+    return type(current)(float(text)) if isinstance(current, int) else float(text)
+  return text
+
+
+def _apply_jax_options(env: Mapping[str, str]) -> None:
+  """Sets ``JAX_*`` options of ``env`` in ``jax.config`` when JAX is already imported.
+
+  JAX reads its ``JAX_*`` variables when it is imported, and unpickling the
+  initializer (or the parent's main module) may import it first; XLA's flags,
+  read when the backend starts, need nothing more.
+  """
+  jax = sys.modules.get("jax")
+  if jax is None:
+    return
+  for name, value in env.items():
+    option = name.lower()
+    if not option.startswith("jax_"):
+      continue
+    try:
+      current = getattr(jax.config, option)
+    except AttributeError:
+      continue  # a variable JAX does not know as an option
+    jax.config.update(option, _parse_like(value, current))
+
+
 def _initialize_worker(env: Mapping[str, str], slots, parent: int) -> None:
-  """Runs first in each worker, before it touches JAX (XLA reads these at start-up)."""
-  os.environ.update(_merged_env(env))
+  """Runs first in each worker, before it touches JAX's backend (XLA reads these at start-up)."""
+  env = _merged_env(env)
   if slots is not None:
-    os.environ.update(_merged_env(slots.get()))
+    env.update(_merged_env(slots.get()))
+  os.environ.update(env)
+  _apply_jax_options(env)
   threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
 
 
