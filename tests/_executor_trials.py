@@ -23,7 +23,7 @@ import optax
 import optstab
 from optstab.diagnosis.trial import TrialConfig, TrialResult
 
-GRID = (0.05, 0.1, 0.2, 0.4, 0.7, 1.0, 1.5, 1.9, 2.1, 2.5)
+GRID = (0.05, 0.1, 0.2, 0.4, 0.7, 1.0, 1.5, 1.9, 2.1, 2.5, 3.0, 4.0)
 
 
 def _rates(name: str) -> set[float]:

@@ -25,6 +25,7 @@ import optstab
 from optstab.diagnosis import (
     SINGLE_THREADED_ENV,
     WORKER_CRASHED,
+    InProcessExecutor,
     ProcessPool,
     SubmititExecutor,
     TrialConfig,
@@ -35,21 +36,9 @@ from optstab.diagnosis import (
 )
 from optstab.diagnosis.store import TRIALS_FILE
 from _executor_trials import GRID, jax_option, mlp_trial, numpy_trial
+from test_diagnosis_store import _lines, _summary
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def _summary(sweep):
-  return [(t.learning_rate, t.feasible, t.reason, t.metric_value if t.feasible else None,
-           None if t.result is None else t.result.train_loss.tolist(),
-           None if t.result is None else t.result.grad_norms.tolist()) for t in sweep.trials]
-
-
-def _lines(path):
-  if not os.path.exists(path):
-    return 0
-  with open(path, "rb") as f:
-    return f.read().count(b"\n")
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +218,22 @@ def test_diagnose_on_a_thread_pool_equals_sequential(tmp_path):
 ])
 def test_plan_workers_fits_the_machine(platform, devices, cores, workers, expected):
   assert plan_workers(platform, devices, cores, workers) == expected
+
+
+def test_one_worker_means_this_process(tmp_path, reference):
+  executor = optstab.default_executor(1)
+  assert isinstance(executor, InProcessExecutor)
+  offset = 0.0
+
+  def closure(config):  # in this process nothing is pickled: closures are fine
+    return numpy_trial(config.replace(learning_rate=config.learning_rate + offset))
+
+  with executor:
+    sweep = learning_rate_sweep(closure, GRID, 40, out_dir=tmp_path, progress=False,
+                                executor=executor)
+  assert _summary(sweep) == _summary(reference)
+  with pytest.raises(ValueError, match="workers"):
+    optstab.default_executor(0)
 
 
 def test_workers_are_pinned_by_their_own_environment():

@@ -20,7 +20,7 @@ Our position.
   none that finished, and the rerun runs only the missing ones.
 * ``default_executor()`` fits the machine: on CPU, one single-threaded XLA
   process per core (``spawn``, never ``fork``: JAX is multithreaded); on one
-  GPU or a TPU host, ``None`` (one process owns the accelerator); on a host
+  GPU or a TPU host, ``InProcessExecutor`` (one process owns the accelerator); on a host
   with several GPUs, one process per GPU, pinned to it with
   ``CUDA_VISIBLE_DEVICES``. One multi-threaded XLA:CPU process keeps about 1.2
   of 2 cores busy on small models; single-threaded processes side by side keep
@@ -67,9 +67,11 @@ from optstab.diagnosis.store import TrialRecord
 from optstab.diagnosis.trial import TrialConfig, TrialFn, TrialResult
 
 __all__ = [
+    "InProcessExecutor",
     "ProcessPool",
     "SubmititExecutor",
     "default_executor",
+    "in_process",
     "plan_workers",
     "run_trial",
     "execute_trials",
@@ -123,6 +125,31 @@ def run_trial(train_fn: TrialFn, config: TrialConfig) -> TrialRecord:
   except Exception as e:  # pylint: disable=broad-except
     record = TrialRecord(config, None, f"{type(e).__name__}: {e}", time.perf_counter() - start)
   return record.round_tripped()
+
+
+class InProcessExecutor(cf.Executor):
+  """Runs each task at ``submit``, in the calling thread: ``executor=None`` as an object.
+
+  ``default_executor`` returns it where one process fits the machine (one GPU,
+  a TPU host, one core), so that ``with optstab.default_executor() as pool:``
+  works everywhere; the trial functions treat it exactly like ``None``.
+  """
+
+  max_workers = 1
+
+  def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+    future: cf.Future = cf.Future()
+    future.set_running_or_notify_cancel()
+    try:
+      future.set_result(fn(*args, **kwargs))
+    except BaseException as e:  # pylint: disable=broad-except
+      future.set_exception(e)
+    return future
+
+
+def in_process(executor: Optional[cf.Executor]) -> bool:
+  """Whether trials on ``executor`` run in this process, one after another."""
+  return executor is None or isinstance(executor, InProcessExecutor)
 
 
 # ----------------------------------------------------------------------------
@@ -320,34 +347,34 @@ def plan_workers(platform: str, device_count: int, cpu_cores: int,
 
 
 def default_executor(workers: Optional[int] = None, *,
-                     env: Optional[Mapping[str, str]] = None) -> Optional[ProcessPool]:
-  """The executor that fits this machine, or ``None`` (trials in this process).
+                     env: Optional[Mapping[str, str]] = None) -> cf.Executor:
+  """The executor that fits this machine.
 
   * CPU backend: ``ProcessPool`` of one single-threaded XLA process per core
     (``SINGLE_THREADED_ENV``);
-  * one GPU, or a TPU host: ``None``;
+  * one GPU, a TPU host, or one core: ``InProcessExecutor`` (trials in this
+    process, one after another, as with ``executor=None``);
   * several GPUs: one worker per GPU, pinned with ``CUDA_VISIBLE_DEVICES``
     (``HIP_VISIBLE_DEVICES`` on ROCm).
 
-  Shut the pool down when done (``with default_executor() as pool: ...``; the
-  ``with`` also accepts ``None`` through ``contextlib.nullcontext``).
+  Shut it down when done: ``with optstab.default_executor() as pool: ...``.
 
   Args:
-    workers: override the number of workers; ``1`` gives ``None``.
+    workers: override the number of workers; ``1`` gives ``InProcessExecutor``.
     env: more variables for every worker, e.g. ``{"JAX_COMPILATION_CACHE_DIR":
       path}`` to share compiled programs between the workers and across runs.
 
   Returns:
-    A ``ProcessPool``, or ``None``.
+    A ``ProcessPool``, or an ``InProcessExecutor``.
   """
   if workers is not None:
     _validation.check_positive_int("workers", workers)
   if workers == 1:
-    return None
+    return InProcessExecutor()
   platform, devices = _visible_devices()
   plan = plan_workers(platform, devices, _cpu_cores(), workers)
   if plan is None:
-    return None
+    return InProcessExecutor()
   return ProcessPool(plan["max_workers"], env={**plan["env"], **dict(env or {})},
                      worker_envs=plan["worker_envs"])
 
@@ -489,7 +516,7 @@ def execute_trials(
     concurrent.futures.BrokenExecutor: an executor other than ``ProcessPool``
       broke (its unfinished trials are not recorded, so a rerun runs them).
   """
-  if executor is None:
+  if in_process(executor):
     for i, config in enumerate(configs):
       finished(i, run_trial(train_fn, config))
     return
