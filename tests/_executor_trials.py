@@ -92,3 +92,22 @@ def mlp_trial(config: TrialConfig) -> TrialResult:
 def jax_option(name: str):
   """The value of a ``jax.config`` option in the calling process."""
   return getattr(jax.config, name)
+
+
+def _rebuild_in(parent: int) -> "UnpicklableInWorker":
+  if os.getpid() != parent:
+    raise ImportError("this trial function cannot be rebuilt in a worker process")
+  return UnpicklableInWorker(parent)
+
+
+class UnpicklableInWorker:
+  """A trial function that pickles here but fails to unpickle in any other process."""
+
+  def __init__(self, parent: int):
+    self.parent = parent
+
+  def __call__(self, config: TrialConfig) -> TrialResult:
+    return numpy_trial(config)
+
+  def __reduce__(self):
+    return (_rebuild_in, (self.parent,))

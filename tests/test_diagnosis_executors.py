@@ -35,7 +35,7 @@ from optstab.diagnosis import (
     run_trials,
 )
 from optstab.diagnosis.store import TRIALS_FILE
-from _executor_trials import GRID, jax_option, mlp_trial, numpy_trial
+from _executor_trials import GRID, UnpicklableInWorker, jax_option, mlp_trial, numpy_trial
 from test_diagnosis_store import _lines, _summary
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -145,7 +145,8 @@ def test_sigkill_with_trials_in_flight_loses_no_finished_trial(tmp_path, referen
                           stderr=subprocess.PIPE)
   store_file = killed_dir / TRIALS_FILE
   deadline = time.monotonic() + 120
-  while _lines(store_file) < 6 and proc.poll() is None and time.monotonic() < deadline:
+  while ((_lines(store_file) < 6 or len(os.listdir(pid_dir)) < 2) and proc.poll() is None
+         and time.monotonic() < deadline):
     time.sleep(0.01)
   time.sleep(0.3)  # nothing else can finish: both workers hang
   os.kill(proc.pid, signal.SIGKILL)
@@ -192,6 +193,13 @@ def test_a_closure_is_rejected_before_any_trial(tmp_path):
   assert _lines(tmp_path / TRIALS_FILE) == 0
 
 
+def test_a_function_workers_cannot_load_is_rejected_before_any_trial(tmp_path):
+  with ProcessPool(1) as pool, pytest.raises(TypeError, match="not in a worker process"):
+    learning_rate_sweep(UnpicklableInWorker(os.getpid()), GRID[:2], 40, out_dir=tmp_path,
+                        progress=False, executor=pool)
+  assert _lines(tmp_path / TRIALS_FILE) == 0  # not recorded as crashes: a rerun runs them
+
+
 def test_diagnose_on_a_thread_pool_equals_sequential(tmp_path):
   kwargs = dict(num_steps=40, short_check_steps=20, progress=False, max_train_steps=400,
                 warmup_candidates=(10, 20))
@@ -236,10 +244,12 @@ def test_one_worker_means_this_process(tmp_path, reference):
     optstab.default_executor(0)
 
 
-def test_workers_are_pinned_by_their_own_environment():
+def test_workers_are_pinned_by_their_own_environment(tmp_path):
   envs = [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
   with ProcessPool(2, worker_envs=envs) as pool:
-    seen = {f.result() for f in [pool.submit(_slow_getenv, "CUDA_VISIBLE_DEVICES") for _ in range(4)]}
+    futures = [pool.submit(_getenv_when_both_run, "CUDA_VISIBLE_DEVICES", str(tmp_path))
+               for _ in range(2)]
+    seen = {f.result() for f in futures}
   assert seen == {"0", "1"}
   with pytest.raises(ValueError, match="worker_envs must hold one mapping per worker"):
     ProcessPool(3, worker_envs=envs)
@@ -247,8 +257,12 @@ def test_workers_are_pinned_by_their_own_environment():
     ProcessPool(0)
 
 
-def _slow_getenv(name):
-  time.sleep(0.3)  # both workers get one while the other is busy
+def _getenv_when_both_run(name, folder):
+  """``os.environ[name]`` once two workers run this at the same time (so both get one)."""
+  open(os.path.join(folder, str(os.getpid())), "w", encoding="utf-8").close()
+  deadline = time.monotonic() + 120
+  while len(os.listdir(folder)) < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
   return os.environ.get(name)
 
 

@@ -77,6 +77,7 @@ __all__ = [
     "execute_trials",
     "SINGLE_THREADED_ENV",
     "WORKER_CRASHED",
+    "CRASH_ERRORS",
 ]
 
 #: Environment of a single-threaded XLA:CPU worker. ``NPROC`` is what XLA's
@@ -477,13 +478,35 @@ def _check_picklable(train_fn: TrialFn, executor: cf.Executor) -> None:
   """Process pools pickle with the standard library: say so before any trial starts."""
   if not isinstance(executor, (ProcessPool, cf.ProcessPoolExecutor)):
     return  # threads need nothing; Dask, Ray and submitit use cloudpickle
+  advice = ("Define it at module level in an importable module (a function, or an instance of "
+            "a module-level class such as a dataclass holding its setup), not as a closure or "
+            "lambda.")
   try:
-    pickle.dumps(train_fn)
+    blob = pickle.dumps(train_fn)
   except Exception as e:  # pylint: disable=broad-except
-    raise TypeError(
-        f"train_fn must pickle to run on a process pool; {train_fn!r} does not ({type(e).__name__}: "
-        f"{e}). Define it at module level (a function, or an instance of a module-level class "
-        "such as a dataclass holding its setup), not as a closure or lambda.") from e
+    raise TypeError(f"train_fn must pickle to run on a process pool; {train_fn!r} does not "
+                    f"({type(e).__name__}: {e}). {advice}") from e
+  # A task a worker cannot unpickle kills the worker, which would read as a crash
+  # of every trial: try once, in a worker, where the error can be returned.
+  error = executor.submit(_unpickling_error, blob).result()
+  if error is not None:
+    raise TypeError(f"train_fn {train_fn!r} pickles here but not in a worker process ({error}); "
+                    f"a function defined in a notebook or a REPL cannot reach spawned workers. "
+                    f"{advice}")
+
+
+def _unpickling_error(blob: bytes) -> Optional[str]:
+  try:
+    pickle.loads(blob)
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{type(e).__name__}: {e}"
+  return None
+
+
+#: Names of the exceptions by which engines say that the process running a task
+#: died (Dask, submitit, Ray), rather than that the task could not be sent.
+CRASH_ERRORS = ("KilledWorker", "UncompletedJobError", "FailedJobError", "WorkerCrashedError",
+                "OutOfMemoryError", "NodeDiedError")
 
 
 def _crashed(config: TrialConfig, error: BaseException) -> TrialRecord:
@@ -515,6 +538,8 @@ def execute_trials(
     TypeError: a process pool was given a ``train_fn`` that does not pickle.
     concurrent.futures.BrokenExecutor: an executor other than ``ProcessPool``
       broke (its unfinished trials are not recorded, so a rerun runs them).
+    RuntimeError: the executor could not run a trial for another reason than
+      its worker dying (``CRASH_ERRORS``); nothing is recorded for it.
   """
   if in_process(executor):
     for i, config in enumerate(configs):
@@ -543,8 +568,12 @@ def execute_trials(
         raise
       return None
     except Exception as e:  # pylint: disable=broad-except
-      # The executor could not run or return it (pickling, a lost Dask worker).
-      return TrialRecord(configs[i], None, f"{type(e).__name__}: {e}", 0.0)
+      if type(e).__name__ in CRASH_ERRORS:
+        return _crashed(configs[i], e)
+      # The task never ran as a trial (it could not be sent or unpickled): not a
+      # result to record, since a rerun would then skip it.
+      raise RuntimeError(f"the executor could not run the trial {configs[i].key()}: "
+                         f"{type(e).__name__}: {e}") from e
 
   while queue or in_flight or suspects:
     while queue and len(in_flight) < limit and not suspects:
@@ -562,11 +591,7 @@ def execute_trials(
     # The pool broke and nothing is in flight: run each suspect alone.
     for i in sorted(suspects):
       future = executor.submit(run_trial, train_fn, configs[i])
-      try:
-        record = future.result()
-      except cf.BrokenExecutor as e:
-        record = _crashed(configs[i], e)
-      except Exception as e:  # pylint: disable=broad-except
-        record = TrialRecord(configs[i], None, f"{type(e).__name__}: {e}", 0.0)
-      finished(i, record)
+      cf.wait([future])
+      record = outcome(future, i)
+      finished(i, _crashed(configs[i], future.exception()) if record is None else record)
     suspects.clear()
