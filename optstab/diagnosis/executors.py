@@ -11,8 +11,9 @@ Our position.
   ``executor=``: ``None`` (the default) runs them one after another in this
   process, exactly as before; anything else gets ``run_trial(train_fn,
   config)`` submitted: a ``ProcessPool`` (below), ``ProcessPoolExecutor``,
-  Dask's ``Client.get_executor()``, ``mpi4py.futures.MPIPoolExecutor``, Ray's
-  ``ray.util.ActorPool``-backed executors, or ``SubmititExecutor`` for SLURM.
+  Dask's ``Client.get_executor()``, ``mpi4py.futures.MPIPoolExecutor``, a
+  few lines around Ray's ``ObjectRef.future()`` (the README's recipe), or
+  ``SubmititExecutor`` for SLURM.
 * Workers only compute and return a ``TrialRecord``; the coordinating process
   alone appends to ``trials.jsonl`` (write, flush, fsync, as ``TrialStore``
   promises), in the order trials finish, and returns the records in the order
@@ -20,8 +21,8 @@ Our position.
   none that finished, and the rerun runs only the missing ones.
 * ``default_executor()`` fits the machine: on CPU, one single-threaded XLA
   process per core (``spawn``, never ``fork``: JAX is multithreaded); on one
-  GPU or a TPU host, ``InProcessExecutor`` (one process owns the accelerator); on a host
-  with several GPUs, one process per GPU, pinned to it with
+  GPU or a TPU host, ``InProcessExecutor`` (one process owns the accelerator);
+  on a host with several GPUs, one process per GPU, pinned to it with
   ``CUDA_VISIBLE_DEVICES``. One multi-threaded XLA:CPU process keeps about 1.2
   of 2 cores busy on small models; single-threaded processes side by side keep
   every core busy (``benchmarks/sweep_parallel.py`` measures it).
@@ -43,10 +44,16 @@ Where it breaks.
   worker pays the compilation (a persistent compilation cache,
   ``jax_compilation_cache_dir``, shares it between workers and runs).
 * Results are identical to a sequential run when the trial function is
-  deterministic given its configuration in any process. XLA:CPU may reduce in
-  another order with another thread count, so a single-threaded worker can
-  differ from a multi-threaded in-process run in the last bits;
-  ``benchmarks/sweep_parallel.py`` checks it for the WideResNet demo.
+  deterministic given its configuration and the process's settings. XLA:CPU
+  sums some convolutions and matmuls in an order that depends on its thread
+  count, so a single-threaded worker can differ from a multi-threaded
+  in-process run in the float32 rounding, which an unstable trial amplifies
+  (measured on the WideResNet demo's tiny preset: final test losses 6.46 vs
+  6.42 at lr 1). With the same thread setting, results are identical whatever
+  the number of workers and the order trials finish in (tested).
+* A task that a worker cannot even unpickle kills a process-pool worker; so
+  ``train_fn`` is unpickled once in a worker before any trial, and rejected if
+  that fails (a function defined in a notebook cannot reach spawned workers).
 """
 
 from __future__ import annotations
