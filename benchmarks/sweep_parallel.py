@@ -31,9 +31,24 @@ thread setting give identical results whatever the number of workers and the
 order in which trials finish (``--check-single-threaded`` runs the one-worker
 single-threaded reference for it).
 
-Measured on the project's 2-core machine, shared with other jobs (so the
-lead re-measures on an idle one; see the closing note of issue 11):
-see ``python benchmarks/sweep_parallel.py`` output in the report.
+Measured so far only as smoke tests, on the project's 2-core machine while
+other jobs kept its load average at 8-11, so the wall times say little (more
+processes get a larger share of a busy machine) and the ratios must be
+re-measured on an idle machine:
+
+* ``--only wrn --wrn-preset tiny --check-single-threaded``: in-process 54 s
+  (18.6 CPU s), 2 single-threaded workers 84 s (30.6 CPU s), 1 single-threaded
+  worker 61 s (19.6 CPU s). The tiny preset is all compilation (6 steps per
+  trial), which every worker pays for itself, so it gains nothing; the
+  2-worker and 1-worker runs are identical trial by trial, the in-process run
+  differs in the float32 rounding (XLA's thread count).
+* ``--only mlp --steps 3000 --rates 8``: in-process 25.1 s, 2 single-threaded
+  workers 25.2 s, 2 workers with XLA's default threads 16.3 s, one ``jax.vmap``
+  over the 8 rates 30.1 s; all parallel runs identical to in-process (the MLP
+  has no thread-dependent reductions). The vmapped sweep was slower and not
+  identical (loss curves up to 29% apart at 3000 steps: batched matmuls round
+  differently, and unstable rates amplify it), so vmap over trials is not
+  used; the WideResNet demo measured it 8x slower on CPU (``optstab.runner``).
 """
 
 from __future__ import annotations

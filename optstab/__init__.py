@@ -54,8 +54,6 @@ from optstab.diagnosis import TrialConfig as TrialConfig
 from optstab.diagnosis import TrialFn as TrialFn
 from optstab.diagnosis import TrialResult as TrialResult
 from optstab.diagnosis import WarmupTuningResult as WarmupTuningResult
-from optstab.diagnosis import ProcessPool as ProcessPool
-from optstab.diagnosis import default_executor as default_executor
 from optstab.diagnosis import classify_run as classify_run
 from optstab.diagnosis import detect_grad_norm_outliers as detect_grad_norm_outliers
 from optstab.diagnosis import detect_loss_spikes as detect_loss_spikes
@@ -66,3 +64,10 @@ from optstab.diagnosis import long_check as long_check
 from optstab.diagnosis import rates_above_best as rates_above_best
 from optstab.diagnosis import short_check as short_check
 from optstab.diagnosis import tune_warmup as tune_warmup
+
+# --- running trials in parallel ---
+from optstab.diagnosis import SINGLE_THREADED_ENV as SINGLE_THREADED_ENV
+from optstab.diagnosis import InProcessExecutor as InProcessExecutor
+from optstab.diagnosis import ProcessPool as ProcessPool
+from optstab.diagnosis import SubmititExecutor as SubmititExecutor
+from optstab.diagnosis import default_executor as default_executor

@@ -23,7 +23,7 @@ import optax
 import optstab
 from optstab.diagnosis.trial import TrialConfig, TrialResult
 
-GRID = (0.05, 0.1, 0.2, 0.4, 0.7, 1.0, 1.5, 1.9, 2.1, 2.5)
+GRID = (0.05, 0.1, 0.2, 0.4, 0.7, 1.0, 1.5, 1.9, 2.1, 2.5, 3.0, 4.0)
 
 
 def _rates(name: str) -> set[float]:
@@ -87,3 +87,27 @@ def mlp_trial(config: TrialConfig) -> TrialResult:
   losses, norms = jax.device_get(mlp_run(config.seed, rates))
   steps = config.eval_steps()
   return TrialResult(config, losses, steps, {"loss": losses[steps - 1]}, norms)
+
+
+def jax_option(name: str):
+  """The value of a ``jax.config`` option in the calling process."""
+  return getattr(jax.config, name)
+
+
+def _rebuild_in(parent: int) -> "UnpicklableInWorker":
+  if os.getpid() != parent:
+    raise ImportError("this trial function cannot be rebuilt in a worker process")
+  return UnpicklableInWorker(parent)
+
+
+class UnpicklableInWorker:
+  """A trial function that pickles here but fails to unpickle in any other process."""
+
+  def __init__(self, parent: int):
+    self.parent = parent
+
+  def __call__(self, config: TrialConfig) -> TrialResult:
+    return numpy_trial(config)
+
+  def __reduce__(self):
+    return (_rebuild_in, (self.parent,))

@@ -25,6 +25,7 @@ import optstab
 from optstab.diagnosis import (
     SINGLE_THREADED_ENV,
     WORKER_CRASHED,
+    InProcessExecutor,
     ProcessPool,
     SubmititExecutor,
     TrialConfig,
@@ -34,22 +35,10 @@ from optstab.diagnosis import (
     run_trials,
 )
 from optstab.diagnosis.store import TRIALS_FILE
-from _executor_trials import GRID, mlp_run, mlp_trial, numpy_trial
+from _executor_trials import GRID, UnpicklableInWorker, jax_option, mlp_trial, numpy_trial
+from test_diagnosis_store import _lines, _summary
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def _summary(sweep):
-  return [(t.learning_rate, t.feasible, t.reason, t.metric_value if t.feasible else None,
-           None if t.result is None else t.result.train_loss.tolist(),
-           None if t.result is None else t.result.grad_norms.tolist()) for t in sweep.trials]
-
-
-def _lines(path):
-  if not os.path.exists(path):
-    return 0
-  with open(path, "rb") as f:
-    return f.read().count(b"\n")
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +49,15 @@ def reference(tmp_path_factory):
 
 
 def test_process_pool_sweep_equals_sequential(tmp_path, reference):
-  with ProcessPool(2, env=SINGLE_THREADED_ENV) as pool:
+  cache = str(tmp_path / "cache")
+  env = {**SINGLE_THREADED_ENV, "JAX_COMPILATION_CACHE_DIR": cache,
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  with ProcessPool(2, env=env) as pool:
     assert pool.submit(os.getenv, "NPROC").result() == "1"
     assert "--xla_cpu_multi_thread_eigen=false" in pool.submit(os.getenv, "XLA_FLAGS").result()
+    # JAX options apply though the worker imported JAX before its initializer ran.
+    assert pool.submit(jax_option, "jax_compilation_cache_dir").result() == cache
+    assert pool.submit(jax_option, "jax_persistent_cache_min_compile_time_secs").result() == 0.0
     parallel = learning_rate_sweep(numpy_trial, GRID, 40, out_dir=tmp_path, progress=False,
                                    executor=pool)
   assert _summary(parallel) == _summary(reference)
@@ -71,7 +66,7 @@ def test_process_pool_sweep_equals_sequential(tmp_path, reference):
   # The coordinator wrote every trial once; a rerun reads them all back.
   assert _lines(tmp_path / TRIALS_FILE) == len(GRID)
   calls = []
-  again = learning_rate_sweep(lambda c: calls.append(c), GRID, 40, out_dir=tmp_path, progress=False)
+  again = learning_rate_sweep(calls.append, GRID, 40, out_dir=tmp_path, progress=False)
   assert calls == [] and _summary(again) == _summary(reference)
 
 
@@ -150,7 +145,8 @@ def test_sigkill_with_trials_in_flight_loses_no_finished_trial(tmp_path, referen
                           stderr=subprocess.PIPE)
   store_file = killed_dir / TRIALS_FILE
   deadline = time.monotonic() + 120
-  while _lines(store_file) < 6 and proc.poll() is None and time.monotonic() < deadline:
+  while ((_lines(store_file) < 6 or len(os.listdir(pid_dir)) < 2) and proc.poll() is None
+         and time.monotonic() < deadline):
     time.sleep(0.01)
   time.sleep(0.3)  # nothing else can finish: both workers hang
   os.kill(proc.pid, signal.SIGKILL)
@@ -197,6 +193,13 @@ def test_a_closure_is_rejected_before_any_trial(tmp_path):
   assert _lines(tmp_path / TRIALS_FILE) == 0
 
 
+def test_a_function_workers_cannot_load_is_rejected_before_any_trial(tmp_path):
+  with ProcessPool(1) as pool, pytest.raises(TypeError, match="not in a worker process"):
+    learning_rate_sweep(UnpicklableInWorker(os.getpid()), GRID[:2], 40, out_dir=tmp_path,
+                        progress=False, executor=pool)
+  assert _lines(tmp_path / TRIALS_FILE) == 0  # not recorded as crashes: a rerun runs them
+
+
 def test_diagnose_on_a_thread_pool_equals_sequential(tmp_path):
   kwargs = dict(num_steps=40, short_check_steps=20, progress=False, max_train_steps=400,
                 warmup_candidates=(10, 20))
@@ -225,10 +228,28 @@ def test_plan_workers_fits_the_machine(platform, devices, cores, workers, expect
   assert plan_workers(platform, devices, cores, workers) == expected
 
 
-def test_workers_are_pinned_by_their_own_environment():
+def test_one_worker_means_this_process(tmp_path, reference):
+  executor = optstab.default_executor(1)
+  assert isinstance(executor, InProcessExecutor)
+  offset = 0.0
+
+  def closure(config):  # in this process nothing is pickled: closures are fine
+    return numpy_trial(config.replace(learning_rate=config.learning_rate + offset))
+
+  with executor:
+    sweep = learning_rate_sweep(closure, GRID, 40, out_dir=tmp_path, progress=False,
+                                executor=executor)
+  assert _summary(sweep) == _summary(reference)
+  with pytest.raises(ValueError, match="workers"):
+    optstab.default_executor(0)
+
+
+def test_workers_are_pinned_by_their_own_environment(tmp_path):
   envs = [{"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "1"}]
   with ProcessPool(2, worker_envs=envs) as pool:
-    seen = {f.result() for f in [pool.submit(_slow_getenv, "CUDA_VISIBLE_DEVICES") for _ in range(4)]}
+    futures = [pool.submit(_getenv_when_both_run, "CUDA_VISIBLE_DEVICES", str(tmp_path))
+               for _ in range(2)]
+    seen = {f.result() for f in futures}
   assert seen == {"0", "1"}
   with pytest.raises(ValueError, match="worker_envs must hold one mapping per worker"):
     ProcessPool(3, worker_envs=envs)
@@ -236,8 +257,12 @@ def test_workers_are_pinned_by_their_own_environment():
     ProcessPool(0)
 
 
-def _slow_getenv(name):
-  time.sleep(0.3)  # both workers get one while the other is busy
+def _getenv_when_both_run(name, folder):
+  """``os.environ[name]`` once two workers run this at the same time (so both get one)."""
+  open(os.path.join(folder, str(os.getpid())), "w", encoding="utf-8").close()
+  deadline = time.monotonic() + 120
+  while len(os.listdir(folder)) < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
   return os.environ.get(name)
 
 
@@ -277,13 +302,6 @@ def test_a_four_rate_sweep_compiles_the_model_once():
     sweep = learning_rate_sweep(mlp_trial, rates, 50, progress=False)
   assert rest == [], rest  # the other three rates (and a rerun of the first) compile nothing
   assert all(t.feasible for t in sweep.trials[:2])
-  # The recipe's schedule values equal the schedule's own, step by step, up to
-  # float32 rounding (vectorized and scalar cosines round differently).
-  config = sweep.trials[0].config.replace(warmup_steps=5, schedule="cosine")
-  schedule = config.learning_rate_schedule()
-  np.testing.assert_allclose(optstab.schedule_values(schedule, config.total_steps),
-                             [float(schedule(t)) for t in range(config.total_steps)], rtol=0,
-                             atol=4 * np.finfo(np.float32).eps * config.learning_rate)
 
 
 def test_the_readme_recipe_compiles_once_per_sweep():

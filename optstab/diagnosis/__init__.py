@@ -18,10 +18,12 @@ from optstab.diagnosis.detectors import (
 from optstab.diagnosis.executors import (
     SINGLE_THREADED_ENV,
     WORKER_CRASHED,
+    InProcessExecutor,
     ProcessPool,
     SubmititExecutor,
     default_executor,
     execute_trials,
+    in_process,
     plan_workers,
     run_trial,
 )

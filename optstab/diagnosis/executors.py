@@ -11,8 +11,9 @@ Our position.
   ``executor=``: ``None`` (the default) runs them one after another in this
   process, exactly as before; anything else gets ``run_trial(train_fn,
   config)`` submitted: a ``ProcessPool`` (below), ``ProcessPoolExecutor``,
-  Dask's ``Client.get_executor()``, ``mpi4py.futures.MPIPoolExecutor``, Ray's
-  ``ray.util.ActorPool``-backed executors, or ``SubmititExecutor`` for SLURM.
+  Dask's ``Client.get_executor()``, ``mpi4py.futures.MPIPoolExecutor``, a
+  few lines around Ray's ``ObjectRef.future()`` (the README's recipe), or
+  ``SubmititExecutor`` for SLURM.
 * Workers only compute and return a ``TrialRecord``; the coordinating process
   alone appends to ``trials.jsonl`` (write, flush, fsync, as ``TrialStore``
   promises), in the order trials finish, and returns the records in the order
@@ -20,8 +21,8 @@ Our position.
   none that finished, and the rerun runs only the missing ones.
 * ``default_executor()`` fits the machine: on CPU, one single-threaded XLA
   process per core (``spawn``, never ``fork``: JAX is multithreaded); on one
-  GPU or a TPU host, ``None`` (one process owns the accelerator); on a host
-  with several GPUs, one process per GPU, pinned to it with
+  GPU or a TPU host, ``InProcessExecutor`` (one process owns the accelerator);
+  on a host with several GPUs, one process per GPU, pinned to it with
   ``CUDA_VISIBLE_DEVICES``. One multi-threaded XLA:CPU process keeps about 1.2
   of 2 cores busy on small models; single-threaded processes side by side keep
   every core busy (``benchmarks/sweep_parallel.py`` measures it).
@@ -43,10 +44,16 @@ Where it breaks.
   worker pays the compilation (a persistent compilation cache,
   ``jax_compilation_cache_dir``, shares it between workers and runs).
 * Results are identical to a sequential run when the trial function is
-  deterministic given its configuration in any process. XLA:CPU may reduce in
-  another order with another thread count, so a single-threaded worker can
-  differ from a multi-threaded in-process run in the last bits;
-  ``benchmarks/sweep_parallel.py`` checks it for the WideResNet demo.
+  deterministic given its configuration and the process's settings. XLA:CPU
+  sums some convolutions and matmuls in an order that depends on its thread
+  count, so a single-threaded worker can differ from a multi-threaded
+  in-process run in the float32 rounding, which an unstable trial amplifies
+  (measured on the WideResNet demo's tiny preset: final test losses 6.46 vs
+  6.42 at lr 1). With the same thread setting, results are identical whatever
+  the number of workers and the order trials finish in (tested).
+* A task that a worker cannot even unpickle kills a process-pool worker; so
+  ``train_fn`` is unpickled once in a worker before any trial, and rejected if
+  that fails (a function defined in a notebook cannot reach spawned workers).
 """
 
 from __future__ import annotations
@@ -67,14 +74,17 @@ from optstab.diagnosis.store import TrialRecord
 from optstab.diagnosis.trial import TrialConfig, TrialFn, TrialResult
 
 __all__ = [
+    "InProcessExecutor",
     "ProcessPool",
     "SubmititExecutor",
     "default_executor",
+    "in_process",
     "plan_workers",
     "run_trial",
     "execute_trials",
     "SINGLE_THREADED_ENV",
     "WORKER_CRASHED",
+    "CRASH_ERRORS",
 ]
 
 #: Environment of a single-threaded XLA:CPU worker. ``NPROC`` is what XLA's
@@ -125,6 +135,31 @@ def run_trial(train_fn: TrialFn, config: TrialConfig) -> TrialRecord:
   return record.round_tripped()
 
 
+class InProcessExecutor(cf.Executor):
+  """Runs each task at ``submit``, in the calling thread: ``executor=None`` as an object.
+
+  ``default_executor`` returns it where one process fits the machine (one GPU,
+  a TPU host, one core), so that ``with optstab.default_executor() as pool:``
+  works everywhere; the trial functions treat it exactly like ``None``.
+  """
+
+  max_workers = 1
+
+  def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+    future: cf.Future = cf.Future()
+    future.set_running_or_notify_cancel()
+    try:
+      future.set_result(fn(*args, **kwargs))
+    except BaseException as e:  # pylint: disable=broad-except
+      future.set_exception(e)
+    return future
+
+
+def in_process(executor: Optional[cf.Executor]) -> bool:
+  """Whether trials on ``executor`` run in this process, one after another."""
+  return executor is None or isinstance(executor, InProcessExecutor)
+
+
 # ----------------------------------------------------------------------------
 # Worker processes.
 
@@ -145,11 +180,42 @@ def _exit_when_orphaned(parent: int) -> None:
   os._exit(1)  # the coordinator died (e.g. SIGKILL): do not compute for nobody
 
 
+def _parse_like(text: str, current: Any) -> Any:
+  if isinstance(current, bool):
+    return text.strip().lower() in ("1", "true", "yes", "on")
+  if isinstance(current, (int, float)):
+    return type(current)(float(text)) if isinstance(current, int) else float(text)
+  return text
+
+
+def _apply_jax_options(env: Mapping[str, str]) -> None:
+  """Sets ``JAX_*`` options of ``env`` in ``jax.config`` when JAX is already imported.
+
+  JAX reads its ``JAX_*`` variables when it is imported, and unpickling the
+  initializer (or the parent's main module) may import it first; XLA's flags,
+  read when the backend starts, need nothing more.
+  """
+  jax = sys.modules.get("jax")
+  if jax is None:
+    return
+  for name, value in env.items():
+    option = name.lower()
+    if not option.startswith("jax_"):
+      continue
+    try:
+      current = getattr(jax.config, option)
+    except AttributeError:
+      continue  # a variable JAX does not know as an option
+    jax.config.update(option, _parse_like(value, current))
+
+
 def _initialize_worker(env: Mapping[str, str], slots, parent: int) -> None:
-  """Runs first in each worker, before it touches JAX (XLA reads these at start-up)."""
-  os.environ.update(_merged_env(env))
+  """Runs first in each worker, before it touches JAX's backend (XLA reads these at start-up)."""
+  env = _merged_env(env)
   if slots is not None:
-    os.environ.update(_merged_env(slots.get()))
+    env.update(_merged_env(slots.get()))
+  os.environ.update(env)
+  _apply_jax_options(env)
   threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
 
 
@@ -289,34 +355,34 @@ def plan_workers(platform: str, device_count: int, cpu_cores: int,
 
 
 def default_executor(workers: Optional[int] = None, *,
-                     env: Optional[Mapping[str, str]] = None) -> Optional[ProcessPool]:
-  """The executor that fits this machine, or ``None`` (trials in this process).
+                     env: Optional[Mapping[str, str]] = None) -> cf.Executor:
+  """The executor that fits this machine.
 
   * CPU backend: ``ProcessPool`` of one single-threaded XLA process per core
     (``SINGLE_THREADED_ENV``);
-  * one GPU, or a TPU host: ``None``;
+  * one GPU, a TPU host, or one core: ``InProcessExecutor`` (trials in this
+    process, one after another, as with ``executor=None``);
   * several GPUs: one worker per GPU, pinned with ``CUDA_VISIBLE_DEVICES``
     (``HIP_VISIBLE_DEVICES`` on ROCm).
 
-  Shut the pool down when done (``with default_executor() as pool: ...``; the
-  ``with`` also accepts ``None`` through ``contextlib.nullcontext``).
+  Shut it down when done: ``with optstab.default_executor() as pool: ...``.
 
   Args:
-    workers: override the number of workers; ``1`` gives ``None``.
+    workers: override the number of workers; ``1`` gives ``InProcessExecutor``.
     env: more variables for every worker, e.g. ``{"JAX_COMPILATION_CACHE_DIR":
       path}`` to share compiled programs between the workers and across runs.
 
   Returns:
-    A ``ProcessPool``, or ``None``.
+    A ``ProcessPool``, or an ``InProcessExecutor``.
   """
   if workers is not None:
     _validation.check_positive_int("workers", workers)
   if workers == 1:
-    return None
+    return InProcessExecutor()
   platform, devices = _visible_devices()
   plan = plan_workers(platform, devices, _cpu_cores(), workers)
   if plan is None:
-    return None
+    return InProcessExecutor()
   return ProcessPool(plan["max_workers"], env={**plan["env"], **dict(env or {})},
                      worker_envs=plan["worker_envs"])
 
@@ -419,13 +485,35 @@ def _check_picklable(train_fn: TrialFn, executor: cf.Executor) -> None:
   """Process pools pickle with the standard library: say so before any trial starts."""
   if not isinstance(executor, (ProcessPool, cf.ProcessPoolExecutor)):
     return  # threads need nothing; Dask, Ray and submitit use cloudpickle
+  advice = ("Define it at module level in an importable module (a function, or an instance of "
+            "a module-level class such as a dataclass holding its setup), not as a closure or "
+            "lambda.")
   try:
-    pickle.dumps(train_fn)
+    blob = pickle.dumps(train_fn)
   except Exception as e:  # pylint: disable=broad-except
-    raise TypeError(
-        f"train_fn must pickle to run on a process pool; {train_fn!r} does not ({type(e).__name__}: "
-        f"{e}). Define it at module level (a function, or an instance of a module-level class "
-        "such as a dataclass holding its setup), not as a closure or lambda.") from e
+    raise TypeError(f"train_fn must pickle to run on a process pool; {train_fn!r} does not "
+                    f"({type(e).__name__}: {e}). {advice}") from e
+  # A task a worker cannot unpickle kills the worker, which would read as a crash
+  # of every trial: try once, in a worker, where the error can be returned.
+  error = executor.submit(_unpickling_error, blob).result()
+  if error is not None:
+    raise TypeError(f"train_fn {train_fn!r} pickles here but not in a worker process ({error}); "
+                    f"a function defined in a notebook or a REPL cannot reach spawned workers. "
+                    f"{advice}")
+
+
+def _unpickling_error(blob: bytes) -> Optional[str]:
+  try:
+    pickle.loads(blob)
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{type(e).__name__}: {e}"
+  return None
+
+
+#: Names of the exceptions by which engines say that the process running a task
+#: died (Dask, submitit, Ray), rather than that the task could not be sent.
+CRASH_ERRORS = ("KilledWorker", "UncompletedJobError", "FailedJobError", "WorkerCrashedError",
+                "OutOfMemoryError", "NodeDiedError")
 
 
 def _crashed(config: TrialConfig, error: BaseException) -> TrialRecord:
@@ -457,8 +545,10 @@ def execute_trials(
     TypeError: a process pool was given a ``train_fn`` that does not pickle.
     concurrent.futures.BrokenExecutor: an executor other than ``ProcessPool``
       broke (its unfinished trials are not recorded, so a rerun runs them).
+    RuntimeError: the executor could not run a trial for another reason than
+      its worker dying (``CRASH_ERRORS``); nothing is recorded for it.
   """
-  if executor is None:
+  if in_process(executor):
     for i, config in enumerate(configs):
       finished(i, run_trial(train_fn, config))
     return
@@ -485,8 +575,12 @@ def execute_trials(
         raise
       return None
     except Exception as e:  # pylint: disable=broad-except
-      # The executor could not run or return it (pickling, a lost Dask worker).
-      return TrialRecord(configs[i], None, f"{type(e).__name__}: {e}", 0.0)
+      if type(e).__name__ in CRASH_ERRORS:
+        return _crashed(configs[i], e)
+      # The task never ran as a trial (it could not be sent or unpickled): not a
+      # result to record, since a rerun would then skip it.
+      raise RuntimeError(f"the executor could not run the trial {configs[i].key()}: "
+                         f"{type(e).__name__}: {e}") from e
 
   while queue or in_flight or suspects:
     while queue and len(in_flight) < limit and not suspects:
@@ -504,11 +598,7 @@ def execute_trials(
     # The pool broke and nothing is in flight: run each suspect alone.
     for i in sorted(suspects):
       future = executor.submit(run_trial, train_fn, configs[i])
-      try:
-        record = future.result()
-      except cf.BrokenExecutor as e:
-        record = _crashed(configs[i], e)
-      except Exception as e:  # pylint: disable=broad-except
-        record = TrialRecord(configs[i], None, f"{type(e).__name__}: {e}", 0.0)
-      finished(i, record)
+      cf.wait([future])
+      record = outcome(future, i)
+      finished(i, _crashed(configs[i], future.exception()) if record is None else record)
     suspects.clear()

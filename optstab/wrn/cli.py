@@ -14,7 +14,6 @@ are read back from ``<out>/trials.jsonl`` and skipped.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from typing import Optional, Sequence
@@ -75,10 +74,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if lead:
     where = (f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
              f"{jax.process_count()} process(es)")
-    if executor is not None:
+    if isinstance(executor, ProcessPool):
       where = f"{executor.max_workers} worker processes"
     print(f"optstab-wrn: preset {preset.name} on {where}; writing {args.out}", flush=True)
-  with contextlib.nullcontext() if executor is None else executor:
+  with executor:
     result = experiment.run_experiment(preset, out, data_dir=args.data_dir,
                                        progress=lead and not args.no_progress, executor=executor)
   if lead:

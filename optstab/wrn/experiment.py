@@ -51,6 +51,7 @@ from optstab.diagnosis import (
     TrialStore,
     classify_run,
     check_feasibility,
+    in_process,
     learning_rate_sweep,
     run_trials,
 )
@@ -186,7 +187,7 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
     and ``files`` (name -> path).
   """
   preset = get_preset(preset) if isinstance(preset, str) else preset
-  if mesh is not None and executor is not None:
+  if mesh is not None and not in_process(executor):
     raise ValueError("give mesh or executor, not both: a mesh's devices belong to this process, "
                      "and each worker of an executor trains on its own devices.")
   out_dir = os.fspath(out_dir)
@@ -197,7 +198,7 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
   setup = setup_for(preset, data)
   # Workers' per-trial bars would interleave: with an executor, only the trial count shows.
   trial_fn = wrn_train.make_trial_fn(setup, source, mesh=mesh,
-                                     progress=progress and executor is None)
+                                     progress=progress and in_process(executor))
   store = TrialStore(out_dir)
   lrs = sorted(preset.learning_rates)
 
@@ -216,7 +217,7 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
 
   # Figure 4: four sweeps.
   warmups = (0, preset.warmup_steps) if preset.warmup_steps else (0,)
-  if executor is not None:
+  if not in_process(executor):
     # Every trial that needs no other trial's result, in one batch, so the
     # workers stay busy; the sweeps and the table below read them back from the store.
     run_trials(trial_fn, [_base_config(preset, v, w).replace(learning_rate=lr)
