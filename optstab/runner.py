@@ -571,7 +571,7 @@ def add_process_options(parser: Any) -> None:
 
 
 def start_processes(args: Any, prog: str, *, distributed: bool = False) -> Any:
-  """The executor for ``--workers`` (or ``None``), with the compilation cache set up.
+  """The executor for ``--workers`` (``default_executor``), with the compilation cache set up.
 
   ``args`` holds ``workers``, ``compile_cache`` and ``out``. With
   ``distributed`` (``jax.distributed``: every host shares each trial) only

@@ -14,7 +14,6 @@ are read back from ``<out>/trials.jsonl`` and skipped.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from typing import Optional, Sequence
 
@@ -53,6 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   import jax
 
   from optstab import runner
+  from optstab.diagnosis.executors import ProcessPool
   from optstab.transformer import experiment, presets
 
   executor = runner.start_processes(args, "optstab-transformer")
@@ -67,10 +67,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if changes:
     preset = preset.replace(**changes)
   where = f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
-  if executor is not None:
+  if isinstance(executor, ProcessPool):
     where = f"{executor.max_workers} worker processes"
   print(f"optstab-transformer: preset {preset.name} on {where}; writing {args.out}", flush=True)
-  with contextlib.nullcontext() if executor is None else executor:
+  with executor:
     result = experiment.run_experiment(preset, args.out, corpus=args.corpus,
                                        progress=not args.no_progress, executor=executor)
   s = result.summary

@@ -61,6 +61,7 @@ from optstab.diagnosis import (
     classify_run,
     check_feasibility,
     diagnose,
+    in_process,
     learning_rate_sweep,
     long_check,
     run_trials,
@@ -222,7 +223,7 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
     and ``files`` (name -> path).
   """
   preset = get_preset(preset) if isinstance(preset, str) else preset
-  if mesh is not None and executor is not None:
+  if mesh is not None and not in_process(executor):
     raise ValueError("give mesh or executor, not both: a mesh's devices belong to this process, "
                      "and each worker of an executor trains on its own devices.")
   out_dir = os.fspath(out_dir)
@@ -234,14 +235,14 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
   corpus_data.check_size(text, preset.seq_len, preset.batch_size, preset.eval_sequences)
   # Workers' per-trial bars would interleave: with an executor, only trial counts show.
   trial_fn = transformer_train.make_trial_fn(setup, source, mesh=mesh,
-                                             progress=progress and executor is None)
+                                             progress=progress and in_process(executor))
   store = TrialStore(out_dir)
   lrs = sorted(preset.learning_rates)
   sweep_bases = {name: _config(preset, norm, preset.warmup_steps if warm else 0)
                  for name, norm, warm in CURVES}
   fig6_configs = [_config(preset, "post", w, preset.figure6_learning_rate)
                   for w in preset.figure6_warmups]
-  if executor is not None:
+  if not in_process(executor):
     # Every trial that needs no other trial's result, in one batch, so the workers
     # stay busy; the sweeps and Figure 6 below read them back from the store.
     run_trials(trial_fn, [base.replace(learning_rate=lr) for base in sweep_bases.values()

@@ -57,6 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   import jax
 
   from optstab import runner
+  from optstab.diagnosis.executors import ProcessPool
   from optstab.wrn import experiment, presets
 
   executor = runner.start_processes(args, "optstab-wrn", distributed=args.distributed)
