@@ -30,9 +30,10 @@ Our position.
   few hundred bytes).
 
 Where it breaks. Each trial is its own run: vectorizing several trials in one
-step with ``jax.vmap`` was measured slower on CPU for both demos (XLA:CPU's
-batched convolutions; the Transformer's batched matmuls), so trials run one
-after another in a process and in parallel across processes. A
+step with ``jax.vmap`` was measured slower on CPU (about 8x for 3 WRN-10-1
+trials, XLA:CPU's batched convolutions; slower too for the small Transformer
+in the Transformer issue's measurements), so trials run one after another in a
+process and in parallel across processes. A
 ``TrialFunction`` given an in-memory data set pickles that data with it (fine
 for the shipped digits, wasteful for CIFAR-10: give a ``DataSource`` instead).
 With several processes (``jax.distributed``) every process must build the same
@@ -450,7 +451,7 @@ class _Feed:
       self._it = prefetch_to_device(host, workload.loop.prefetch,
                                     sharding=NamedSharding(mesh, P("data")))
       self.close = self._it.close
-    else:  # make_array_from_process_local_data is not thread-safe across processes' feeds
+    else:  # several processes: each places its own rows in step with the others, unprefetched
       self._it = (shard_batch(mesh, b) for b in host)
       self.close = lambda: None
 
