@@ -21,6 +21,7 @@ from optstab.optimizers import sgd as sgd
 
 # --- schedules (S4) ---
 from optstab.schedules import post_warmup_steps_for as post_warmup_steps_for
+from optstab.schedules import schedule_values as schedule_values
 from optstab.schedules import prepend_warmup as prepend_warmup
 from optstab.schedules import total_steps_with_warmup as total_steps_with_warmup
 from optstab.schedules import warmup as warmup
@@ -71,3 +72,10 @@ from optstab.diagnosis import long_check as long_check
 from optstab.diagnosis import rates_above_best as rates_above_best
 from optstab.diagnosis import short_check as short_check
 from optstab.diagnosis import tune_warmup as tune_warmup
+
+# --- running trials in parallel ---
+from optstab.diagnosis import SINGLE_THREADED_ENV as SINGLE_THREADED_ENV
+from optstab.diagnosis import InProcessExecutor as InProcessExecutor
+from optstab.diagnosis import ProcessPool as ProcessPool
+from optstab.diagnosis import SubmititExecutor as SubmititExecutor
+from optstab.diagnosis import default_executor as default_executor

@@ -448,3 +448,83 @@ def plot_stride_grad_norms(curves, thresholds, path: PathLike, *, learning_rate=
     ax.legend(fontsize="small")
   return _save(fig, path)
 # --- end WideResNet figures ---
+
+# --- Transformer figures (S6) ---
+
+
+def plot_loss_vs_learning_rate(curves, path: PathLike, *, reference=None,
+                               reference_label: str = "trivial level",
+                               ylabel: str = "validation loss",
+                               title: str = "Loss vs learning rate") -> str:
+  """Playbook Figure 8: a loss at a fixed step vs peak learning rate, one curve per model.
+
+  Args:
+    curves: ``{label: (learning_rates, losses, feasible, failed_to_train)}``;
+      ``losses`` may hold NaN/None. Trials that trained are filled markers;
+      failed-to-train ones (finite but stalled) hollow markers at their loss;
+      infeasible ones (NaN/Inf or abnormally high loss) an ``x`` at the top edge.
+      Each curve's lowest loss among its feasible trials is starred.
+    path: PNG file to write.
+    reference: a horizontal dotted line (e.g. the loss of a model that learned
+      nothing), if given.
+    reference_label: its legend entry.
+    ylabel: y-axis label.
+    title: figure title.
+
+  Returns:
+    ``path``.
+  """
+  if not curves:
+    raise ValueError("curves must hold at least one curve; got none.")
+  fig = Figure(figsize=(7.5, 4.8))
+  ax = fig.subplots()
+  parsed = []
+  for label, (lrs, losses, feasible, failed) in curves.items():
+    lrs = _curve(lrs)
+    losses = np.asarray([np.nan if v is None else v for v in losses], np.float64)
+    feasible = np.asarray(feasible, bool).ravel()
+    failed = np.asarray(failed, bool).ravel()
+    if not (lrs.shape == losses.shape == feasible.shape == failed.shape):
+      raise ValueError(f"curve {label!r}: learning_rates, losses, feasible and failed_to_train "
+                       f"must have the same length; got {lrs.size}, {losses.size}, "
+                       f"{feasible.size}, {failed.size}.")
+    parsed.append((label, lrs, losses, feasible, failed))
+  shown_all = np.concatenate([l[f & np.isfinite(l)] for _, _, l, f, _ in parsed])
+  top = shown_all.max() if shown_all.size else 1.0
+  if reference is not None:
+    top = max(top, float(reference))
+  low = shown_all.min() if shown_all.size else 0.0
+  edge = top + 0.05 * max(top - low, 1e-12)
+  styles = ["o-", "s-", "o--", "s--", "^-", "v-"]
+  any_failed = any_bad = False
+  for i, (label, lrs, losses, feasible, failed) in enumerate(parsed):
+    shown = feasible & np.isfinite(losses)
+    line, = ax.plot(lrs[shown], losses[shown], styles[i % len(styles)], label=label)
+    color = line.get_color()
+    stalled = shown & failed
+    if stalled.any():
+      any_failed = True
+      ax.plot(lrs[stalled], losses[stalled], "o", mfc="white", mec=color, ms=11, mew=1.5)
+    bad = ~feasible
+    if bad.any():
+      any_bad = True
+      ax.plot(lrs[bad], np.full(bad.sum(), edge), "x", color=color, ms=9, mew=2)
+    if shown.any():
+      j = int(np.argmin(np.where(shown, losses, np.inf)))
+      ax.plot([lrs[j]], [losses[j]], "*", color=color, ms=15, mec="black")
+  # One legend entry per marker kind, not per curve.
+  ax.plot([], [], "*", color="gray", ms=12, mec="black", label="best rate of each curve")
+  if any_failed:
+    ax.plot([], [], "o", mfc="white", mec="gray", ms=10, mew=1.5, label="failed to train")
+  if any_bad:
+    ax.plot([], [], "x", color="gray", ms=9, mew=2, label="infeasible (drawn at the top)")
+  if reference is not None:
+    ax.axhline(float(reference), color="gray", ls=":", label=reference_label)
+  ax.set_xscale("log")
+  ax.set_xlabel("peak learning rate")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize="x-small")
+  return _save(fig, path)
+# --- end Transformer figures ---

@@ -6,6 +6,15 @@ to use warmup with an existing decay schedule it is *prepended* to that
 schedule, shifting it by ``warmup_steps``. Every schedule here is an optax
 schedule (``step -> value``), safe to call with a traced step under ``jax.jit``.
 
+One compile per sweep. A schedule built from a trial's rate (``optax.cosine_decay_schedule(lr,
+...)``, ``TrialConfig.learning_rate_schedule()``) holds that rate as a Python
+constant, so a jitted training loop that calls it compiles again for every
+rate (optax issue 577). ``schedule_values`` evaluates the schedule on the host
+once per trial, without compiling anything per rate; the loop takes the
+per-step rates as an input array (``jax.lax.scan`` over them, or
+``optax.inject_hyperparams`` fed one value per step), so every rate of a
+sweep reuses one compiled program.
+
 The sweep helpers encode the FAQ's rules of thumb: sweep ``warmup_steps`` over
 orders of magnitude but never above 10% of ``max_train_steps``, pair it with
 ``post_warmup_steps = 2 * warmup_steps``, aim for a base learning rate 10x (or
@@ -20,6 +29,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optstab import _validation
@@ -32,6 +42,7 @@ __all__ = [
     "post_warmup_steps_for",
     "warmup_base_learning_rates",
     "warmup_length_advice",
+    "schedule_values",
 ]
 
 
@@ -300,3 +311,45 @@ def warmup_length_advice(
   return (f"warmup_steps={warmup_steps} is {100 * warmup_steps / max_train_steps:.3g}% of "
           f"max_train_steps={max_train_steps} (more than {100 * max_fraction:g}%): "
           f"increase max_train_steps to at least {needed}.")
+
+
+def schedule_values(
+    schedule: optax.Schedule | float, num_steps: int, dtype: np.dtype = np.float32
+) -> np.ndarray:
+  r"""A schedule's values at steps ``0 .. num_steps - 1``, as a host array.
+
+  .. math::
+
+    v_t = s(t), \quad t = 0, \dots, \text{num\_steps} - 1
+
+  Pass ``v`` to a compiled training loop as data (e.g. ``jax.lax.scan(step,
+  carry, v)``, each step setting ``opt_state.hyperparams["learning_rate"]`` of
+  an ``optax.inject_hyperparams`` optimizer): the compiled program then depends
+  on the run's length only, not on the rate, so a sweep compiles once per
+  model. The schedule is vectorized with ``jax.vmap`` and run op by op (not
+  under ``jit``), so a new rate compiles nothing here either; a schedule that
+  does not vectorize is called step by step.
+
+  Args:
+    schedule: an optax schedule (``step -> value``), or a constant.
+    num_steps: how many steps, an integer >= 1.
+    dtype: the array's dtype (float32 by default, as the loop's).
+
+  Returns:
+    A NumPy array of shape ``[num_steps]``.
+
+  Example:
+    >>> import optstab
+    >>> optstab.schedule_values(optstab.warmup(0.1, warmup_steps=4), 6).tolist()
+    [0.0, 0.02500000037252903, 0.05000000074505806, 0.07500000298023224, 0.10000000149011612, 0.10000000149011612]
+  """
+  _validation.check_positive_int("num_steps", num_steps)
+  if not callable(schedule):
+    return np.full(num_steps, schedule, dtype=dtype)
+  try:
+    values = np.asarray(jax.vmap(schedule)(jnp.arange(num_steps)), dtype=dtype)
+    if values.shape == (num_steps,):
+      return values
+  except Exception:  # pylint: disable=broad-except
+    pass  # a schedule written for concrete Python steps
+  return np.asarray([schedule(t) for t in range(num_steps)], dtype=dtype)

@@ -5,7 +5,7 @@ very Python: the test writes a ``python3`` kernel spec whose argv is
 ``sys.executable`` into a temporary ``JUPYTER_PATH`` (which wins over any user
 or system kernel of that name), and a first cell checks ``sys.prefix``. Like papermill,
 the test inserts a cell right after the one tagged ``parameters`` that shrinks
-the notebook's sizes, so all three run in well under a minute each on 2 CPU
+the notebook's sizes, so each runs in well under a minute on 2 CPU
 cores. One test per notebook, so ``pytest -n 2`` runs them in parallel.
 """
 
@@ -41,6 +41,7 @@ CI_PARAMETERS: dict[str, dict[str, object]] = {
     },
     # "tiny" is the experiment's seconds-long plumbing preset.
     "stride_instability": {"preset_name": "tiny", "progress": False},
+    "postln_warmup": {"preset_name": "tiny", "progress": False},
 }
 
 # Extra environment of a notebook's kernel, appended to the variable's current

@@ -20,12 +20,14 @@ ALLOWED = {
     "store": {"trial"},
     "feasibility": {"trial"},
     "detectors": set(),
-    "sweep": {"trial", "store", "feasibility", "detectors"},
-    "confirm": {"trial", "store", "feasibility", "sweep", "detectors"},
-    "warmup_tuner": {"trial", "store", "feasibility", "sweep", "detectors"},
-    "report": {"trial", "store", "feasibility", "sweep", "detectors", "confirm", "warmup_tuner"},
+    "executors": {"trial", "store"},
+    "sweep": {"trial", "store", "feasibility", "detectors", "executors"},
+    "confirm": {"trial", "store", "feasibility", "sweep", "detectors", "executors"},
+    "warmup_tuner": {"trial", "store", "feasibility", "sweep", "detectors", "executors"},
+    "report": {"trial", "store", "feasibility", "sweep", "detectors", "confirm", "warmup_tuner",
+               "executors"},
     "procedure": {"trial", "store", "feasibility", "sweep", "detectors", "confirm",
-                  "warmup_tuner", "report"},
+                  "warmup_tuner", "report", "executors"},
 }
 
 

@@ -14,43 +14,16 @@ import numpy as np
 
 from optstab.diagnosis import TrialConfig, TrialRecord, TrialStore, learning_rate_sweep
 from optstab.diagnosis.store import TRIALS_FILE
+from _executor_trials import GRID, numpy_trial
 from test_diagnosis_problems import noisy_numpy_trial
 
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
 # The trial the killed subprocess and the reference run both use: cheap numpy;
-# 0.7 raises, >= 2 diverges. In the subprocess, the 5th trial hangs, so the
-# SIGKILL lands in the middle of a trial after exactly 4 were recorded.
-TRIAL_SOURCE = textwrap.dedent('''
-    import os
-    import time
-    import numpy as np
-    from optstab.diagnosis.trial import TrialResult
-
-    CALLS = []
-
-    def trial(config):
-      CALLS.append(config)
-      if len(CALLS) > int(os.environ.get("OPTSTAB_TEST_HANG_AFTER", "1000000")):
-        time.sleep(600)  # the subprocess hangs inside a trial until it is killed
-      time.sleep(0.05)
-      if abs(config.learning_rate - 0.7) < 1e-12:
-        raise RuntimeError("simulated crash")
-      x, losses = 1.0, []
-      rng = np.random.default_rng(config.seed)
-      for _ in range(config.total_steps):
-        losses.append(0.5 * x * x + 0.001 * rng.random())
-        x -= config.learning_rate * x
-      losses = np.array(losses)
-      steps = config.eval_steps()
-      return TrialResult(config, losses, steps, {"loss": losses[steps - 1]}, np.abs(losses))
-
-    GRID = [0.05, 0.1, 0.2, 0.4, 0.7, 1.0, 1.5, 1.9, 2.1, 2.5, 3.0, 4.0]
-''')
-
-
-def _load_trial():
-  namespace: dict = {}
-  exec(TRIAL_SOURCE, namespace)  # pylint: disable=exec-used
-  return namespace["trial"], namespace["GRID"]
+# 0.7 raises, >= 2 diverges. In the subprocess, the 5th trial hangs
+# (OPTSTAB_TEST_HANG_LRS), so the SIGKILL lands in the middle of a trial after
+# exactly 4 were recorded.
+HANG_AT = GRID[4]
 
 
 def _summary(sweep):
@@ -66,14 +39,16 @@ def _lines(path):
 
 
 def test_sweep_killed_with_sigkill_resumes_to_the_same_results(tmp_path):
-  trial, grid = _load_trial()
+  trial, grid = numpy_trial, GRID
   killed_dir = tmp_path / "killed"
   script = tmp_path / "run_sweep.py"
-  script.write_text(TRIAL_SOURCE + textwrap.dedent(f'''
+  script.write_text(textwrap.dedent(f'''
+      from _executor_trials import GRID, numpy_trial
       from optstab.diagnosis.sweep import learning_rate_sweep
-      learning_rate_sweep(trial, GRID, 40, out_dir={str(killed_dir)!r}, progress=False)
+      learning_rate_sweep(numpy_trial, GRID, 40, out_dir={str(killed_dir)!r}, progress=False)
   '''))
-  env = dict(os.environ, JAX_PLATFORMS="cpu", OPTSTAB_TEST_HANG_AFTER="4")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", OPTSTAB_TEST_HANG_LRS=str(HANG_AT),
+             PYTHONPATH=os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")]))
   proc = subprocess.Popen([sys.executable, str(script)], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   store_file = killed_dir / TRIALS_FILE

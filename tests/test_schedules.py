@@ -122,10 +122,24 @@ def test_length_advice_above_five_percent():
     (lambda: optstab.warmup_base_learning_rates(0.1, factors=(0.5,)), "factors"),
     (lambda: optstab.warmup_length_advice(0, 100), "warmup_steps"),
     (lambda: optstab.warmup_length_advice(10, 100, max_fraction=2.0), "max_fraction"),
+    (lambda: optstab.schedule_values(0.1, 0), "num_steps"),
 ])
 def test_bad_input_names_the_argument(call, name):
   with pytest.raises(ValueError, match=name):
     call()
+
+
+def test_schedule_values_of_vectorized_python_and_constant_schedules():
+  cosine = optstab.prepend_warmup(optax.cosine_decay_schedule(0.1, 20), 5)
+  values = optstab.schedule_values(cosine, 25)
+  assert values.dtype == np.float32 and values.shape == (25,)
+  # Vectorized and step-by-step evaluation agree to float32 rounding at the peak.
+  np.testing.assert_allclose(values, [float(cosine(t)) for t in range(25)], rtol=0,
+                             atol=4 * np.finfo(np.float32).eps * 0.1)
+  python_only = lambda t: 0.1 if t < 3 else 0.01  # branches on a concrete step: no vmap
+  np.testing.assert_array_equal(optstab.schedule_values(python_only, 5),
+                                np.float32([0.1, 0.1, 0.1, 0.01, 0.01]))
+  np.testing.assert_array_equal(optstab.schedule_values(0.5, 3, dtype=np.float64), [0.5] * 3)
 
 
 def test_public_names():

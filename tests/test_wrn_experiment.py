@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from optstab.diagnosis import TrialStore
+from optstab.diagnosis import SINGLE_THREADED_ENV, ProcessPool, TrialStore
 from optstab.wrn import cli, experiment
 from optstab.wrn import train as wrn_train
 from optstab.wrn.presets import PRESETS, get_preset
@@ -34,7 +34,7 @@ def test_cli_tiny_end_to_end_then_interrupted_run_resumes_to_the_same_results(tm
   # 1. The command, uninterrupted (no compile cache: keep tmp_path small and the run honest).
   full = tmp_path / "full"
   assert cli.main(["--preset", "tiny", "--out", str(full), "--no-progress",
-                   "--compile-cache", "none"]) == 0
+                   "--compile-cache", "none", "--workers", "1"]) == 0
   for name in EXPECTED_FILES:
     assert (full / name).stat().st_size > 0, name
   summary = json.loads((full / "results.json").read_text())
@@ -109,6 +109,36 @@ def test_cli_tiny_end_to_end_then_interrupted_run_resumes_to_the_same_results(tm
   before = len(calls)
   experiment.run_experiment("tiny", part, progress=False)
   assert len(calls) == before
+
+
+def test_cli_on_two_worker_processes_equals_one_worker_trial_by_trial(tmp_path):
+  """Parallel trials: the same numbers whatever the number of workers and the finishing order.
+
+  Both runs use single-threaded XLA workers: an in-process run with XLA's own
+  thread pool may sum in another order (see optstab.diagnosis.executors).
+  """
+  parallel, cache = tmp_path / "parallel", tmp_path / "cache"
+  assert cli.main(["--preset", "tiny", "--out", str(parallel), "--no-progress",
+                   "--compile-cache", str(cache), "--workers", "2"]) == 0
+  assert any(cache.iterdir())  # the workers wrote the shared compilation cache...
+  one = tmp_path / "one"
+  # ...which the next run's worker reads instead of compiling again.
+  env = {**SINGLE_THREADED_ENV, "JAX_COMPILATION_CACHE_DIR": str(cache),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  with ProcessPool(1, env=env) as pool:
+    experiment.run_experiment("tiny", one, progress=False, executor=pool)
+  want, got = _results_by_key(one), _results_by_key(parallel)
+  assert want.keys() == got.keys()
+  for key in want:
+    np.testing.assert_array_equal(got[key].train_loss, want[key].train_loss)
+    np.testing.assert_array_equal(got[key].grad_norms, want[key].grad_norms)
+  a, b = (json.loads((d / "results.json").read_text()) for d in (one, parallel))
+  for part in ("figure4", "figure5", "figure9", "mitigations"):
+    assert _drop_seconds(a[part]) == _drop_seconds(b[part]), part
+  with pytest.raises(ValueError, match="mesh or executor"):
+    experiment.run_experiment("tiny", tmp_path / "x", mesh=wrn_train.data_mesh(), executor=pool)
+  with pytest.raises(SystemExit, match="--workers"):
+    cli.main(["--preset", "tiny", "--out", str(tmp_path / "y"), "--workers", "0"])
 
 
 def test_presets_are_consistent():

@@ -21,6 +21,18 @@ from optstab.diagnosis.detectors import (
     final_loss_level,
     most_severe,
 )
+from optstab.diagnosis.executors import (
+    SINGLE_THREADED_ENV,
+    WORKER_CRASHED,
+    InProcessExecutor,
+    ProcessPool,
+    SubmititExecutor,
+    default_executor,
+    execute_trials,
+    in_process,
+    plan_workers,
+    run_trial,
+)
 from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
 from optstab.diagnosis.procedure import diagnose, unstable_learning_rate
 from optstab.diagnosis.report import Diagnosis, Finding, make_diagnosis, write_report

@@ -24,6 +24,7 @@ recorded in the same store as the sweep, so re-running resumes.
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import Executor
 from typing import Any, Optional, Sequence
 
 from optstab import _validation
@@ -161,6 +162,7 @@ def short_check(
     out_dir: Optional[PathLike] = None,
     store: Optional[TrialStore] = None,
     progress: bool = True,
+    executor: Optional[Executor] = None,
 ) -> ConfirmationRun:
   """The FAQ's early-instability check: ~500 steps at 2 x lr*, looked at every step.
 
@@ -181,6 +183,7 @@ def short_check(
     out_dir: folder of the trial store (resume).
     store: an open ``TrialStore`` instead of ``out_dir``.
     progress: show a progress bar.
+    executor: a ``concurrent.futures.Executor`` to run on (see ``run_trials``).
 
   Returns:
     A ``ConfirmationRun``; ``label == "early-unstable"`` (with ``recovered``)
@@ -195,7 +198,7 @@ def short_check(
       learning_rate=factor * best.learning_rate, num_steps=num_steps,
       eval_every=best.config.eval_every if eval_every is None else eval_every)
   (record,) = run_trials(train_fn, [config], out_dir=out_dir, store=store, progress=progress,
-                         desc="short check")
+                         desc="short check", executor=executor)
   return _confirm("short check", factor, record, sweep, rule, thresholds,
                   use_reference=config.total_steps >= best.config.total_steps)
 
@@ -211,6 +214,7 @@ def long_check(
     out_dir: Optional[PathLike] = None,
     store: Optional[TrialStore] = None,
     progress: bool = True,
+    executor: Optional[Executor] = None,
 ) -> tuple[ConfirmationRun, ...]:
   """The FAQ's Figure-7b check: full-length runs at 5 x and 10 x lr*.
 
@@ -224,6 +228,7 @@ def long_check(
     out_dir: folder of the trial store (resume).
     store: an open ``TrialStore`` instead of ``out_dir``.
     progress: show a progress bar.
+    executor: a ``concurrent.futures.Executor`` to run on (see ``run_trials``).
 
   Returns:
     One ``ConfirmationRun`` per factor; ``diagnosis.loss_spikes`` holds the
@@ -244,7 +249,7 @@ def long_check(
       config = config.replace(num_steps=num_steps)
     configs.append(config)
   records = run_trials(train_fn, configs, out_dir=out_dir, store=store, progress=progress,
-                       desc="long check")
+                       desc="long check", executor=executor)
   return tuple(
       _confirm("long check", f, r, sweep, rule, thresholds,
                use_reference=r.config.total_steps >= best.config.total_steps)

@@ -27,6 +27,7 @@ then writes the report (``write_report``): ``diagnosis.md``,
 from __future__ import annotations
 
 import math
+from concurrent.futures import Executor
 from typing import Optional, Sequence
 
 from optstab import _validation
@@ -100,6 +101,7 @@ def diagnose(
     trivial_loss: Optional[float] = None,
     short_check_eval_every: Optional[int] = None,
     warmup_match_tolerance: float = 0.02,
+    executor: Optional[Executor] = None,
 ) -> Diagnosis:
   """Runs the FAQ's instability diagnosis and writes the report into ``out_dir``.
 
@@ -134,6 +136,9 @@ def diagnose(
       (default) the sweep's, 1 every step.
     warmup_match_tolerance: the warmup "matches" lr* within this fraction of
       lr*'s best-checkpoint metric (or its evaluation noise, if larger).
+    executor: a ``concurrent.futures.Executor`` every step's trials run on
+      (``optstab.diagnosis.default_executor()`` fits the machine); ``None``:
+      in turn in this process. Only this process writes ``out_dir``.
 
   Returns:
     The ``Diagnosis``, with ``files`` naming what was written.
@@ -175,17 +180,17 @@ def diagnose(
   sweep = learning_rate_sweep(
       train_fn, learning_rates, num_steps, base_config=base_config, metric=metric, mode=mode,
       reduce=reduce, rule=rule, store=store, progress=progress, trivial_loss=trivial_loss,
-      thresholds=thresholds,
+      thresholds=thresholds, executor=executor,
   )
   if sweep.best is None:
     return write_report(make_diagnosis(sweep), out_dir)
   above = rates_above_best(sweep, count=above_count)
   short = short_check(train_fn, sweep, factor=short_check_factor, num_steps=short_check_steps,
-                      eval_every=short_check_eval_every, store=store, progress=progress)
+                      eval_every=short_check_eval_every, store=store, progress=progress, executor=executor)
   longs = ()
   if tuple(long_check_factors):
     longs = long_check(train_fn, sweep, factors=long_check_factors, num_steps=long_check_steps,
-                       store=store, progress=progress)
+                       store=store, progress=progress, executor=executor)
   preliminary = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs)
   notes = []
   warmup = None
@@ -200,7 +205,7 @@ def diagnose(
       warmup = tune_warmup(
           train_fn, rate, max_train_steps, baseline=sweep, factors=warmup_factors,
           candidates=warmup_candidates, match_tolerance=warmup_match_tolerance, store=store,
-          progress=progress,
+          progress=progress, executor=executor,
       )
   diagnosis = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs,
                              warmup=warmup, notes=tuple(notes))

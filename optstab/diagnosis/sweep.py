@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
+from concurrent.futures import Executor
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
@@ -48,6 +48,7 @@ from optstab.diagnosis.detectors import (
     final_loss_level,
     most_severe,
 )
+from optstab.diagnosis import executors
 from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
 from optstab.diagnosis.store import RecordView, TrialRecord, TrialStore
 from optstab.diagnosis.trial import TrialConfig, TrialFn, TrialResult
@@ -127,53 +128,61 @@ def run_trials(
     store: Optional[TrialStore] = None,
     progress: bool = True,
     desc: str = "trials",
+    executor: Optional[Executor] = None,
 ) -> list[TrialRecord]:
   """Runs each configuration once, durably recording each as it finishes.
 
-  Trials already in the store are not run again. A trial that raises (any
-  ``Exception``), or returns something that is not a ``TrialResult`` of its own
-  configuration, is recorded with the error, and the next trial runs.
+  Trials already in the store are not run again (nor is a configuration given
+  twice). A trial that raises (any ``Exception``), or returns something that is
+  not a ``TrialResult`` of its own configuration, is recorded with the error,
+  and the next trial runs; so is a trial that kills its worker process.
 
   Args:
-    train_fn: the user's training function (``TrialFn``).
+    train_fn: the user's training function (``TrialFn``); it must pickle when
+      ``executor`` is a process pool.
     configs: the trials to run.
     out_dir: folder of the store (``<out_dir>/trials.jsonl``); ``None`` with
       ``store=None`` keeps nothing on disk.
     store: an open ``TrialStore`` (instead of ``out_dir``).
     progress: show a tqdm progress bar.
     desc: the progress bar's label.
+    executor: a ``concurrent.futures.Executor`` to run the trials on
+      (``optstab.diagnosis.executors``: e.g. ``default_executor()``, a Dask
+      ``Client.get_executor()``); ``None`` runs them in turn in this process.
+      Only this process writes the store, as each trial finishes.
 
   Returns:
     One ``TrialRecord`` per configuration, in the order given, each in the form
-    a reload from disk returns.
+    a reload from disk returns, whatever the order the trials finished in.
   """
   if store is None and out_dir is not None:
     store = TrialStore(out_dir)
-  records = []
-  bar = tqdm(configs, desc=desc, disable=not progress, leave=False)
-  for config in bar:
+  for config in configs:
     if not isinstance(config, TrialConfig):
       raise TypeError(f"configs must hold TrialConfig objects; got {type(config).__name__}.")
+  records: dict[str, TrialRecord] = {}
+  missing: dict[str, TrialConfig] = {}
+  for config in configs:
     stored = store.get(config) if store is not None else None
     if stored is not None:
-      records.append(stored)
-      continue
-    bar.set_postfix(lr=f"{config.learning_rate:.3g}", warmup=config.warmup_steps)
-    start = time.perf_counter()
-    try:
-      result = train_fn(config)
-      if not isinstance(result, TrialResult):
-        raise TypeError(f"the training function returned {type(result).__name__}, not TrialResult")
-      if result.config.key() != config.key():
-        raise ValueError("the training function returned a TrialResult of another config")
-      record = TrialRecord(config, result, None, time.perf_counter() - start)
-    except Exception as e:  # pylint: disable=broad-except
-      record = TrialRecord(config, None, f"{type(e).__name__}: {e}", time.perf_counter() - start)
-    record = record.round_tripped()
+      records[config.key()] = stored
+    else:
+      missing.setdefault(config.key(), config)
+  todo = list(missing.values())
+  bar = tqdm(total=len(todo), desc=desc, disable=not progress or not todo, leave=False)
+
+  def finished(index: int, record: TrialRecord) -> None:
     if store is not None:
       store.append(record)
-    records.append(record)
-  return records
+    records[record.key] = record
+    bar.set_postfix(lr=f"{record.config.learning_rate:.3g}", warmup=record.config.warmup_steps)
+    bar.update(1)
+
+  try:
+    executors.execute_trials(train_fn, todo, finished, executor)
+  finally:
+    bar.close()
+  return [records[config.key()] for config in configs]
 
 
 def metric_value(result: TrialResult, metric: str = "loss", mode: str = "min", reduce: str = "final") -> float:
@@ -486,6 +495,7 @@ def learning_rate_sweep(
     progress: bool = True,
     trivial_loss: Optional[float] = None,
     thresholds: Optional[DetectorThresholds] = None,
+    executor: Optional[Executor] = None,
 ) -> SweepResult:
   """Trains at each learning rate, labels every trial and picks lr*.
 
@@ -510,6 +520,8 @@ def learning_rate_sweep(
       ``math.log(num_classes)``): trials stalled there are failed-to-train.
     thresholds: the ``DetectorThresholds`` of the labels (default
       ``DetectorThresholds()``).
+    executor: run the trials on this ``concurrent.futures.Executor`` (see
+      ``run_trials``); ``None``: one after another in this process.
 
   Returns:
     A ``SweepResult``: ``best_learning_rate`` (lr*), ``at_edge_of_feasibility``,
@@ -535,7 +547,8 @@ def learning_rate_sweep(
   rule = FeasibilityRule() if rule is None else rule
   configs = [base_config.replace(learning_rate=rate) for rate in rates]
   records = run_trials(
-      train_fn, configs, out_dir=out_dir, store=store, progress=progress, desc="learning-rate sweep"
+      train_fn, configs, out_dir=out_dir, store=store, progress=progress, desc="learning-rate sweep",
+      executor=executor,
   )
   thresholds = DetectorThresholds() if thresholds is None else thresholds
   trials, reference = judge_sweep(records, rule, metric, mode, reduce, thresholds=thresholds,

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from concurrent.futures import Executor
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -351,6 +352,7 @@ def compare_with_baseline(
     out_dir: Optional[PathLike] = None,
     store: Optional[TrialStore] = None,
     progress: bool = True,
+    executor: Optional[Executor] = None,
 ) -> WarmupTuningResult:
   """S4's last step: prepend each search's warmup to the baseline and compare.
 
@@ -370,6 +372,7 @@ def compare_with_baseline(
     out_dir: folder of the trial store (resume).
     store: an open ``TrialStore`` instead of ``out_dir``.
     progress: show a progress bar.
+    executor: a ``concurrent.futures.Executor`` to run on (see ``run_trials``).
 
   Returns:
     ``tuning`` with ``comparisons`` filled in; ``recommendation`` is the one to
@@ -387,7 +390,7 @@ def compare_with_baseline(
   configs = [baseline.config.replace(learning_rate=s.base_learning_rate,
                                      warmup_steps=s.shortest_training_warmup) for s in found]
   records = run_trials(train_fn, configs, out_dir=out_dir, store=store, progress=progress,
-                       desc="warmup vs baseline")
+                       desc="warmup vs baseline", executor=executor)
   base_value = metric_value(baseline.result, sweep.metric, sweep.mode, "best")
   if match_margin is None:
     noise = _evaluation_noise(_metric_series(baseline, sweep.metric))
@@ -425,6 +428,7 @@ def tune_warmup(
     out_dir: Optional[PathLike] = None,
     store: Optional[TrialStore] = None,
     progress: bool = True,
+    executor: Optional[Executor] = None,
 ) -> WarmupTuningResult:
   """Finds the shortest warmup that trains at 10 x the unstable rate, and checks it helps (S4).
 
@@ -462,6 +466,7 @@ def tune_warmup(
     out_dir: folder of the trial store (resume).
     store: an open ``TrialStore`` instead of ``out_dir``.
     progress: show a progress bar.
+    executor: a ``concurrent.futures.Executor`` to run on (see ``run_trials``).
 
   Returns:
     A ``WarmupTuningResult``: ``warmup_steps`` (shortest that trains, or
@@ -507,7 +512,7 @@ def tune_warmup(
           schedule="constant",
       )
       bar.set_postfix(lr=f"{rate:.3g}", warmup=warmup_steps)
-      (record,) = run_trials(train_fn, [config], store=store, progress=False)
+      (record,) = run_trials(train_fn, [config], store=store, progress=False, executor=executor)
       bar.update(1)
       # Short trials: judged on their own curve and the trivial level, not on
       # the baseline's final loss, which they have too few steps to reach.
@@ -524,5 +529,6 @@ def tune_warmup(
   )
   if baseline is not None and baseline.best is not None:
     result = compare_with_baseline(train_fn, result, baseline, match_tolerance=match_tolerance,
-                                   match_margin=match_margin, store=store, progress=progress)
+                                   match_margin=match_margin, store=store, progress=progress,
+                                   executor=executor)
   return result

@@ -4,6 +4,7 @@ Examples::
 
   optstab-wrn --preset quick --out runs/quick            # CPU, offline, a few minutes
   optstab-wrn --preset quick --out runs/quick --seeds 0 1 2 3   # four seeds, verdicts counted
+  optstab-wrn --preset quick --out runs/q1 --workers 1   # every trial in this process
   optstab-wrn --preset cifar10-gpu --out runs/c10 --data-dir ~/data
   optstab-wrn --preset cifar10-tpu --out gs-mounted/run --distributed   # every TPU host
 
@@ -22,6 +23,7 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+  from optstab import runner
   from optstab.wrn.presets import PRESETS
 
   lines = "\n".join(f"  {name:12s} {p.description}" for name, p in PRESETS.items())
@@ -50,9 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--distributed", action="store_true",
                       help="call jax.distributed.initialize() first (multi-host: run the same "
                            "command on every host)")
-  parser.add_argument("--compile-cache", default=None,
-                      help="persistent XLA compilation cache folder (default: <out>/.jax_cache; "
-                           "'none' disables)")
+  runner.add_process_options(parser)
   parser.add_argument("--no-progress", action="store_true", help="no progress bars")
   return parser
 
@@ -61,13 +61,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   import jax
 
-  from optstab.wrn import experiment, presets, train
+  from optstab import runner
+  from optstab.diagnosis.executors import ProcessPool
+  from optstab.wrn import experiment, presets
 
-  train.maybe_initialize_distributed(args.distributed)
-  cache = args.compile_cache or os.path.join(args.out, ".jax_cache")
-  if cache.lower() != "none":
-    jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  executor = runner.start_processes(args, "optstab-wrn", distributed=args.distributed)
   preset = presets.get_preset(args.preset)
   changes = {}
   if args.learning_rates is not None:
@@ -80,10 +78,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   lead = jax.process_index() == 0
   out = args.out if lead else os.path.join(args.out, f".process{jax.process_index()}")
   if lead:
-    print(f"optstab-wrn: preset {preset.name} on {jax.device_count()} {jax.devices()[0].platform} "
-          f"device(s), {jax.process_count()} process(es); writing {args.out}", flush=True)
-  result = experiment.run_experiment(preset, out, data_dir=args.data_dir,
-                                     progress=lead and not args.no_progress, seeds=args.seeds)
+    where = (f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
+             f"{jax.process_count()} process(es)")
+    if isinstance(executor, ProcessPool):
+      where = f"{executor.max_workers} worker processes"
+    print(f"optstab-wrn: preset {preset.name} on {where}; writing {args.out}", flush=True)
+  with executor:
+    result = experiment.run_experiment(preset, out, data_dir=args.data_dir,
+                                       progress=lead and not args.no_progress, executor=executor,
+                                       seeds=args.seeds)
   if lead:
     s = result.summary
     print("\n".join(experiment.verdicts(s)))

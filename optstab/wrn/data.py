@@ -17,8 +17,9 @@ and the data set's default :class:`Augmentation`):
 The input pipeline runs on the host in NumPy: :func:`batch_iterator` yields
 :class:`Batch` es (normalized float32 images, labels, a validity mask) for a
 seeded sequence of epochs, with random-crop / flip augmentation;
-:func:`prefetch_to_device` moves them to the accelerator from a background
-thread (optionally with a ``jax.sharding.Sharding`` for data parallelism), so
+:func:`prefetch_to_device` (the trial runner's, :mod:`optstab.runner`) moves
+them to the accelerator from a background thread (optionally with a
+``jax.sharding.Sharding`` for data parallelism), so
 neither step sits on the training step's critical path::
 
   data = load_digits(image_size=32)
@@ -37,19 +38,20 @@ import importlib.resources
 import os
 import pathlib
 import pickle
-import queue
 import shutil
 import tarfile
 import tempfile
-import threading
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Iterable, Iterator, Literal, NamedTuple
+from typing import Any, Callable, Iterator, Literal, NamedTuple
 
-import jax
 import numpy as np
 
 from optstab import _validation
+# The device prefetch is the trial runner's, shared with the Transformer demo;
+# re-exported here, where the input pipeline is.
+from optstab.runner import Prefetcher as Prefetcher
+from optstab.runner import prefetch_to_device as prefetch_to_device
 
 __all__ = [
     "CIFAR10_URL",
@@ -661,113 +663,3 @@ def batch_iterator(
     yield from epoch_batches(dataset, split, batch_size, epoch=epoch, seed=seed, shuffle=shuffle,
                              augmentation=augmentation, remainder=remainder)
     epoch += 1
-
-
-class _Raised(NamedTuple):
-  error: BaseException
-
-
-_DONE = object()
-
-
-def _put_unless_stopped(q: queue.Queue, stop: threading.Event, item: Any) -> bool:
-  while not stop.is_set():
-    try:
-      q.put(item, timeout=0.1)
-      return True
-    except queue.Full:
-      continue
-  return False
-
-
-def _produce(source: Iterator[Any], sharding: Any, q: queue.Queue, stop: threading.Event) -> None:
-  # A plain function holding no reference to the Prefetcher, so an abandoned
-  # Prefetcher is garbage collected, and its __del__ stops this thread.
-  try:
-    for item in source:
-      if stop.is_set():
-        return
-      item = jax.device_put(item) if sharding is None else jax.device_put(item, sharding)
-      if not _put_unless_stopped(q, stop, item):
-        return
-  except BaseException as e:  # re-raised in the consumer's thread
-    _put_unless_stopped(q, stop, _Raised(e))
-    return
-  _put_unless_stopped(q, stop, _DONE)
-
-
-class Prefetcher:
-  """Iterator that device-puts the items of another one from a background thread.
-
-  Up to ``buffer_size`` items are transferred ahead of the consumer. Errors in
-  the source iterator are re-raised by ``next``. Call :meth:`close` (or use it as
-  a context manager) to stop the thread early; an abandoned ``Prefetcher`` stops
-  it when garbage collected.
-  """
-
-  def __init__(self, iterator: Iterable[Any], buffer_size: int = 2, *,
-               sharding: Any = None):
-    _validation.check_positive_int("buffer_size", buffer_size)
-    self._queue: queue.Queue = queue.Queue(maxsize=buffer_size)
-    self._stop = threading.Event()
-    self._finished = False
-    self._thread = threading.Thread(
-        target=_produce, args=(iter(iterator), sharding, self._queue, self._stop),
-        name="optstab-prefetch", daemon=True)
-    self._thread.start()
-
-  def __iter__(self) -> "Prefetcher":
-    return self
-
-  def __next__(self) -> Any:
-    if self._finished:
-      raise StopIteration
-    item = self._queue.get()
-    if item is _DONE:
-      self._finished = True
-      raise StopIteration
-    if isinstance(item, _Raised):
-      self._finished = True
-      raise item.error
-    return item
-
-  def close(self) -> None:
-    """Stops the background thread and drops the buffered items."""
-    self._stop.set()
-    self._finished = True
-    while True:
-      try:
-        self._queue.get_nowait()
-      except queue.Empty:
-        break
-    self._thread.join(timeout=5.0)
-
-  def __enter__(self) -> "Prefetcher":
-    return self
-
-  def __exit__(self, *exc: Any) -> None:
-    self.close()
-
-  def __del__(self) -> None:
-    stop = getattr(self, "_stop", None)
-    if stop is not None:
-      stop.set()
-
-
-def prefetch_to_device(iterator: Iterable[Any], buffer_size: int = 2, *, sharding: Any = None) -> Prefetcher:
-  """Moves an iterator's items (e.g. :class:`Batch` es) to device ahead of use.
-
-  Args:
-    iterator: yields pytrees of host arrays.
-    buffer_size: items transferred ahead of the consumer (2 hides one
-      host-to-device copy behind one training step).
-    sharding: passed to ``jax.device_put``: ``None`` (default device), a
-      ``jax.Device``, a ``jax.sharding.Sharding`` such as
-      ``NamedSharding(mesh, PartitionSpec("data"))`` to split the batch axis
-      over devices (the batch size must be divisible by their number), or a
-      pytree of those matching the items.
-
-  Returns:
-    A :class:`Prefetcher` yielding the same items as ``iterator``, on device.
-  """
-  return Prefetcher(iterator, buffer_size, sharding=sharding)

@@ -51,12 +51,13 @@ import math
 import os
 import platform
 import time
+from concurrent.futures import Executor
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
 import optstab
-from optstab import clipping, plots
+from optstab import clipping, plots, runner
 from optstab import _validation
 from optstab.diagnosis import (
     EARLY_UNSTABLE,
@@ -66,6 +67,9 @@ from optstab.diagnosis import (
     SweepTrial,
     TrialConfig,
     TrialStore,
+    classify_run,
+    check_feasibility,
+    in_process,
     learning_rate_sweep,
     run_trials,
 )
@@ -76,8 +80,8 @@ from optstab.wrn import train as wrn_train
 from optstab.wrn.model import WideResNetConfig
 from optstab.wrn.presets import PUBLISHED, Preset, get_preset
 
-__all__ = ["run_experiment", "load_preset_data", "setup_for", "VARIANTS", "ExperimentResult",
-           "environment", "verdicts", "render_report"]
+__all__ = ["run_experiment", "load_preset_data", "data_source_for", "setup_for", "VARIANTS",
+           "ExperimentResult", "environment", "verdicts", "render_report"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -95,16 +99,16 @@ RESTORED_FACTOR = 2.0
 RESTORED_SLACK = 0.01
 
 
+def data_source_for(preset: Preset, data_dir: Optional[PathLike] = None) -> wrn_train.ImageDataSource:
+  """How to load the preset's data (picklable: trial workers load it themselves)."""
+  return wrn_train.ImageDataSource(
+      preset.dataset, image_size=preset.image_size, train_size=preset.train_size,
+      data_dir=None if data_dir is None else os.fspath(data_dir))
+
+
 def load_preset_data(preset: Preset, data_dir: Optional[PathLike] = None) -> wrn_data.ImageDataset:
-  """The preset's data set (digits: shipped, offline; CIFAR-10: from ``data_dir``)."""
-  if preset.dataset == "digits":
-    data = wrn_data.load_digits(image_size=preset.image_size)
-  else:
-    data = wrn_data.load_cifar10(data_dir)
-  if preset.train_size is not None and preset.train_size < len(data.train_labels):
-    data = dataclasses.replace(data, train_images=data.train_images[:preset.train_size],
-                               train_labels=data.train_labels[:preset.train_size])
-  return data
+  """The preset's data set (digits: shipped, offline; CIFAR-10: from ``data_dir``), once per process."""
+  return runner.load_data(data_source_for(preset, data_dir))
 
 
 def setup_for(preset: Preset, data: wrn_data.ImageDataset) -> wrn_train.TrainSetup:
@@ -217,7 +221,8 @@ class ExperimentResult:
 def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
                    data_dir: Optional[PathLike] = None, progress: bool = True,
                    mesh=None, data: Optional[wrn_data.ImageDataset] = None,
-                   seeds: Optional[Sequence[int]] = None) -> ExperimentResult:
+                   seeds: Optional[Sequence[int]] = None,
+                   executor: Optional[Executor] = None) -> ExperimentResult:
   """Runs (or resumes) the whole experiment of ``preset`` into ``out_dir``.
 
   Args:
@@ -227,11 +232,15 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
       ``results.json`` and ``report.md``.
     data_dir: where CIFAR-10's python batches are (CIFAR-10 presets).
     progress: tqdm progress bars.
-    mesh: a ``'data'`` mesh (default: every device).
+    mesh: a ``'data'`` mesh (default: every device); not with ``executor``.
     data: the data set (default: the preset's).
     seeds: run the whole experiment once per seed (default: the preset's one
       seed); the report's tables show the first seed and every verdict says
       how many seeds support it.
+    executor: a ``concurrent.futures.Executor`` to run the trials on (e.g.
+      ``optstab.default_executor()``: one process per CPU core or per GPU);
+      ``None``: one after another in this process. Each worker loads the data
+      and compiles for itself; only this process writes ``out_dir``.
 
   Returns:
     An ``ExperimentResult`` with ``summary`` (the content of ``results.json``)
@@ -245,14 +254,26 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
     _validation.check_positive_int(f"seeds[{i}]", seed, minimum=0)
   if len(set(seeds)) != len(seeds):
     raise ValueError(f"seeds must be distinct; got {list(seeds)}.")
+  if mesh is not None and not in_process(executor):
+    raise ValueError("give mesh or executor, not both: a mesh's devices belong to this process, "
+                     "and each worker of an executor trains on its own devices.")
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   start = time.perf_counter()
-  data = load_preset_data(preset, data_dir) if data is None else data
+  source = data_source_for(preset, data_dir) if data is None else data
+  data = runner.load_data(source)
   setup = setup_for(preset, data)
-  trial_fn = wrn_train.make_trial_fn(setup, data, mesh=mesh, progress=progress)
+  # Workers' per-trial bars would interleave: with an executor, only the trial count shows.
+  trial_fn = wrn_train.make_trial_fn(setup, source, mesh=mesh,
+                                     progress=progress and in_process(executor))
   store = TrialStore(out_dir)
-  runs = [_run_seed(preset.replace(seed=seed), trial_fn, store, data, progress) for seed in seeds]
+  seed_presets = [preset.replace(seed=seed) for seed in seeds]
+  if not in_process(executor):
+    # Every trial that needs no other trial's result, in one batch, so the
+    # workers stay busy; the sweeps and the table read them back from the store.
+    run_trials(trial_fn, [c for p in seed_presets for c in _independent_configs(p)],
+               store=store, progress=progress, desc="trials", executor=executor)
+  runs = [_run_seed(p, trial_fn, store, data, progress, executor) for p in seed_presets]
   summary, sweeps, clip_records, unstable = runs[0]
   summary = dict(summary)
   summary["seeds"] = list(seeds)
@@ -266,20 +287,49 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
   return ExperimentResult(summary, files)
 
 
-def _run_seed(preset: Preset, trial_fn, store: TrialStore, data, progress: bool):
+def _mitigation_configs(preset: Preset) -> dict[str, TrialConfig]:
+  """The mitigation table's trials (all but clipping, which needs a sweep trial's norms)."""
+  configs = {}
+  for m in preset.mitigations:
+    if m == "adam":
+      configs[m] = _base_config(preset, "stride_1x1", optimizer="adam").replace(
+          learning_rate=preset.adam_learning_rate)
+    elif m == "residual_norm":
+      configs[m] = _base_config(preset, "stride_1x1", block_norm="residual_norm")
+    elif m == "zero_init":
+      configs[m] = _base_config(preset, "stride_1x1", zero_init_residual=True)
+    elif m == "global_pool":
+      configs[m] = _base_config(preset, "stride_1x1", head="global_pool")
+  return configs
+
+
+def _warmups(preset: Preset) -> tuple[int, ...]:
+  return (0, preset.warmup_steps) if preset.warmup_steps else (0,)
+
+
+def _independent_configs(preset: Preset) -> list[TrialConfig]:
+  """Every trial of one seed that needs no other trial's result (Figure 4 and the table)."""
+  return ([_base_config(preset, v, w).replace(learning_rate=lr)
+           for v in VARIANTS for w in _warmups(preset) for lr in sorted(preset.learning_rates)]
+          + list(_mitigation_configs(preset).values()))
+
+
+def _run_seed(preset: Preset, trial_fn, store: TrialStore, data, progress: bool,
+              executor: Optional[Executor]):
   """One seed's trials and summary: ``(summary, sweeps, clip_records, unstable record)``."""
   lrs = sorted(preset.learning_rates)
   trivial = math.log(data.num_classes)  # a classifier that learned nothing
+  mitigation_configs = _mitigation_configs(preset)
 
   # Figure 4: four sweeps.
-  warmups = (0, preset.warmup_steps) if preset.warmup_steps else (0,)
+  warmups = _warmups(preset)
   sweeps: dict[str, SweepResult] = {}
   for variant in VARIANTS:
     for w in warmups:
       name = variant + (f"+warmup{w}" if w else "")
       sweeps[name] = learning_rate_sweep(
           trial_fn, lrs, base_config=_base_config(preset, variant, w), metric="error_rate",
-          rule=RULE, store=store, progress=progress, trivial_loss=trivial)
+          rule=RULE, store=store, progress=progress, trivial_loss=trivial, executor=executor)
 
   def sweep_record(name: str, lr: float) -> TrialRecord:
     return next(t.record for t in sweeps[name].trials if t.learning_rate == lr)
@@ -300,24 +350,13 @@ def _run_seed(preset: Preset, trial_fn, store: TrialStore, data, progress: bool)
                                   clip_initial_threshold=float(f"{threshold:.6g}"),
                                   clip_min_history=preset.clip_window))
     for config, record in zip(configs, run_trials(trial_fn, configs, store=store,
-                                                  progress=progress, desc="clipping")):
+                                                  progress=progress, desc="clipping",
+                                                  executor=executor)):
       clip_records[config.extra["clip_percentile"]] = record
 
-  # Mitigation table.
-  mitigation_configs = {}
-  for m in preset.mitigations:
-    if m == "adam":
-      mitigation_configs[m] = _base_config(preset, "stride_1x1", optimizer="adam").replace(
-          learning_rate=preset.adam_learning_rate)
-    elif m == "residual_norm":
-      mitigation_configs[m] = _base_config(preset, "stride_1x1", block_norm="residual_norm")
-    elif m == "zero_init":
-      mitigation_configs[m] = _base_config(preset, "stride_1x1", zero_init_residual=True)
-    elif m == "global_pool":
-      mitigation_configs[m] = _base_config(preset, "stride_1x1", head="global_pool")
   extra_records = dict(zip(mitigation_configs, run_trials(
       trial_fn, list(mitigation_configs.values()), store=store, progress=progress,
-      desc="mitigations")))
+      desc="mitigations", executor=executor)))
 
   rows = [("none (baseline)", high, unstable)]
   changed = sweeps["stride_1x1"]

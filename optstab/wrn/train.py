@@ -1,4 +1,4 @@
-"""Training a WideResNet with optstab: the step, the loop, and a ``TrialFn``.
+"""Training a WideResNet with optstab: the step, the evaluation, and a ``TrialFn``.
 
 The training state is split the ``flax.nnx`` way into a graph definition and
 two pure pytrees, ``params`` (``nnx.Param``) and ``batch_stats``
@@ -6,17 +6,22 @@ two pure pytrees, ``params`` (``nnx.Param``) and ``batch_stats``
 (batch statistics from the batch, running averages updated and returned), the
 eval step into a model in *eval* mode (running averages used, nothing updated).
 
-The step is compiled once per model/optimizer structure and reused across
-trials: the learning rate of step ``t`` is an *input* of the step (the
-optimizer is wrapped in ``optax.inject_hyperparams``), so a learning-rate sweep
-never recompiles. Per-step metrics (cross-entropy, unclipped global gradient
-norm) stay on the device and are fetched every ``fetch_every`` steps, so the
-host never waits on the device between steps.
+The loop is the shared trial runner's (:mod:`optstab.runner`, the same one
+the Transformer demo uses): this module supplies the WideResNet
+:class:`~optstab.runner.Workload` (:func:`workload`). The step is compiled once
+per model/optimizer structure and reused across trials: the learning rate of
+step ``t`` is an *input* of the step (the optimizer is wrapped in
+``optax.inject_hyperparams``), so a learning-rate sweep never recompiles.
+Per-step metrics (cross-entropy, unclipped global gradient norm) stay on the
+device and are fetched every ``fetch_every`` steps.
 
-Trials run one after another. Vectorizing a sweep's trials with ``jax.vmap``
-(one step over stacked states with a per-trial learning rate) was measured
-and rejected: on CPU, one vmapped step of 3 WRN-10-1 trials (batch 64) took
-about 8x as long as the 3 steps run in turn (XLA:CPU's batched convolutions).
+Trials run one after another in a process. Vectorizing a sweep's trials with
+``jax.vmap`` (one step over stacked states with a per-trial learning rate) was
+measured and rejected: on CPU, one vmapped step of 3 WRN-10-1 trials (batch
+64) took about 8x as long as the 3 steps run in turn (XLA:CPU's batched
+convolutions). ``make_trial_fn`` returns a picklable
+:class:`~optstab.runner.TrialFunction`, so trials can run in parallel
+processes instead.
 
 Data parallelism uses ``jax.sharding``: a one-axis mesh named ``'data'`` over
 every device (of every process, after ``jax.distributed.initialize``), the
@@ -29,31 +34,34 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 import optstab
 from optstab import _validation
-from optstab.diagnosis.trial import TrialConfig, TrialFn, TrialResult
+from optstab import runner
+from optstab.diagnosis.trial import TrialConfig, TrialResult
+from optstab.runner import data_mesh as data_mesh
+from optstab.runner import maybe_initialize_distributed as maybe_initialize_distributed
 from optstab.wrn import data as wrn_data
 from optstab.wrn.model import WideResNetConfig, apply_model, create_model, split_model
 
 __all__ = [
     "TrainSetup",
     "TrainState",
+    "ImageDataSource",
     "OPTIMIZERS",
     "data_mesh",
     "make_optimizer",
     "init_state",
     "make_train_step",
     "make_eval_step",
+    "workload",
     "train",
     "make_trial_fn",
     "model_config_for",
@@ -157,27 +165,6 @@ def model_config_for(setup: TrainSetup) -> WideResNetConfig:
 
 
 # ----------------------------------------------------------------------------
-# Devices.
-
-
-def maybe_initialize_distributed(enabled: bool) -> None:
-  """Calls ``jax.distributed.initialize()`` (multi-host) when ``enabled``.
-
-  On TPU pods and SLURM/MPI clusters the coordinator address, process count
-  and id are found from the environment; elsewhere set
-  ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``.
-  """
-  if enabled:
-    jax.distributed.initialize()
-
-
-def data_mesh(devices: Optional[list] = None) -> Mesh:
-  """A one-axis ``'data'`` mesh over ``devices`` (default: all, every process)."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), ("data",))
-
-
-# ----------------------------------------------------------------------------
 # Optimizer.
 
 
@@ -207,17 +194,8 @@ def make_optimizer(setup: TrainSetup) -> optax.GradientTransformation:
         percentile=setup.clip_percentile, window_size=setup.clip_window,
         min_history=min(setup.clip_min_history, setup.clip_window),
         initial_threshold=setup.clip_initial_threshold))
-  parts.append(optax.inject_hyperparams(_base_optimizer(setup.optimizer, setup.momentum))(
-      learning_rate=0.0))
+  parts.append(runner.injectable_learning_rate(_base_optimizer(setup.optimizer, setup.momentum)))
   return optax.chain(*parts)
-
-
-def _set_learning_rate(opt_state, learning_rate):
-  *rest, inner = opt_state
-  hyperparams = dict(inner.hyperparams)
-  hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.asarray(
-      inner.hyperparams["learning_rate"]).dtype)
-  return type(opt_state)((*rest, inner._replace(hyperparams=hyperparams)))
 
 
 # ----------------------------------------------------------------------------
@@ -225,7 +203,11 @@ def _set_learning_rate(opt_state, learning_rate):
 
 
 class TrainState(NamedTuple):
-  """The pure-pytree training state (``graphdef`` lives in the step closures)."""
+  """The pure-pytree training state (``graphdef`` lives in the step closures).
+
+  The runner's ``(params, model_state, opt_state)`` layout, the model state
+  being the batch-norm statistics.
+  """
 
   params: Any
   batch_stats: Any
@@ -258,6 +240,10 @@ def make_train_step(setup: TrainSetup, graphdef, mesh: Optional[Mesh] = None):
   With a ``mesh``, ``state`` is kept replicated and the batch is expected to be
   sharded along ``'data'``; the state buffers are donated.
   """
+  return runner.jit_train_step(_train_step(setup, graphdef), mesh)
+
+
+def _train_step(setup: TrainSetup, graphdef):
   tx = make_optimizer(setup)
   weight_decay = setup.weight_decay
 
@@ -270,15 +256,12 @@ def make_train_step(setup: TrainSetup, graphdef, mesh: Optional[Mesh] = None):
 
     (_, (ce, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optstab.global_norm(grads)
-    opt_state = _set_learning_rate(state.opt_state, learning_rate)
+    opt_state = runner.set_learning_rate(state.opt_state, learning_rate)
     updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(params, batch_stats, opt_state), {"loss": ce, "grad_norm": grad_norm}
 
-  if mesh is None:
-    return jax.jit(step, donate_argnums=0)
-  replicated = NamedSharding(mesh, P())
-  return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
+  return step
 
 
 def make_eval_step(graphdef):
@@ -287,7 +270,10 @@ def make_eval_step(graphdef):
   Returns ``(sum of cross-entropy, number correct, number counted)`` over the
   rows where ``mask`` is true (padding rows of the last batch are masked).
   """
+  return jax.jit(_eval_step(graphdef))
 
+
+def _eval_step(graphdef):
   def evaluate(params, batch_stats, images, labels, mask):
     logits, _ = apply_model(graphdef, params, batch_stats, images, train=False)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -295,119 +281,100 @@ def make_eval_step(graphdef):
     mask = mask.astype(jnp.float32)
     return jnp.sum(ce * mask), jnp.sum(correct * mask), jnp.sum(mask)
 
-  return jax.jit(evaluate)
+  return evaluate
 
 
 # ----------------------------------------------------------------------------
-# Data feeding.
+# Data and the runner's workload.
 
 
-def _put_batch(mesh: Mesh, batch: "wrn_data.Batch") -> "wrn_data.Batch":
-  """Places a global host batch sharded along ``'data'``.
+@dataclasses.dataclass(frozen=True)
+class ImageDataSource:
+  """How to load the demo's image data (a picklable :class:`optstab.runner.DataSource`).
 
-  With several processes (``jax.distributed``), every process holds the same
-  global batch (same seed) and contributes only its own rows.
+  Attributes:
+    dataset: ``"digits"`` (shipped, offline) or ``"cifar10"``.
+    image_size: side of the digits images (CIFAR-10 is 32x32).
+    data_dir: where CIFAR-10's python batches are (default
+      ``wrn_data.default_data_dir()``).
+    train_size: keep only the first this many training images (``None``: all).
   """
-  sharding = NamedSharding(mesh, P("data"))
-  if jax.process_count() == 1:
-    return jax.device_put(batch, sharding)
-  rows = batch.images.shape[0] // jax.process_count()
-  local = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
-  return wrn_data.Batch(*(
-      jax.make_array_from_process_local_data(sharding, np.asarray(a)[local], np.shape(a))
-      for a in batch))
+
+  dataset: str = "digits"
+  image_size: int = 32
+  data_dir: Optional[str] = None
+  train_size: Optional[int] = None
+
+  def __post_init__(self):
+    _validation.check_one_of("dataset", self.dataset, ("digits", "cifar10"))
+    _validation.check_positive_int("image_size", self.image_size, minimum=8)
+    if self.train_size is not None:
+      _validation.check_positive_int("train_size", self.train_size)
+
+  def load(self) -> "wrn_data.ImageDataset":
+    if self.dataset == "digits":
+      data = wrn_data.load_digits(image_size=self.image_size)
+    else:
+      data = wrn_data.load_cifar10(self.data_dir)
+    if self.train_size is not None and self.train_size < len(data.train_labels):
+      data = dataclasses.replace(data, train_images=data.train_images[:self.train_size],
+                                 train_labels=data.train_labels[:self.train_size])
+    return data
 
 
-def _replicate(tree, mesh: Mesh):
-  """Places a pytree replicated on every device of ``mesh`` (of every process).
-
-  Every process computes the same initial state (same seed), so with several
-  processes each one contributes its own copy of every leaf.
-  """
-  sharding = NamedSharding(mesh, P())
-  if jax.process_count() == 1:
-    return jax.device_put(tree, sharding)
-
-  def put(x):
-    host = np.asarray(x)
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-  return jax.tree.map(put, tree)
-
-
-def _train_batches(setup: TrainSetup, data: "wrn_data.ImageDataset", mesh: Mesh, seed: int):
-  """Endless sharded training batches, prefetched from a background thread."""
+def _train_batches(setup: TrainSetup, data: "wrn_data.ImageDataset", seed: int):
   augmentation = "default" if setup.augment else None
-  host = wrn_data.batch_iterator(data, "train", setup.batch_size, seed=seed,
-                                 augmentation=augmentation)
-  if jax.process_count() == 1:
-    return wrn_data.prefetch_to_device(host, 2, sharding=NamedSharding(mesh, P("data")))
-  return _Closing(_put_batch(mesh, b) for b in host)
+  for batch in wrn_data.batch_iterator(data, "train", setup.batch_size, seed=seed,
+                                       augmentation=augmentation):
+    yield batch.images, batch.labels
 
 
-class _Closing:
-  """An iterator with a no-op ``close`` (the multi-process feed is not prefetched)."""
-
-  def __init__(self, it):
-    self._it = it
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    return next(self._it)
-
-  def close(self):
-    pass
+def _test_batches(data: "wrn_data.ImageDataset", batch_size: int):
+  return wrn_data.epoch_batches(data, "test", batch_size, augmentation=None, remainder="pad")
 
 
-# ----------------------------------------------------------------------------
-# The loop.
+def _test_metrics(ce, correct, count):
+  return {"loss": ce / count, "error_rate": 1.0 - correct / count}
 
 
-def _schedule_values(schedule: Callable[[Any], Any], total_steps: int) -> np.ndarray:
-  """The schedule at steps ``0..total_steps-1`` (one small compiled program)."""
-  steps = np.arange(total_steps)
-  try:
-    values = np.asarray(jax.jit(schedule)(jnp.asarray(steps)), dtype=np.float64)
-    if values.shape == (total_steps,):
-      return values
-  except Exception:  # a schedule that is not vectorized
-    pass
-  return np.asarray([float(schedule(int(t))) for t in steps], dtype=np.float64)
+def workload(setup: TrainSetup, data: Optional["wrn_data.ImageDataset"]) -> runner.Workload:
+  """The runner's :class:`~optstab.runner.Workload` for this setup and data.
+
+  Training batches are ``(images, labels)`` (cross-entropy plus the setup's L2
+  penalty); evaluation runs over the whole test set, giving
+  ``{"loss", "error_rate"}``. ``data=None`` gives a workload that can only be
+  compiled (:func:`optstab.runner.compiled_steps`).
+  """
+  return runner.Workload(
+      key=setup,
+      init_state=functools.partial(init_state, setup),
+      train_step=functools.partial(_train_step, setup),
+      eval_step=_eval_step,
+      eval_metrics=_test_metrics,
+      train_batches=functools.partial(_train_batches, setup, data),
+      eval_batches=functools.partial(_test_batches, data),
+      num_eval_examples=0 if data is None else len(data.test_labels),
+      data=data,
+      loop=runner.LoopConfig(fetch_every=setup.fetch_every,
+                             eval_batch_size=setup.eval_batch_size),
+  )
 
 
-class _Evaluator:
-  """Evaluates on a test set kept on the devices (padded to whole batches, masked)."""
-
-  def __init__(self, mesh: Mesh, eval_step, data: "wrn_data.ImageDataset", batch_size: int):
-    n_dev = mesh.size
-    batch_size = max(n_dev, min(batch_size, len(data.test_images)))
-    batch_size = int(math.ceil(batch_size / n_dev) * n_dev)
-    self._eval_step = eval_step
-    self._batches = [_put_batch(mesh, b) for b in wrn_data.epoch_batches(
-        data, "test", batch_size, augmentation=None, remainder="pad")]
-
-  def __call__(self, state: TrainState):
-    """Device scalars ``(loss, error_rate)`` (not fetched)."""
-    total = jnp.zeros(()), jnp.zeros(()), jnp.zeros(())
-    for b in self._batches:
-      out = self._eval_step(state.params, state.batch_stats, b.images, b.labels, b.mask)
-      total = tuple(a + o for a, o in zip(total, out))
-    ce, correct, count = total
-    return ce / count, 1.0 - correct / count
+def _compile(setup: TrainSetup, mesh: Mesh) -> runner.CompiledSteps:
+  """The setup's compiled steps on ``mesh`` (the runner's per-process cache)."""
+  return runner.compiled_steps(workload(setup, None), mesh)
 
 
 def train(setup: TrainSetup, data: "wrn_data.ImageDataset", config: TrialConfig, *,
           mesh: Optional[Mesh] = None, progress: bool = True,
-          compiled: Optional[_Compiled] = None) -> TrialResult:
+          compiled: Optional[runner.CompiledSteps] = None) -> TrialResult:
   """Trains one model for ``config.total_steps`` steps; returns its ``TrialResult``.
 
-  The learning rate of step ``t`` (0-based) is
-  ``config.learning_rate_schedule()(t)``; ``train_loss[t]`` and
-  ``grad_norms[t]`` are the batch's cross-entropy and the unclipped gradient
-  norm at the parameters *before* update ``t``. The test set is evaluated
-  after each of ``config.eval_steps()`` (1-based), giving
+  The runner's loop (:func:`optstab.runner.train`) on :func:`workload`. The
+  learning rate of step ``t`` (0-based) is ``config.learning_rate_schedule()(t)``;
+  ``train_loss[t]`` and ``grad_norms[t]`` are the batch's cross-entropy and the
+  unclipped gradient norm at the parameters *before* update ``t``. The test
+  set is evaluated after each of ``config.eval_steps()`` (1-based), giving
   ``eval_metrics = {"loss", "error_rate"}``. ``config.extra`` must already be
   folded into ``setup`` (``TrainSetup.with_extra``; ``make_trial_fn`` does it).
 
@@ -417,129 +384,38 @@ def train(setup: TrainSetup, data: "wrn_data.ImageDataset", config: TrialConfig,
     config: the trial (learning rate, schedule, warmup, steps, eval cadence, seed).
     mesh: a ``'data'`` mesh (default: every device).
     progress: show a tqdm bar.
-    compiled: reuse compiled steps (``make_trial_fn`` caches them).
+    compiled: the compiled steps to use (default: the runner's cached ones).
   """
-  mesh = data_mesh() if mesh is None else mesh
-  if setup.batch_size % mesh.size:
-    raise ValueError(f"batch_size {setup.batch_size} is not divisible by the "
-                     f"{mesh.size} devices of the 'data' mesh axis.")
-  if compiled is None:
-    compiled = _compile(setup, mesh)
-  _, state = init_state(setup, config.seed)
-  state = _replicate(state, mesh)
-  evaluator = compiled.evaluator(mesh, data, setup.eval_batch_size)
-  total = config.total_steps
-  lrs = _schedule_values(config.learning_rate_schedule(), total).astype(np.float32)
-  eval_set = set(int(s) for s in config.eval_steps())
-
-  losses: list[float] = []
-  norms: list[float] = []
-  evals: list[tuple[float, float]] = []
-  pending: list[tuple[str, Any]] = []  # device metrics not fetched yet
-
-  def fetch():
-    for kind, value in jax.device_get(pending):
-      if kind == "train":
-        losses.append(float(value["loss"]))
-        norms.append(float(value["grad_norm"]))
-      else:
-        evals.append((float(value[0]), float(value[1])))
-    pending.clear()
-
-  bar = None
-  if progress:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=_describe(config), leave=False, dynamic_ncols=True)
-  batches = _train_batches(setup, data, mesh, config.seed)
-  try:
-    for t in range(total):
-      batch = next(batches)
-      state, metrics = compiled.train_step(state, batch.images, batch.labels, lrs[t])
-      pending.append(("train", metrics))
-      if (t + 1) in eval_set:
-        pending.append(("eval", evaluator(state)))
-      if (t + 1) % setup.fetch_every == 0 or t + 1 == total:
-        fetch()
-        if bar is not None:
-          bar.update(len(losses) - bar.n)
-          bar.set_postfix(loss=f"{losses[-1]:.3g}", refresh=False)
-  finally:
-    batches.close()
-    if bar is not None:
-      bar.close()
-  return TrialResult(
-      config=config,
-      train_loss=np.asarray(losses),
-      eval_steps=config.eval_steps(),
-      eval_metrics={"loss": np.asarray([e[0] for e in evals]),
-                    "error_rate": np.asarray([e[1] for e in evals])},
-      grad_norms=np.asarray(norms),
-  )
+  runner.check_batch_size(setup.batch_size, mesh)
+  return runner.train(workload(setup, data), config, mesh=mesh, progress=progress,
+                      compiled=compiled)
 
 
-def _describe(config: TrialConfig) -> str:
-  variant = config.extra.get("variant", "")
-  warm = f" warmup={config.warmup_steps}" if config.warmup_steps else ""
-  return f"{variant} lr={config.learning_rate:g}{warm}".strip()
-
-
-@dataclasses.dataclass
-class _Compiled:
-  """Compiled steps of one setup, and the test sets placed for it."""
-
-  graphdef: Any
-  train_step: Callable
-  eval_step: Callable
-  _evaluators: dict = dataclasses.field(default_factory=dict)
-
-  def evaluator(self, mesh: Mesh, data, batch_size: int) -> _Evaluator:
-    key = (id(mesh), id(data), batch_size)
-    if key not in self._evaluators:
-      self._evaluators.clear()  # keep one test set on the devices, not one per data set seen
-      self._evaluators[key] = (_Evaluator(mesh, self.eval_step, data, batch_size), mesh, data)
-    return self._evaluators[key][0]
-
-
-#: Compiled steps per (setup, mesh), shared by every trial function of the process
-#: (a notebook or a test re-running an experiment does not compile again).
-_COMPILED: dict[tuple, _Compiled] = {}
-
-
-def _compile(setup: TrainSetup, mesh: Mesh) -> _Compiled:
-  key = (setup, tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
-  if key not in _COMPILED:
-    graphdef, _ = init_state(setup, 0)
-    _COMPILED[key] = _Compiled(graphdef, make_train_step(setup, graphdef, mesh),
-                               make_eval_step(graphdef))
-  return _COMPILED[key]
-
-
-def make_trial_fn(setup: TrainSetup, data: "wrn_data.ImageDataset", *,
-                  mesh: Optional[Mesh] = None, progress: bool = True) -> TrialFn:
-  """A diagnosis ``TrialFn`` training this model on this data.
+def make_trial_fn(setup: TrainSetup,
+                  data: Union["wrn_data.ImageDataset", ImageDataSource], *,
+                  mesh: Optional[Mesh] = None, progress: bool = True) -> runner.TrialFunction:
+  """A diagnosis ``TrialFn`` training this model on this data (picklable).
 
   ``config.extra`` may override model fields (``MODEL_KEYS``: e.g.
   ``{"group_strides": [[1, 1], [1, 1], [2, 2]]}``) and setup fields
   (``SETUP_KEYS``: ``optimizer``, ``clip_percentile``, ...); ``"variant"`` is
-  a free label. Compiled steps are cached per resulting setup, so a sweep over
-  learning rates, warmup lengths or seeds compiles once.
+  a free label. Compiled steps are cached per resulting setup and process, so
+  a sweep over learning rates, warmup lengths or seeds compiles once.
+
+  The result is an :class:`optstab.runner.TrialFunction`: with ``mesh=None``
+  it pickles, for process pools and clusters. Given an
+  :class:`ImageDataSource`, a worker loads the data itself (once); given an
+  in-memory ``ImageDataset``, the data is pickled with the function.
 
   Example:
     >>> from optstab.diagnosis import learning_rate_sweep, TrialConfig
-    >>> from optstab.wrn import data, train, WideResNetConfig
-    >>> digits = data.load_digits(image_size=16)
+    >>> from optstab.wrn import train, WideResNetConfig
     >>> setup = train.TrainSetup(WideResNetConfig(depth=10, width=1, image_size=16,
     ...     in_channels=1, group_strides=((1, 1), (1, 1), (2, 2))), batch_size=64)
-    >>> trial_fn = train.make_trial_fn(setup, digits, progress=False)
+    >>> trial_fn = train.make_trial_fn(setup, train.ImageDataSource("digits", image_size=16),
+    ...                                progress=False)
     >>> sweep = learning_rate_sweep(trial_fn, [0.1, 1.0], base_config=TrialConfig(
     ...     0.1, num_steps=20, schedule="cosine", eval_every=20), progress=False)  # doctest: +SKIP
   """
-  the_mesh = data_mesh() if mesh is None else mesh
-
-  def trial_fn(config: TrialConfig) -> TrialResult:
-    trial_setup = setup.with_extra(config.extra)
-    return train(trial_setup, data, config, mesh=the_mesh, progress=progress,
-                 compiled=_compile(trial_setup, the_mesh))
-
-  return trial_fn
+  runner.check_batch_size(setup.batch_size, mesh)
+  return runner.TrialFunction(workload, setup, data, progress=progress, mesh=mesh)

@@ -1,0 +1,165 @@
+"""Scales of the Post-LN / Pre-LN warmup experiment (the playbook's Figures 6, 7 and 8).
+
+A :class:`Preset` fixes the corpus, the model, the step budget, the Figure 8
+learning-rate grid, the warmup of its "+ warmup" curves, the Figure 6 rate and
+warmup lengths, the Figure 7b factors and the diagnosis's short check.
+
+Budget. Every run of Figures 6 and 8 lasts exactly ``num_steps`` steps,
+warmup included (a ``w``-step warmup leaves ``num_steps - w`` constant-rate
+steps), so "validation loss at a fixed step" compares equal budgets.
+
+Scaling. The published Figure 6 (a Transformer on WMT-scale data) swept
+warmups of 1, 1k, 4k, 10k and 40k steps at a peak rate near 5e-4, and only
+the 40k warmup trained. At CPU scale (a 6-layer, width-64 character model, a
+few hundred steps) the same shape appears two orders of magnitude earlier: the
+issue's measurements found Post-LN stalling at the unigram entropy without
+warmup from rate 3.2e-3, and 100 warmup steps enough at 3e-3. The quick
+preset's grid is a quarter-decade from 1e-3 to 1e-2; its Figure 6 rate is
+5.6e-3, where (measured, 400 steps, one seed) warmups of 0 and 10 steps
+stall, 30 trains part way and then rises, 100 and 300 train. Its warmups are 0
+(none; the paper's 1), 10, 30, 100 and 300 steps.
+
+Measured cost (a shared 2-core machine, other jobs running, so an upper
+bound): ~0.04 s per training step of the quick model in one process; the
+quick preset is 29 trials, ~11,000 steps plus evaluations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from optstab import _validation
+from optstab.transformer.model import COMPUTE_DTYPES
+
+__all__ = ["Preset", "PRESETS", "PUBLISHED", "CURVES", "get_preset"]
+
+#: The four curves of Figure 8: (name, norm position, with warmup).
+CURVES = (
+    ("post_ln", "post", False),
+    ("post_ln_warmup", "post", True),
+    ("pre_ln", "pre", False),
+    ("pre_ln_warmup", "pre", True),
+)
+
+#: The published values (spec S6 and the issue, read from the playbook's figures).
+PUBLISHED = {
+    "figure6_warmups": [1, 1000, 4000, 10000, 40000],
+    "figure6_peak_learning_rate": 5e-4,
+    "figure6_only_trains": 40000,
+    "figure8_best_learning_rate": {"post_ln": 1e-4, "post_ln_warmup": 4.6e-4,
+                                   "pre_ln": 1.3e-3, "pre_ln_warmup": 3.6e-3},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """One scale of the experiment.
+
+  Attributes:
+    name, description: for ``--help`` and the report.
+    corpus: a text file or folder; ``None`` for the standard-library corpus.
+    seq_len, depth, width, num_heads, ff_width: the model
+      (``ff_width=None``: 4 x width).
+    batch_size: sequences per step.
+    compute_dtype: ``"float32"`` or ``"bfloat16"``.
+    num_steps: steps of every Figure 6/8 run, warmup included; Figure 8 is
+      the validation loss after this step.
+    learning_rates: the Figure 8 grid (peak rates).
+    warmup_steps: the warmup of the "+ warmup" curves.
+    figure6_learning_rate: the Figure 6 peak rate (on the grid).
+    figure6_warmups: the Figure 6 warmup lengths (0 = none).
+    long_check_factors: Figure 7b's multiples of Post-LN's lr*.
+    short_check_steps: the diagnosis's short check length.
+    warmup_candidates, warmup_max_train_steps: the diagnosis's warmup search.
+    eval_every: evaluation cadence.
+    eval_sequences: validation windows per evaluation.
+    seed: the seed of every trial.
+    run_diagnosis: run ``optstab.diagnose`` on Post-LN and Pre-LN.
+  """
+
+  name: str
+  description: str
+  corpus: Optional[str] = None
+  seq_len: int = 32
+  depth: int = 6
+  width: int = 64
+  num_heads: int = 4
+  ff_width: Optional[int] = None
+  batch_size: int = 16
+  compute_dtype: str = "float32"
+  num_steps: int = 400
+  learning_rates: tuple[float, ...] = (1e-3, 1.8e-3, 3.2e-3, 5.6e-3, 1e-2)
+  warmup_steps: int = 100
+  figure6_learning_rate: float = 5.6e-3
+  figure6_warmups: tuple[int, ...] = (0, 10, 30, 100, 300)
+  long_check_factors: tuple[float, ...] = (5.0, 10.0)
+  short_check_steps: int = 200
+  warmup_candidates: tuple[int, ...] = (10, 30, 100)
+  warmup_max_train_steps: int = 1000
+  eval_every: int = 100
+  eval_sequences: int = 128
+  seed: int = 0
+  run_diagnosis: bool = True
+
+  def __post_init__(self):
+    for name in ("seq_len", "depth", "width", "num_heads", "batch_size", "num_steps",
+                 "short_check_steps", "warmup_max_train_steps", "eval_every", "eval_sequences"):
+      _validation.check_positive_int(name, getattr(self, name))
+    _validation.check_positive_int("warmup_steps", self.warmup_steps, minimum=0)
+    _validation.check_positive_int("seed", self.seed, minimum=0)
+    _validation.check_one_of("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+    if not self.learning_rates:
+      raise ValueError("learning_rates must hold at least one rate; got ().")
+    for i, lr in enumerate(self.learning_rates):
+      _validation.check_positive(f"learning_rates[{i}]", lr)
+    for i, f in enumerate(self.long_check_factors):
+      _validation.check_positive(f"long_check_factors[{i}]", f)
+    for i, w in enumerate(self.figure6_warmups + (self.warmup_steps,)):
+      if not 0 <= w < self.num_steps:
+        raise ValueError(f"warmup lengths must be in [0, num_steps={self.num_steps}) so that "
+                         f"some steps run at the peak rate; got {w}.")
+    if self.figure6_learning_rate not in self.learning_rates:
+      raise ValueError(f"figure6_learning_rate {self.figure6_learning_rate} must be on the "
+                       f"grid {self.learning_rates} (Figure 6 reuses its trials).")
+
+  def replace(self, **changes: Any) -> "Preset":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        description="seconds: plumbing check (2 layers, width 16, 12 steps); too small to show anything",
+        seq_len=16, depth=2, width=16, num_heads=2, batch_size=8, num_steps=12,
+        learning_rates=(1e-3, 1e-2), warmup_steps=4, figure6_learning_rate=1e-2,
+        figure6_warmups=(0, 4, 8), long_check_factors=(5.0,), short_check_steps=6,
+        warmup_candidates=(2, 4), warmup_max_train_steps=40, eval_every=6, eval_sequences=16,
+    ),
+    "quick": Preset(
+        name="quick",
+        description="CPU, offline, ~9 core-minutes: 6 layers, width 64, seq 32, batch 16, 400 steps "
+                    "on the Python standard library's sources",
+    ),
+    "gpu": Preset(
+        name="gpu",
+        description="one H100/H200, about an hour (not run by us): 6 layers, width 512, seq 256, "
+                    "batch 64, bf16, 5000 steps",
+        seq_len=256, depth=6, width=512, num_heads=8, batch_size=64, compute_dtype="bfloat16",
+        num_steps=5000,
+        learning_rates=(1e-4, 1.8e-4, 3.2e-4, 5.6e-4, 1e-3, 1.8e-3, 3.2e-3, 5.6e-3),
+        warmup_steps=1000, figure6_learning_rate=5.6e-4,
+        figure6_warmups=(0, 100, 400, 1000, 4000), short_check_steps=500,
+        warmup_candidates=(10, 100, 1000), warmup_max_train_steps=10000,
+        eval_every=250, eval_sequences=512,
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+  """The preset called ``name`` (one of ``PRESETS``)."""
+  _validation.check_one_of("preset", name, sorted(PRESETS))
+  return PRESETS[name]
