@@ -48,7 +48,7 @@ re-measured on an idle machine:
   one process (each compiles every model); on an idle 2-core machine, where
   the in-process run takes 241 s wall for 278 CPU s (1.15 cores), that
   predicts about 160 s, 1.5x, for the lead to confirm. The verdicts were the
-  same; the Figure 4 table differed in 6 of 12 cells (e.g. stride (1,1) at lr
+  same; the Figure 4 table differed in 8 of 12 cells (e.g. stride (1,1) at lr
   1: 90.0% vs 49.9% test error), the thread-count rounding amplified by
   unstable training.
 * ``--only mlp --steps 3000 --rates 8``: in-process 25.1 s, 2 single-threaded
