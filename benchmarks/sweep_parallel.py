@@ -42,6 +42,15 @@ re-measured on an idle machine:
   trial), which every worker pays for itself, so it gains nothing; the
   2-worker and 1-worker runs are identical trial by trial, the in-process run
   differs in the float32 rounding (XLA's thread count).
+* ``--only wrn`` (the quick preset): in-process 652 s wall, 289 CPU s; 2
+  single-threaded workers 638 s wall, 305 CPU s (a 1.02x "speedup" under that
+  load: each run got under half a core). The 2 workers cost 5% more CPU than
+  one process (each compiles every model); on an idle 2-core machine, where
+  the in-process run takes 241 s wall for 278 CPU s (1.15 cores), that
+  predicts about 160 s, 1.5x, for the lead to confirm. The verdicts were the
+  same; the Figure 4 table differed in 8 of 12 cells (e.g. stride (1,1) at lr
+  1: 90.0% vs 49.9% test error), the thread-count rounding amplified by
+  unstable training.
 * ``--only mlp --steps 3000 --rates 8``: in-process 25.1 s, 2 single-threaded
   workers 25.2 s, 2 workers with XLA's default threads 16.3 s, one ``jax.vmap``
   over the 8 rates 30.1 s; all parallel runs identical to in-process (the MLP
