@@ -29,6 +29,8 @@ __all__ = [
     "check_percentile",
     "check_one_of",
     "check_norm_log",
+    "check_float_leaves",
+    "check_full_precision",
 ]
 
 
@@ -122,18 +124,24 @@ def check_percentile(name: str, value: Any) -> None:
   check_in_range(name, value, 0.0, 100.0, low_inclusive=False, high_inclusive=True)
 
 
-def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> None:
-  """An integer >= ``minimum`` (bools and floats such as 10.0 are rejected).
+def check_positive_int(name: str, value: Any, *, minimum: int = 1,
+                       maximum: int | None = None, why: str = "") -> None:
+  """An integer in [``minimum``, ``maximum``] (bools and floats such as 10.0 are rejected).
 
   A 0-d integer array (how inject_hyperparams passes an integer) is accepted.
+  ``why`` (e.g. ``" (float32 indexes the window exactly up to 2**24)"``) is
+  appended to the allowed range when ``maximum`` is exceeded.
   """
   if _is_traced(value):
     return
   is_int = (
       isinstance(value, numbers.Integral) and not isinstance(value, bool)
   ) or _is_scalar_array(value, jnp.integer)
-  if not is_int or int(value) < minimum:
-    _fail(name, value, f"an integer >= {minimum}")
+  if maximum is None:
+    if not is_int or int(value) < minimum:
+      _fail(name, value, f"an integer >= {minimum}")
+  elif not is_int or not minimum <= int(value) <= maximum:
+    _fail(name, value, f"an integer in [{minimum}, {maximum}]{why}")
 
 
 def check_one_of(name: str, value: Any, choices: Sequence[Any]) -> None:
@@ -158,3 +166,31 @@ def check_norm_log(name: str, values: Any) -> Any:
   if not np.isfinite(arr).any():
     _fail(name, f"{arr.size} values, all NaN or Inf", "an array with at least one finite norm")
   return arr
+
+
+def check_float_leaves(name: str, tree: Any) -> None:
+  """Every leaf of ``tree`` has a floating or complex dtype (checked at trace time).
+
+  Raises ``TypeError`` (as optax does for integer updates): scaling an
+  integer update by a clipping factor would truncate it, often to zero.
+  """
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+      raise TypeError(f"{name} must have floating-point or complex leaves; got {dtype} at "
+                      f"{jax.tree_util.keystr(path) or 'the root'}.")
+
+
+def check_full_precision(name: str, value: Any) -> None:
+  """A float hyperparameter array is float32 or wider (its dtype is static under jit).
+
+  ``optax.inject_hyperparams`` casts injected hyperparameters to the
+  parameters' dtype unless given ``hyperparam_dtype``; in bfloat16 a percentile
+  of 99.9 becomes 100.0. Python numbers and tracers of float32 or wider pass.
+  """
+  dtype = getattr(value, "dtype", None)
+  if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+    raise ValueError(
+        f"{name} must be a float32 (or wider) value; got a {dtype} one. "
+        "optax.inject_hyperparams casts hyperparameters to the parameters' dtype: pass "
+        "hyperparam_dtype=jnp.float32 to keep them exact.")
