@@ -31,6 +31,9 @@ __all__ = [
     "check_norm_log",
     "check_float_leaves",
     "check_full_precision",
+    "check_sequence",
+    "check_json_value",
+    "check_steps",
 ]
 
 
@@ -194,3 +197,73 @@ def check_full_precision(name: str, value: Any) -> None:
         f"{name} must be a float32 (or wider) value; got a {dtype} one. "
         "optax.inject_hyperparams casts hyperparameters to the parameters' dtype: pass "
         "hyperparam_dtype=jnp.float32 to keep them exact.")
+
+
+def check_sequence(name: str, value: Any, *, allow_empty: bool = True) -> list:
+  """A sequence (list, tuple, 1-D array...) of items, returned as a list.
+
+  A scalar, a string or ``None`` is refused by name (``list(0.1)`` would say
+  only "'float' object is not iterable").
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+      _fail(name, value, "a 1-D sequence of values (e.g. a list)")
+    items = arr.tolist()
+  elif isinstance(value, (str, bytes, numbers.Number)) or value is None or not hasattr(value, "__iter__"):
+    _fail(name, value, "a sequence of values (e.g. a list or a tuple), not a single value")
+  else:
+    items = list(value)
+  if not items and not allow_empty:
+    _fail(name, value, "a non-empty sequence")
+  return items
+
+
+def check_json_value(name: str, value: Any) -> Any:
+  """``value`` as strict JSON (dict with str keys, list, str, finite number, bool, None).
+
+  NumPy scalars and 0-d arrays become Python numbers, NumPy arrays and tuples
+  lists; NaN/Inf, non-string keys and other objects are refused, naming the
+  entry (e.g. ``extra['dropout']``). Returns the normalised value.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  if isinstance(value, dict) or (hasattr(value, "keys") and hasattr(value, "items")):
+    out = {}
+    for key, item in value.items():
+      if not isinstance(key, str):
+        _fail(f"{name} keys", key, "strings (JSON object keys)")
+      out[key] = check_json_value(f"{name}[{key!r}]", item)
+    return dict(sorted(out.items()))
+  if isinstance(value, (list, tuple)) or isinstance(value, np.ndarray) and value.ndim > 0:
+    return [check_json_value(f"{name}[{i}]", item) for i, item in enumerate(value)]
+  if value is None or isinstance(value, str):
+    return value
+  if isinstance(value, (bool, np.bool_)):
+    return bool(value)
+  if isinstance(value, numbers.Integral) or _is_scalar_array(value, np.integer):
+    return int(value)
+  if isinstance(value, numbers.Real) or _is_scalar_array(value, np.floating):
+    x = float(value)
+    if not math.isfinite(x):
+      _fail(name, value, "a finite number (strict JSON has no NaN or Inf)")
+    return x
+  _fail(name, f"a {type(value).__name__}", "JSON-serializable: a dict with str keys, a list, a "
+        "str, a finite number, a bool or None")
+
+
+def check_steps(name: str, steps: Any, last: int) -> None:
+  """A 1-D strictly increasing array of integer steps in [1, ``last``]."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  arr = np.asarray(steps)
+  integral = arr.size == 0 or np.issubdtype(arr.dtype, np.integer) or (
+      np.issubdtype(arr.dtype, np.floating) and bool(np.all(np.isfinite(arr) & (arr == np.round(arr)))))
+  if arr.ndim != 1 or not integral:
+    _fail(name, f"an array of shape {arr.shape} and dtype {arr.dtype}", "a 1-D array of integer steps")
+  if arr.size and (arr.min() < 1 or arr.max() > last):
+    _fail(name, f"steps {arr.min()}..{arr.max()}", f"steps in [1, {last}] (the trial's steps)")
+  if arr.size > 1 and not np.all(np.diff(arr) > 0):
+    _fail(name, arr.tolist() if arr.size <= 10 else f"{arr.size} steps", "strictly increasing steps")

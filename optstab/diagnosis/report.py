@@ -165,6 +165,13 @@ def make_diagnosis(
        "metric_values": sweep.metric_values.tolist(),
        "reasons": [t.reason for t in trials]},
   ))
+  if sweep.ignored_store_lines:
+    findings.append(Finding(
+        "Trial store",
+        f"{sweep.ignored_store_lines} line(s) of trials.jsonl were not trial records (corrupt, "
+        "half-written or foreign) and were skipped; their trials, if any, ran again.",
+        {"ignored_store_lines": sweep.ignored_store_lines},
+    ))
   best = sweep.best
   runs = _runs(above_best, short_check, long_checks)
   verdict = _verdict(sweep, runs)

@@ -37,6 +37,8 @@ __all__ = [
     "SweepTrial",
     "SweepResult",
     "TRAIN_LOSS",
+    "check_ranking",
+    "check_metric_names",
 ]
 
 #: Metric name meaning "the training loss" rather than an evaluation metric.
@@ -80,7 +82,7 @@ def log_grid(low: float, high: float, num: int) -> np.ndarray:
 def _check_learning_rates(learning_rates: Iterable[float]) -> list[float]:
   if isinstance(learning_rates, np.ndarray):
     learning_rates = learning_rates.ravel()
-  rates = list(learning_rates)
+  rates = _validation.check_sequence("learning_rates", learning_rates)
   if not rates:
     raise ValueError("learning_rates must hold at least one rate; got an empty grid.")
   for i, rate in enumerate(rates):
@@ -90,6 +92,29 @@ def _check_learning_rates(learning_rates: Iterable[float]) -> list[float]:
   if duplicates:
     raise ValueError(f"learning_rates must be distinct; got duplicates {duplicates}.")
   return rates
+
+
+def check_ranking(metric: Any, mode: Any, reduce: Any, rule: Any) -> None:
+  """The ranking arguments of a sweep, as far as they can be checked before a trial."""
+  if not isinstance(metric, str) or not metric:
+    raise ValueError(f"metric must be the name of an evaluation metric or {TRAIN_LOSS!r}; "
+                     f"got {metric!r}.")
+  _validation.check_one_of("mode", mode, _MODES)
+  _validation.check_one_of("reduce", reduce, _REDUCES)
+  if rule is not None and not isinstance(rule, FeasibilityRule):
+    raise ValueError(f"rule must be a FeasibilityRule or None; got {rule!r}.")
+
+
+def check_metric_names(result: TrialResult, metric: str, rule: Optional[FeasibilityRule]) -> None:
+  """``metric`` and ``rule.metric_thresholds`` name metrics ``result`` reports."""
+  reported = sorted(result.eval_metrics)
+  if metric != TRAIN_LOSS and metric not in result.eval_metrics:
+    raise ValueError(f"metric must be one of the metrics the training function reports, "
+                     f"{reported}, or {TRAIN_LOSS!r}; got {metric!r}.")
+  for name in ({} if rule is None else rule.metric_thresholds):
+    if name not in result.eval_metrics:
+      raise ValueError(f"rule.metric_thresholds must name metrics the training function "
+                       f"reports, {reported}; got {name!r}.")
 
 
 def run_trials(
@@ -225,6 +250,8 @@ class SweepResult:
     base_config: the configuration every trial copies (all but the rate).
     metric, mode, reduce: how trials were ranked.
     rule: the feasibility rule applied.
+    ignored_store_lines: lines of the trial store that were not records and
+      were skipped when it was loaded (``TrialStore.ignored_lines``).
   """
 
   trials: tuple[SweepTrial, ...]
@@ -233,6 +260,7 @@ class SweepResult:
   mode: str
   reduce: str
   rule: FeasibilityRule
+  ignored_store_lines: int = 0
 
   @property
   def learning_rates(self) -> np.ndarray:
@@ -308,6 +336,7 @@ class SweepResult:
         "at_grid_top": self.at_grid_top,
         "unstable_learning_rate": self.unstable_learning_rate,
         "trials": [t.to_dict() for t in self.trials],
+        "ignored_store_lines": self.ignored_store_lines,
     }
 
 
@@ -349,9 +378,14 @@ def learning_rate_sweep(
     A ``SweepResult``: ``best_learning_rate`` (lr*), ``at_edge_of_feasibility``,
     ``unstable_learning_rate`` and every trial with its reason.
 
+  What is checked when: the arguments before any trial runs; the names
+  ``metric`` and ``rule.metric_thresholds`` (which only a result can tell)
+  after the first trial, before the others run (that trial stays stored).
+
   Raises:
-    ValueError: on an empty grid, a non-positive or repeated rate, a missing or
-      non-positive ``num_steps``, or a metric no trial reports.
+    ValueError: on an empty or scalar grid, a non-positive or repeated rate, a
+      missing or non-positive ``num_steps``, a bad ``mode`` / ``reduce``; or,
+      after the first trial, a metric it does not report.
   """
   rates = _check_learning_rates(learning_rates)
   if base_config is None:
@@ -362,12 +396,18 @@ def learning_rate_sweep(
   elif num_steps is not None:
     _validation.check_positive_int("num_steps", num_steps)
     base_config = base_config.replace(num_steps=num_steps)
-  _validation.check_one_of("mode", mode, _MODES)
-  _validation.check_one_of("reduce", reduce, _REDUCES)
+  check_ranking(metric, mode, reduce, rule)
   rule = FeasibilityRule() if rule is None else rule
   configs = [base_config.replace(learning_rate=rate) for rate in rates]
-  records = run_trials(
-      train_fn, configs, out_dir=out_dir, store=store, progress=progress, desc="learning-rate sweep"
+  if store is None and out_dir is not None:
+    store = TrialStore(out_dir)
+  # The first trial alone: a metric name it does not report fails before the rest run.
+  records = run_trials(train_fn, configs[:1], store=store, progress=False)
+  if records[0].result is not None:
+    check_metric_names(records[0].result, metric, rule)
+  records += run_trials(
+      train_fn, configs[1:], store=store, progress=progress, desc="learning-rate sweep"
   )
   trials = tuple(judge(r, rule, metric, mode, reduce) for r in records)
-  return SweepResult(trials, base_config, metric, mode, reduce, rule)
+  ignored = 0 if store is None else store.ignored_lines
+  return SweepResult(trials, base_config, metric, mode, reduce, rule, ignored)

@@ -219,7 +219,8 @@ def tune_warmup(
   _validation.check_positive("post_warmup_factor", post_warmup_factor)
   _validation.check_in_range("advice_fraction", advice_fraction, 0.0, 1.0,
                              low_inclusive=False, high_inclusive=True)
-  factors = tuple(factors)
+  factors = tuple(_validation.check_sequence("factors", factors))
+  candidates = tuple(_validation.check_sequence("candidates", candidates))
   base_rates = schedules.warmup_base_learning_rates(unstable_base_learning_rate, factors)
   grid = schedules.warmup_sweep_grid(max_train_steps, candidates, max_fraction)
   rule = FeasibilityRule() if rule is None else rule
