@@ -116,7 +116,9 @@ def prepend_warmup(schedule: optax.Schedule | float, warmup_steps: int) -> optax
   ``N`` steps now needs :func:`total_steps_with_warmup` ``(N, W) = N + W``.
 
   This is ``optax.join_schedules([ramp, schedule], [W])``; ``s(0)`` is
-  evaluated once, here, so ``schedule`` must accept a concrete step.
+  evaluated once, here, so ``schedule`` must accept a concrete step, and it
+  must be a finite real >= 0 (``ValueError`` otherwise: a negative rate would
+  make every optimizer ascend). Later values are not checked.
 
   Args:
     schedule: the baseline schedule (``step -> value``), or a constant.
@@ -137,6 +139,8 @@ def prepend_warmup(schedule: optax.Schedule | float, warmup_steps: int) -> optax
     _validation.check_non_negative("schedule", schedule)
     schedule = optax.constant_schedule(schedule)
   peak = schedule(0)
+  # A negative (or NaN) peak would ramp to an ascending rate: refused here, where s(0) is known.
+  _validation.check_non_negative("schedule(0)", peak)
   return optax.join_schedules([_linear_ramp(peak, warmup_steps), schedule], [warmup_steps])
 
 

@@ -142,3 +142,40 @@ def test_learning_rate_sweep_scalar_grid_message():
   from optstab.diagnosis import learning_rate_sweep
   with pytest.raises(ValueError, match=r"learning_rates must be a sequence .*; got 0.1\."):
     learning_rate_sweep(lambda c: None, 0.1, 10, progress=False)
+
+
+# --- the WRN command line: bad flags are usage errors (issue 14) ------------
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--num-steps", "-5"], "argument --num-steps: must be an integer >= 1; got '-5'"),
+    (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1; got '0'"),
+    (["--warmup-steps", "x"], "argument --warmup-steps: must be an integer >= 0; got 'x'"),
+    (["--learning-rates", "0.1", "nan"], "argument --learning-rates: must be a finite number > 0"),
+    (["--learning-rates", "0.1", "0.1"], "argument --learning-rates: must be distinct"),
+    (["--high-learning-rate", "7.7"], "high_learning_rate 7.7 must be on the grid"),
+])
+def test_cli_bad_flags_exit_2_with_one_line(tmp_path, capsys, flags, match):
+  from optstab.wrn import cli
+  with pytest.raises(SystemExit) as e:
+    cli.main(["--preset", "tiny", "--out", str(tmp_path / "run"), *flags])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  lines = err.strip().splitlines()
+  assert lines[0].startswith("usage: optstab-wrn") and "Traceback" not in err
+  assert lines[-1].startswith("optstab-wrn: error: ") and match in lines[-1], err
+
+
+def test_cli_out_naming_a_file_is_a_usage_error(tmp_path, capsys):
+  from optstab.wrn import cli
+  target = tmp_path / "notes.txt"
+  target.write_text("x")
+  with pytest.raises(SystemExit) as e:
+    cli.main(["--preset", "tiny", "--out", str(target)])
+  assert e.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_missing_cifar10_message_names_the_offline_preset(tmp_path):
+  from optstab.wrn import data
+  with pytest.raises(data.DataNotFoundError, match=r"optstab-wrn --preset quick"):
+    data.load_cifar10(tmp_path, download=False)
