@@ -34,6 +34,7 @@ __all__ = [
     "check_sequence",
     "check_json_value",
     "check_steps",
+    "check_float_dtype",
 ]
 
 
@@ -107,9 +108,16 @@ def check_in_range(
     _fail(name, value, allowed)
 
 
-def check_learning_rate(name: str, value: Any) -> None:
-  """A learning rate: a finite real >= 0, or a schedule."""
+def check_learning_rate(name: str, value: Any) -> Any:
+  """A learning rate: a finite real >= 0, or a schedule.
+
+  Returns it with a Python or NumPy integer made a float (a Python int beyond
+  int32 would overflow where JAX takes it as a weakly typed integer).
+  """
   check_in_range(name, value, 0.0, math.inf, allow_schedule=True)
+  if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    return float(value)
+  return value
 
 
 def check_non_negative(name: str, value: Any) -> None:
@@ -267,3 +275,16 @@ def check_steps(name: str, steps: Any, last: int) -> None:
     _fail(name, f"steps {arr.min()}..{arr.max()}", f"steps in [1, {last}] (the trial's steps)")
   if arr.size > 1 and not np.all(np.diff(arr) > 0):
     _fail(name, arr.tolist() if arr.size <= 10 else f"{arr.size} steps", "strictly increasing steps")
+
+
+def check_float_dtype(name: str, value: Any) -> Any:
+  """``None`` or a floating dtype (e.g. ``jnp.float32``, ``"bfloat16"``); returns it canonical."""
+  if value is None:
+    return None
+  try:
+    dtype = jnp.dtype(value)
+  except (TypeError, ValueError):
+    dtype = None
+  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+    _fail(name, value, "None or a floating dtype such as jnp.float32 or 'bfloat16'")
+  return jax.dtypes.canonicalize_dtype(dtype)

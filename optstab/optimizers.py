@@ -176,7 +176,7 @@ def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationEx
     >>> print(optax.apply_updates(params, updates))
     [ 0.95 -2.1 ]
   """
-  _validation.check_learning_rate("learning_rate", learning_rate)
+  learning_rate = _validation.check_learning_rate("learning_rate", learning_rate)
   return _keep_dtypes(optax.scale_by_learning_rate(learning_rate))
 
 
@@ -231,8 +231,9 @@ def momentum(
     >>> print(params)  # 1 - 0.1 * 1 - 0.1 * 1.5
     [0.75]
   """
-  _validation.check_learning_rate("learning_rate", learning_rate)
+  learning_rate = _validation.check_learning_rate("learning_rate", learning_rate)
   _check_decay("momentum", momentum)
+  accumulator_dtype = _validation.check_float_dtype("accumulator_dtype", accumulator_dtype)
   return _keep_dtypes(
       optax.chain(
           optax.trace(decay=momentum, nesterov=False, accumulator_dtype=accumulator_dtype),
@@ -283,8 +284,9 @@ def nesterov(
     >>> print(updates)  # -0.1 * (0.5 * 1 + 1)
     [-0.15]
   """
-  _validation.check_learning_rate("learning_rate", learning_rate)
+  learning_rate = _validation.check_learning_rate("learning_rate", learning_rate)
   _check_decay("momentum", momentum)
+  accumulator_dtype = _validation.check_float_dtype("accumulator_dtype", accumulator_dtype)
   return _keep_dtypes(
       optax.chain(
           optax.trace(decay=momentum, nesterov=True, accumulator_dtype=accumulator_dtype),
@@ -384,12 +386,13 @@ def rmsprop(
     Tieleman and Hinton, Lecture 6.5, COURSERA: Neural Networks for Machine
     Learning, 2012; ``tf.compat.v1.train.RMSPropOptimizer``.
   """
-  _validation.check_learning_rate("learning_rate", learning_rate)
+  learning_rate = _validation.check_learning_rate("learning_rate", learning_rate)
   _check_decay("decay", decay)
   keep_mom = momentum is not None
   if keep_mom:
     _check_decay("momentum", momentum)
   _validation.check_non_negative("eps", eps)
+  accumulator_dtype = _validation.check_float_dtype("accumulator_dtype", accumulator_dtype)
 
   def init_fn(params):
     nu = optax.tree.full_like(params, 1.0)  # v_0 = 1
@@ -444,8 +447,7 @@ def _scale_by_faq_adam_family(
   _check_decay("b1", b1)
   _check_decay("b2", b2)
   _validation.check_non_negative("eps", eps)
-  if mu_dtype is not None:
-    mu_dtype = jax.dtypes.canonicalize_dtype(mu_dtype)
+  mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype)
 
   def init_fn(params):
     return ScaleByFaqAdamState(
@@ -655,7 +657,7 @@ def adam(
     Kingma and Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, 2014 (Section 2's "efficient" form).
   """
-  _validation.check_learning_rate("learning_rate", learning_rate)
+  learning_rate = _validation.check_learning_rate("learning_rate", learning_rate)
   return _keep_dtypes(
       optax.chain(
           scale_by_faq_adam(b1, b2, eps, mu_dtype=mu_dtype),
@@ -721,7 +723,7 @@ def nadam(
     Dozat, `Incorporating Nesterov Momentum into Adam
     <https://openreview.net/pdf?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
   """
-  _validation.check_learning_rate("learning_rate", learning_rate)
+  learning_rate = _validation.check_learning_rate("learning_rate", learning_rate)
   return _keep_dtypes(
       optax.chain(
           scale_by_faq_nadam(b1, b2, eps, mu_dtype=mu_dtype),

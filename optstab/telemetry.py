@@ -72,6 +72,9 @@ def _rescaled_norm(leaves: list, dtype: Any) -> jax.Array:
   return jnp.where(usable | (m == 0), norm, m)
 
 
+# record_grad_norm's largest ring buffer (64 MB of float32 norms).
+_MAX_CAPACITY = 2**24
+
 # Below this sum of squares, float32 squares may have lost digits to underflow.
 _UNDERFLOW_RISK = float(np.finfo(np.float32).tiny / np.finfo(np.float32).eps)
 
@@ -147,7 +150,7 @@ def record_grad_norm(capacity: int = 1000) -> optax.GradientTransformation:
   therefore refuse such a state with a ``ValueError`` saying where to move it.
 
   Args:
-    capacity: length of the ring buffer, an integer >= 1. A reader must fetch
+    capacity: length of the ring buffer, an integer in [1, 2**24]. A reader must fetch
       at least every ``capacity`` steps to lose nothing (:class:`GradNormRecorder`
       does).
 
@@ -164,7 +167,8 @@ def record_grad_norm(capacity: int = 1000) -> optax.GradientTransformation:
     >>> optstab.recorded_grad_norms(state)
     array([5., 1.], dtype=float32)
   """
-  _validation.check_positive_int("capacity", capacity)
+  _validation.check_positive_int("capacity", capacity, maximum=_MAX_CAPACITY,
+                                 why=" (64 MB of norms; fetch more often instead)")
 
   def init_fn(params: optax.Params) -> GradNormLogState:
     del params
