@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 
+_FLOAT32_MAX = float(jnp.finfo(jnp.float32).max)
+
+
 def _is_traced(value: Any) -> bool:
   return isinstance(value, jax.core.Tracer)
 
@@ -78,8 +81,11 @@ def check_in_range(
     low_inclusive: bool = True,
     high_inclusive: bool = False,
     allow_schedule: bool = False,
-) -> None:
+) -> Any:
   """Raises ``ValueError`` unless ``value`` is a finite real in the interval.
+
+  Returns ``value``, with a Python or NumPy integer made a float: JAX takes a
+  Python int as a weakly typed integer, which overflows beyond int32.
 
   Args:
     name: the argument's name, as the user wrote it.
@@ -91,7 +97,7 @@ def check_in_range(
     allow_schedule: accept a callable (an optax schedule) without checking it.
   """
   if _is_traced(value) or (allow_schedule and callable(value)):
-    return
+    return value
   left = "[" if low_inclusive else "("
   right = "]" if high_inclusive and math.isfinite(high) else ")"
   allowed = f"a finite real number in {left}{low:g}, {high:g}{right}"
@@ -102,37 +108,38 @@ def check_in_range(
   x = float(value)
   if not math.isfinite(x):
     _fail(name, value, allowed)
+  if abs(x) > _FLOAT32_MAX:  # JAX computes in float32, where it would be inf
+    _fail(name, value, allowed + " whose magnitude fits float32 (at most 3.4e38)")
   if x < low or (x == low and not low_inclusive):
     _fail(name, value, allowed)
   if x > high or (x == high and not high_inclusive):
     _fail(name, value, allowed)
+  if isinstance(value, numbers.Integral):
+    return x
+  return value
 
 
 def check_learning_rate(name: str, value: Any) -> Any:
   """A learning rate: a finite real >= 0, or a schedule.
 
-  Returns it with a Python or NumPy integer made a float (a Python int beyond
-  int32 would overflow where JAX takes it as a weakly typed integer).
+  Returns it as :func:`check_in_range` does (integers made floats).
   """
-  check_in_range(name, value, 0.0, math.inf, allow_schedule=True)
-  if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-    return float(value)
-  return value
+  return check_in_range(name, value, 0.0, math.inf, allow_schedule=True)
 
 
-def check_non_negative(name: str, value: Any) -> None:
+def check_non_negative(name: str, value: Any) -> Any:
   """A finite real >= 0."""
-  check_in_range(name, value, 0.0, math.inf)
+  return check_in_range(name, value, 0.0, math.inf)
 
 
-def check_positive(name: str, value: Any) -> None:
+def check_positive(name: str, value: Any) -> Any:
   """A finite real > 0."""
-  check_in_range(name, value, 0.0, math.inf, low_inclusive=False)
+  return check_in_range(name, value, 0.0, math.inf, low_inclusive=False)
 
 
-def check_percentile(name: str, value: Any) -> None:
+def check_percentile(name: str, value: Any) -> Any:
   """A percentile in (0, 100]."""
-  check_in_range(name, value, 0.0, 100.0, low_inclusive=False, high_inclusive=True)
+  return check_in_range(name, value, 0.0, 100.0, low_inclusive=False, high_inclusive=True)
 
 
 def check_positive_int(name: str, value: Any, *, minimum: int = 1,

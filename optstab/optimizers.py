@@ -65,8 +65,8 @@ __all__ = [
 # ----------------------------------------------------------------------------
 
 
-def _check_decay(name: str, value: Any) -> None:
-  _validation.check_in_range(name, value, 0.0, 1.0)
+def _check_decay(name: str, value: Any) -> Any:
+  return _validation.check_in_range(name, value, 0.0, 1.0)
 
 
 def _abs_sq(g: jax.Array) -> jax.Array:
@@ -232,7 +232,7 @@ def momentum(
     [0.75]
   """
   learning_rate = _validation.check_learning_rate("learning_rate", learning_rate)
-  _check_decay("momentum", momentum)
+  momentum = _check_decay("momentum", momentum)
   accumulator_dtype = _validation.check_float_dtype("accumulator_dtype", accumulator_dtype)
   return _keep_dtypes(
       optax.chain(
@@ -285,7 +285,7 @@ def nesterov(
     [-0.15]
   """
   learning_rate = _validation.check_learning_rate("learning_rate", learning_rate)
-  _check_decay("momentum", momentum)
+  momentum = _check_decay("momentum", momentum)
   accumulator_dtype = _validation.check_float_dtype("accumulator_dtype", accumulator_dtype)
   return _keep_dtypes(
       optax.chain(
@@ -387,11 +387,11 @@ def rmsprop(
     Learning, 2012; ``tf.compat.v1.train.RMSPropOptimizer``.
   """
   learning_rate = _validation.check_learning_rate("learning_rate", learning_rate)
-  _check_decay("decay", decay)
+  decay = _check_decay("decay", decay)
   keep_mom = momentum is not None
   if keep_mom:
-    _check_decay("momentum", momentum)
-  _validation.check_non_negative("eps", eps)
+    momentum = _check_decay("momentum", momentum)
+  eps = _validation.check_non_negative("eps", eps)
   accumulator_dtype = _validation.check_float_dtype("accumulator_dtype", accumulator_dtype)
 
   def init_fn(params):
@@ -444,9 +444,9 @@ def _scale_by_faq_adam_family(
     mu_dtype: Optional[jax.typing.DTypeLike],
     nesterov: bool,
 ) -> optax.GradientTransformation:
-  _check_decay("b1", b1)
-  _check_decay("b2", b2)
-  _validation.check_non_negative("eps", eps)
+  b1 = _check_decay("b1", b1)
+  b2 = _check_decay("b2", b2)
+  eps = _validation.check_non_negative("eps", eps)
   mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype)
 
   def init_fn(params):

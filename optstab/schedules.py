@@ -101,7 +101,7 @@ def warmup(base_learning_rate: float, warmup_steps: int) -> optax.Schedule:
     ramp as ``(I - E) * (1 - t / W) + E``; the values agree mathematically but
     theirs loses about four digits at ``t = 1`` in float32 by cancellation.
   """
-  _validation.check_non_negative("base_learning_rate", base_learning_rate)
+  base_learning_rate = _validation.check_non_negative("base_learning_rate", base_learning_rate)
   _check_warmup_steps(warmup_steps)
   return _linear_ramp(base_learning_rate, warmup_steps)
 
@@ -142,8 +142,7 @@ def prepend_warmup(schedule: optax.Schedule | float, warmup_steps: int) -> optax
   """
   _check_warmup_steps(warmup_steps)
   if not callable(schedule):
-    _validation.check_non_negative("schedule", schedule)
-    schedule = optax.constant_schedule(schedule)
+    schedule = optax.constant_schedule(_validation.check_non_negative("schedule", schedule))
   peak = schedule(0)
   # A negative (or NaN) peak would ramp to an ascending rate: refused here, where s(0) is known.
   _validation.check_non_negative("schedule(0)", peak)

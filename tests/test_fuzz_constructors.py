@@ -39,7 +39,8 @@ JUNK = st.one_of(
 
 UNIT = st.floats(0.0, 0.9999)
 POSITIVE = st.floats(1e-6, 10.0)
-SCHEDULE = st.sampled_from([lambda step: 0.1 / (1.0 + step), optax.constant_schedule(0.01)])
+# Defined at every step optax may call them with (join_schedules shifts steps below 0).
+SCHEDULE = st.sampled_from([lambda step: 0.1 / (1.0 + jnp.abs(step)), optax.constant_schedule(0.01)])
 DTYPE = st.sampled_from([None, jnp.float32, jnp.bfloat16, "float16", "int32", "float", "nope"])
 
 
@@ -149,7 +150,8 @@ def test_grad_norm_recorder(kwargs):
 def test_warmup(base, steps):
   def exercise(schedule):
     assert float(schedule(0)) == 0.0
-    np.testing.assert_allclose(float(schedule(steps)), base, rtol=1e-6)
+    # The rate reached is the base rate in float32 (which may round it to 0 or inf).
+    np.testing.assert_allclose(float(schedule(steps)), np.float32(base), rtol=1e-6)
 
   _check(optstab.warmup, {"base_learning_rate": base, "warmup_steps": steps}, exercise)
 

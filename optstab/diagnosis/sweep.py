@@ -76,6 +76,9 @@ def log_grid(low: float, high: float, num: int) -> np.ndarray:
     raise ValueError(f"high must be > low; got low={low!r}, high={high!r}.")
   grid = np.logspace(math.log10(low), math.log10(high), num)
   grid[0], grid[-1] = float(low), float(high)
+  if not np.all(np.diff(grid) > 0):
+    raise ValueError(f"high must be far enough above low for {num} distinct rates; got "
+                     f"low={low!r}, high={high!r}.")
   return grid
 
 
