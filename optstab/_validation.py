@@ -286,10 +286,12 @@ def check_steps(name: str, steps: Any, last: int) -> None:
 
 def check_float_dtype(name: str, value: Any) -> Any:
   """``None`` or a floating dtype (e.g. ``jnp.float32``, ``"bfloat16"``); returns it canonical."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
   if value is None:
     return None
-  try:
-    dtype = jnp.dtype(value)
+  try:  # an array is not a dtype (jnp.dtype(array) is deprecated)
+    dtype = None if isinstance(value, (jax.Array, np.ndarray)) else jnp.dtype(value)
   except (TypeError, ValueError):
     dtype = None
   if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
