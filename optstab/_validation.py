@@ -169,7 +169,7 @@ def check_one_of(name: str, value: Any, choices: Sequence[Any]) -> None:
 
 
 def check_norm_log(name: str, values: Any) -> Any:
-  """A non-empty 1-D array-like of gradient norms with at least one finite entry.
+  """A non-empty 1-D array-like of gradient norms, at least one finite, none negative.
 
   Returns it as a float64 NumPy array (NaN/Inf entries kept: callers decide).
   """
@@ -183,6 +183,9 @@ def check_norm_log(name: str, values: Any) -> Any:
     _fail(name, f"an array of shape {arr.shape}", "a non-empty 1-D array of gradient norms")
   if not np.isfinite(arr).any():
     _fail(name, f"{arr.size} values, all NaN or Inf", "an array with at least one finite norm")
+  negative = np.flatnonzero(np.isfinite(arr) & (arr < 0))
+  if negative.size:  # a norm is >= 0: a negative one is a bug upstream, not a diverged step
+    _fail(name, f"{arr[negative[0]]!r} at index {negative[0]}", "norms >= 0 (NaN/Inf are ignored)")
   return arr
 
 
