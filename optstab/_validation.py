@@ -185,7 +185,7 @@ def check_norm_log(name: str, values: Any) -> Any:
     _fail(name, f"{arr.size} values, all NaN or Inf", "an array with at least one finite norm")
   negative = np.flatnonzero(np.isfinite(arr) & (arr < 0))
   if negative.size:  # a norm is >= 0: a negative one is a bug upstream, not a diverged step
-    _fail(name, f"{arr[negative[0]]!r} at index {negative[0]}", "norms >= 0 (NaN/Inf are ignored)")
+    _fail(name, f"{float(arr[negative[0]])!r} at index {negative[0]}", "non-negative (NaN/Inf entries are ignored)")
   return arr
 
 
