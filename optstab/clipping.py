@@ -59,6 +59,14 @@ __all__ = [
     "PercentileClipState",
 ]
 
+#: ``PercentileClipState.threshold`` while no threshold is in force, and the
+#: padding of the window's unused slots: the largest float32, a finite stand-in
+#: for +inf (no finite norm exceeds it, and it keeps ``jax_debug_infs`` quiet).
+NO_THRESHOLD = float(np.finfo(np.float32).max)
+
+# The percentile's rank is computed in float32, exact for integers up to 2**24.
+_MAX_WINDOW = 2**24
+
 # The FAQ's fixed-threshold rule, as is: optax computes ||g|| with
 # optax.tree.norm over all leaves and returns g when ||g|| < lambda, else
 # (g / ||g||) * lambda (at ||g|| == lambda both branches give g).
@@ -105,21 +113,26 @@ class PercentileClipState(NamedTuple):
   ``"clipped"``, ``"num_clipped"``...) finds them anywhere in a chain.
 
   Attributes:
-    norm_history: float32 ``[window_size]`` ring buffer of the last finite
-      unclipped norms, in arrival order (unused slots are ``+inf``).
-    sorted_history: the same norms sorted ascending (``+inf`` padding last),
+    norm_history: float32 ``[window_size]`` ring buffer of the last finite,
+      non-zero unclipped norms, in arrival order (unused slots hold the
+      finite placeholder :data:`NO_THRESHOLD`, the largest float32).
+    sorted_history: the same norms sorted ascending (placeholders last),
       kept sorted incrementally: one O(window) removal and insertion per
       step instead of an O(window log window) sort.
     history_size: int32, number of valid entries in ``norm_history``.
     history_index: int32, the slot the next finite norm is written to.
     grad_norm: float32, the unclipped global norm of the last update.
-    threshold: float32, the threshold in force at the last update (``+inf``
-      while not clipping).
+    threshold: float32, the threshold in force at the last update
+      (:data:`NO_THRESHOLD` while no threshold is in force).
     clipped: bool, whether the last update was clipped.
     num_steps: int32, updates seen (saturates at the int32 maximum).
     num_clipped: int32, updates clipped.
     num_nonfinite: int32, updates whose norm was NaN or Inf (passed through
       unchanged, not recorded).
+
+  No field ever holds NaN or Inf unless the gradient did, so the state works
+  under ``jax_debug_nans`` and ``jax_debug_infs`` (what one turns on to chase
+  an instability).
   """
 
   norm_history: jax.Array
@@ -148,17 +161,17 @@ def _replace_sorted(sorted_history: jax.Array, outgoing: jax.Array, incoming: ja
                     full: jax.Array) -> jax.Array:
   """Removes ``outgoing`` (if ``full``) from, and inserts ``incoming`` into, a sorted window.
 
-  ``sorted_history`` is ascending with ``+inf`` padding; ``outgoing`` is one of
+  ``sorted_history`` is ascending with ``NO_THRESHOLD`` padding; ``outgoing`` is one of
   its finite entries when ``full``. Two O(window) elementwise passes.
   """
   window = sorted_history.shape[0]
   idx = jnp.arange(window)
-  pad = jnp.full([1], jnp.inf, sorted_history.dtype)
+  pad = jnp.full([1], NO_THRESHOLD, sorted_history.dtype)
   # Remove the first occurrence of `outgoing`: shift the tail left by one.
   j = jnp.sum(sorted_history < outgoing)
   left = jnp.concatenate([sorted_history[1:], pad])
   removed = jnp.where(full & (idx >= j), left, sorted_history)
-  # Insert `incoming` at its rank: shift the tail right by one (drops a +inf).
+  # Insert `incoming` at its rank: shift the tail right by one (drops a pad).
   k = jnp.sum(removed < incoming)
   right = jnp.concatenate([pad, removed[:-1]])
   return jnp.where(idx < k, removed, jnp.where(idx == k, incoming, right))
@@ -188,9 +201,9 @@ def percentile_clip(
 ) -> optax.GradientTransformation:
   r"""Clips by global norm at a percentile of recent unclipped norms (FAQ S5).
 
-  At step :math:`t`, with :math:`H_t` the last ``window_size`` *finite*
-  unclipped global norms before step :math:`t` (step :math:`t`'s own norm is
-  not included) and :math:`n_t = |H_t|`:
+  At step :math:`t`, with :math:`H_t` the last ``window_size`` *finite,
+  non-zero* unclipped global norms before step :math:`t` (step :math:`t`'s own
+  norm is not included) and :math:`n_t = |H_t|`:
 
   .. math::
 
@@ -208,7 +221,15 @@ def percentile_clip(
   interpolation (see :func:`clip_threshold`), computed on the device in
   float32, and the clipped update is computed as :math:`g_t \cdot
   (\lambda_t / \|g_t\|)`. A NaN or Inf norm is never recorded and its update passes through
-  unchanged (combine with ``optax.apply_if_finite`` to skip such steps).
+  unchanged (combine with ``optax.apply_if_finite`` to skip such steps). The
+  norm is :func:`optstab.global_norm`, which does not overflow: a finite
+  update of norm ``3e19`` is clipped like any other.
+
+  Zero norms are not recorded either: an all-zero gradient (a frozen model, a
+  masked batch, the first steps of some schedules) is no evidence of the
+  typical scale, and recording it would drag the percentile to 0 and zero
+  every following update until the zeros leave the window. A zero update passes
+  through unchanged (clipping cannot change it); ``num_steps`` counts it.
 
   Memory and cost are independent of the number of steps: the state holds
   two float32 buffers of ``window_size`` norms (8 KB for the default 1000),
@@ -223,13 +244,22 @@ def percentile_clip(
   ``max_threshold``).
 
   With ``optax.inject_hyperparams``, ``percentile``, ``initial_threshold`` and
-  ``max_threshold`` are injectable; name the integer arguments static:
+  ``max_threshold`` are injectable; name the integer arguments static and keep
+  the hyperparameters in float32 (inject_hyperparams casts them to the
+  parameters' dtype otherwise, and bfloat16 rounds a percentile of 99.9 to
+  100; a bfloat16 or float16 hyperparameter raises ``ValueError``):
   ``optax.inject_hyperparams(percentile_clip, static_args=("window_size",
-  "min_history"))(percentile=95.0)``.
+  "min_history"), hyperparam_dtype=jnp.float32)(percentile=95.0)``. An
+  injected percentile set to a concrete value is checked like the argument;
+  inside a jitted update, where it has no value to check, it is clamped to
+  [0, 100] and a NaN one means no adaptive threshold (``initial_threshold``,
+  or no clipping, stays in force).
 
   Args:
     percentile: the percentile of recent norms to clip at, in (0, 100].
-    window_size: number of recent norms kept, an integer >= 1.
+    window_size: number of recent norms kept, an integer in [1, 2**24] (the
+      window's ranks are computed in float32, exact up to 2**24; two float32
+      buffers of that size take 128 MB).
     min_history: finite norms needed before the percentile is used, an integer
       in [1, window_size]; ``None`` (default) means ``min(100, window_size)``.
     initial_threshold: threshold in force until then (a finite real > 0), or
@@ -239,6 +269,11 @@ def percentile_clip(
 
   Returns:
     An ``optax.GradientTransformation`` with state :class:`PercentileClipState`.
+
+  Raises:
+    ValueError: at construction, for an argument outside its range.
+    TypeError: at the first update, for an integer update leaf (clipping would
+      truncate it; ``optax.clip_by_global_norm`` raises too).
 
   Example:
     >>> import jax.numpy as jnp, optax, optstab
@@ -267,10 +302,15 @@ def percentile_clip(
     _validation.check_positive("initial_threshold", initial_threshold)
   if max_threshold is not None:
     _validation.check_positive("max_threshold", max_threshold)
+  for name, value in (("percentile", percentile), ("initial_threshold", initial_threshold),
+                      ("max_threshold", max_threshold)):
+    _validation.check_full_precision(name, value)
   # window_size is only needed (as a Python int) by init; update reads the
   # window length from the state, so traced values are fine there.
   if not _is_tracer(window_size):
-    window_size = _as_int("window_size", window_size, minimum=1)
+    _validation.check_positive_int("window_size", window_size, maximum=_MAX_WINDOW,
+                                   why=" (ranks are computed in float32, exact up to 2**24)")
+    window_size = int(window_size)
     if min_history is None:
       min_history = min(100, window_size)
     if not _is_tracer(min_history):
@@ -286,62 +326,81 @@ def percentile_clip(
     # A fresh array per field (no shared buffers), so the state can be donated.
     zero = lambda: jnp.zeros([], jnp.int32)  # pylint: disable=unnecessary-lambda-assignment
     return PercentileClipState(
-        norm_history=jnp.full([window_size], jnp.inf, jnp.float32),
-        sorted_history=jnp.full([window_size], jnp.inf, jnp.float32),
+        norm_history=jnp.full([window_size], NO_THRESHOLD, jnp.float32),
+        sorted_history=jnp.full([window_size], NO_THRESHOLD, jnp.float32),
         history_size=zero(),
         history_index=zero(),
         grad_norm=jnp.zeros([], jnp.float32),
-        threshold=jnp.full([], jnp.inf, jnp.float32),
+        threshold=jnp.full([], NO_THRESHOLD, jnp.float32),
         clipped=jnp.zeros([], jnp.bool_),
         num_steps=zero(),
         num_clipped=zero(),
         num_nonfinite=zero(),
     )
 
-  def update_fn(updates, state: PercentileClipState, params=None):
-    del params
-    norm32 = global_norm(updates).astype(jnp.float32)
-    finite = jnp.isfinite(norm32)
-
-    # Threshold from the window *before* this step.
+  def threshold_in_force(state: PercentileClipState) -> jax.Array:
+    """lambda_t from the window *before* this step (or the fallback)."""
     window = state.norm_history.shape[0]
     size = state.history_size
     q = jnp.asarray(percentile, jnp.float32) / 100.0
+    use_window = size >= (min(100, window) if min_history is None else min_history)
+    if _is_tracer(percentile):
+      # Injected and traced: no value to check here (see the docstring).
+      use_window &= ~jnp.isnan(q)
+      q = jnp.clip(q, 0.0, 1.0)
     adaptive = _window_percentile(state.sorted_history, jnp.maximum(size, 1), q)
     if max_threshold is not None:
       adaptive = jnp.minimum(adaptive, jnp.asarray(max_threshold, jnp.float32))
-    fallback = jnp.asarray(jnp.inf if initial_threshold is None else initial_threshold,
+    fallback = jnp.asarray(NO_THRESHOLD if initial_threshold is None else initial_threshold,
                            jnp.float32)
-    needed = min(100, window) if min_history is None else min_history
-    threshold = jnp.where(size >= needed, adaptive, fallback)
+    return jnp.where(use_window, adaptive, fallback)
 
-    # The FAQ's rule. One scalar factor lambda / ||g|| times each leaf (optax
-    # computes (g / ||g||) * lambda): a multiply by a scalar fuses into the
-    # optimizer's update kernels, whereas XLA materialises the divided
-    # gradient once per leaf (an extra pass over memory; see the benchmark).
-    clipped = finite & (norm32 > threshold)
-    factor = threshold / norm32
+  def clip(updates, norm32: jax.Array, threshold: jax.Array):
+    """The FAQ's rule, with one scalar factor lambda / ||g|| times each leaf.
+
+    optax computes (g / ||g||) * lambda: a multiply by a scalar fuses into the
+    optimizer's update kernels, whereas XLA materialises the divided gradient
+    once per leaf (an extra pass over memory; see the benchmark).
+    """
+    clipped = jnp.isfinite(norm32) & (norm32 > threshold)
+    # Divide only where clipping (norm > lambda > 0): no inf/NaN from 0 / 0.
+    factor = threshold / jnp.where(clipped, norm32, 1.0)
 
     def clip_leaf(t):
       # A scalar predicate (as in optax): broadcasting it would drop the
       # leaf's sharding under explicit-sharding meshes.
       return jax.lax.select(clipped, t * factor.astype(t.dtype), t)
 
-    updates = jax.tree.map(clip_leaf, updates)
+    return jax.tree.map(clip_leaf, updates), clipped
 
-    # Record the unclipped norm, if finite.
-    index = state.history_index
+  def record(state: PercentileClipState, norm32: jax.Array) -> tuple[jax.Array, ...]:
+    """The window after this step: the norm enters if finite and non-zero."""
+    window = state.norm_history.shape[0]
+    size, index = state.history_size, state.history_index
+    enters = jnp.isfinite(norm32) & (norm32 > 0)
     history = state.norm_history.at[index].set(
-        jnp.where(finite, norm32, state.norm_history[index]))
+        jnp.where(enters, norm32, state.norm_history[index]))
     sorted_history = jnp.where(
-        finite,
+        enters,
         _replace_sorted(state.sorted_history, state.norm_history[index], norm32, size >= window),
         state.sorted_history)
+    size = jnp.where(enters, jnp.minimum(size + 1, window), size).astype(jnp.int32)
+    index = jnp.where(enters, (index + 1) % window, index).astype(jnp.int32)
+    return history, sorted_history, size, index
+
+  def update_fn(updates, state: PercentileClipState, params=None):
+    del params
+    _validation.check_float_leaves("updates", updates)
+    norm32 = global_norm(updates).astype(jnp.float32)
+    threshold = threshold_in_force(state)
+    updates, clipped = clip(updates, norm32, threshold)
+    history, sorted_history, size, index = record(state, norm32)
+    finite = jnp.isfinite(norm32)
     new_state = PercentileClipState(
         norm_history=history,
         sorted_history=sorted_history,
-        history_size=jnp.where(finite, jnp.minimum(size + 1, window), size).astype(jnp.int32),
-        history_index=jnp.where(finite, (index + 1) % window, index).astype(jnp.int32),
+        history_size=size,
+        history_index=index,
         grad_norm=norm32,
         threshold=threshold,
         clipped=clipped,

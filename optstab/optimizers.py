@@ -23,7 +23,15 @@ parameter's dtype unless a ``mu_dtype`` / ``accumulator_dtype`` is given; step
 counters are ``int32`` and saturate instead of overflowing
 (:func:`optax.safe_increment`). Adam's bias correction is a scalar computed
 in ``float32`` (``float64`` with ``jax_enable_x64``), never in a
-low-precision parameter dtype. Real-valued parameters only.
+low-precision parameter dtype.
+
+Complex parameters: as in optax, the second moments accumulate
+:math:`|g|^2 = g \bar g` (real; stored in the parameter's complex dtype with
+a zero imaginary part), so :math:`g^2` in the equations below reads
+:math:`|g|^2` for complex :math:`g`. Feed the optimizers the conjugate of
+``jax.grad`` (``jnp.conj(jax.grad(loss)(z))``), the steepest-descent
+direction for a real loss of complex parameters, as with optax. Real
+parameters take exactly the ``g * g`` path they always did.
 """
 
 from __future__ import annotations
@@ -57,17 +65,15 @@ __all__ = [
 # ----------------------------------------------------------------------------
 
 
-def _check_decay(name: str, value: Any) -> None:
-  _validation.check_in_range(name, value, 0.0, 1.0)
+def _check_decay(name: str, value: Any) -> Any:
+  return _validation.check_in_range(name, value, 0.0, 1.0)
 
 
-def _is_python_zero(value: Any) -> bool:
-  """True for a plain Python / NumPy real equal to 0 (never for a jax array)."""
-  return (
-      isinstance(value, numbers.Real)
-      and not isinstance(value, bool)
-      and float(value) == 0.0
-  )
+def _abs_sq(g: jax.Array) -> jax.Array:
+  """:math:`|g|^2`: ``g * g`` for real ``g``; ``re(g)^2 + im(g)^2`` for complex ``g``."""
+  if jnp.iscomplexobj(g):
+    return g.real * g.real + g.imag * g.imag
+  return g * g
 
 
 def _one_minus_power(beta: jax.typing.ArrayLike, t: jax.Array) -> jax.Array:
@@ -170,7 +176,7 @@ def sgd(learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformationEx
     >>> print(optax.apply_updates(params, updates))
     [ 0.95 -2.1 ]
   """
-  _validation.check_learning_rate("learning_rate", learning_rate)
+  learning_rate = _validation.check_learning_rate("learning_rate", learning_rate)
   return _keep_dtypes(optax.scale_by_learning_rate(learning_rate))
 
 
@@ -225,8 +231,9 @@ def momentum(
     >>> print(params)  # 1 - 0.1 * 1 - 0.1 * 1.5
     [0.75]
   """
-  _validation.check_learning_rate("learning_rate", learning_rate)
-  _check_decay("momentum", momentum)
+  learning_rate = _validation.check_learning_rate("learning_rate", learning_rate)
+  momentum = _check_decay("momentum", momentum)
+  accumulator_dtype = _validation.check_float_dtype("accumulator_dtype", accumulator_dtype)
   return _keep_dtypes(
       optax.chain(
           optax.trace(decay=momentum, nesterov=False, accumulator_dtype=accumulator_dtype),
@@ -277,8 +284,9 @@ def nesterov(
     >>> print(updates)  # -0.1 * (0.5 * 1 + 1)
     [-0.15]
   """
-  _validation.check_learning_rate("learning_rate", learning_rate)
-  _check_decay("momentum", momentum)
+  learning_rate = _validation.check_learning_rate("learning_rate", learning_rate)
+  momentum = _check_decay("momentum", momentum)
+  accumulator_dtype = _validation.check_float_dtype("accumulator_dtype", accumulator_dtype)
   return _keep_dtypes(
       optax.chain(
           optax.trace(decay=momentum, nesterov=True, accumulator_dtype=accumulator_dtype),
@@ -297,17 +305,17 @@ class FaqRmsPropState(NamedTuple):
 
   count: jax.Array  # shape=(), dtype=jnp.int32: the step t, indexes the schedule.
   nu: optax.Updates  # v_t, the moving average of g^2; v_0 = 1.
-  mom: Optional[optax.Updates]  # m_t (None when momentum is the number 0).
+  mom: Optional[optax.Updates]  # m_t (None when momentum is None).
 
 
 def rmsprop(
     learning_rate: optax.ScalarOrSchedule,
     decay: jax.typing.ArrayLike = 0.9,
-    momentum: jax.typing.ArrayLike = 0.0,  # pylint: disable=redefined-outer-name
+    momentum: Optional[jax.typing.ArrayLike] = None,  # pylint: disable=redefined-outer-name
     eps: jax.typing.ArrayLike = 1e-8,
     *,
     accumulator_dtype: Optional[jax.typing.DTypeLike] = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""RMSProp as the FAQ writes it (TF1's form).
 
   .. math::
@@ -327,12 +335,14 @@ def rmsprop(
   RMSProp has no learning-rate-free ``scale_by_*`` block here: it is one
   transformation that takes the schedule and keeps its own ``count``.
 
-  Defaults: ``decay=0.9``, ``momentum=0.0``, ``eps=1e-8`` (TF1 used
+  Defaults: ``decay=0.9``, ``momentum=None``, ``eps=1e-8`` (TF1 used
   ``1e-10``; optax's ``rmsprop`` uses ``1e-8``, also inside the square root).
-  When ``momentum`` is the Python number ``0`` the accumulator is not stored
-  (``state.mom is None``): with :math:`\gamma = 0`, :math:`m_{t+1}` is the
-  current step. Pass ``momentum`` as an array (as
-  :func:`optax.inject_hyperparams` does) to always keep it.
+  With ``momentum=None`` (as in optax) the accumulator is not stored
+  (``state.mom is None``) and :math:`m_{t+1}` is the current step, i.e.
+  :math:`\gamma = 0`; any number, ``0.0`` included, keeps it. So the state's
+  structure depends only on whether ``momentum`` is ``None``, the same under
+  :func:`optax.inject_hyperparams` (which leaves ``None`` alone and turns
+  numbers into arrays) as without: a checkpoint of one restores into the other.
 
   .. warning::
     optax's ``rmsprop`` defaults differ: it starts :math:`v_0 = 0`
@@ -348,14 +358,16 @@ def rmsprop(
   Args:
     learning_rate: :math:`\eta_t`: a finite real >= 0 or an optax schedule.
     decay: :math:`\rho \in [0, 1)`. Default 0.9.
-    momentum: :math:`\gamma \in [0, 1)`. Default 0.0.
+    momentum: :math:`\gamma \in [0, 1)`, or ``None`` (default): no
+      accumulator, the same updates as ``0.0``.
     eps: :math:`\epsilon \ge 0`, added inside the square root. Default 1e-8.
     accumulator_dtype: optional dtype of :math:`m` (default: the
       parameter's). :math:`v` always has the parameter's dtype.
 
   Returns:
-    An :class:`optax.GradientTransformation` with state
-    :class:`FaqRmsPropState`.
+    An :class:`optax.GradientTransformationExtraArgs` with state
+    :class:`FaqRmsPropState` (extra keyword arguments to ``update`` are
+    accepted and ignored, as by the other optimizers here).
 
   Raises:
     ValueError: for a negative or non-finite ``learning_rate``, ``decay`` or
@@ -374,22 +386,24 @@ def rmsprop(
     Tieleman and Hinton, Lecture 6.5, COURSERA: Neural Networks for Machine
     Learning, 2012; ``tf.compat.v1.train.RMSPropOptimizer``.
   """
-  _validation.check_learning_rate("learning_rate", learning_rate)
-  _check_decay("decay", decay)
-  _check_decay("momentum", momentum)
-  _validation.check_non_negative("eps", eps)
-  keep_mom = not _is_python_zero(momentum)
+  learning_rate = _validation.check_learning_rate("learning_rate", learning_rate)
+  decay = _check_decay("decay", decay)
+  keep_mom = momentum is not None
+  if keep_mom:
+    momentum = _check_decay("momentum", momentum)
+  eps = _validation.check_non_negative("eps", eps)
+  accumulator_dtype = _validation.check_float_dtype("accumulator_dtype", accumulator_dtype)
 
   def init_fn(params):
     nu = optax.tree.full_like(params, 1.0)  # v_0 = 1
     mom = optax.tree.zeros_like(params, dtype=accumulator_dtype) if keep_mom else None
     return FaqRmsPropState(count=jnp.zeros([], jnp.int32), nu=nu, mom=mom)
 
-  def update_fn(updates, state, params=None):
-    del params
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
     eta = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    # v_{t+1} = rho v_t + (1 - rho) g_t^2
-    nu = jax.tree.map(lambda g, v: decay * v + (1.0 - decay) * g * g, updates, state.nu)
+    # v_{t+1} = rho v_t + (1 - rho) g_t^2   (|g_t|^2 for complex g)
+    nu = jax.tree.map(lambda g, v: decay * v + (1.0 - decay) * _abs_sq(g), updates, state.nu)
     # eta_t / sqrt(v_{t+1} + eps) * g_t
     step = jax.tree.map(lambda g, v: eta * jax.lax.rsqrt(v + eps) * g, updates, nu)
     if keep_mom:
@@ -407,7 +421,7 @@ def rmsprop(
     )
     return _cast_like(new_updates, updates), _cast_like(new_state, state)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 # ----------------------------------------------------------------------------
@@ -430,11 +444,10 @@ def _scale_by_faq_adam_family(
     mu_dtype: Optional[jax.typing.DTypeLike],
     nesterov: bool,
 ) -> optax.GradientTransformation:
-  _check_decay("b1", b1)
-  _check_decay("b2", b2)
-  _validation.check_non_negative("eps", eps)
-  if mu_dtype is not None:
-    mu_dtype = jax.dtypes.canonicalize_dtype(mu_dtype)
+  b1 = _check_decay("b1", b1)
+  b2 = _check_decay("b2", b2)
+  eps = _validation.check_non_negative("eps", eps)
+  mu_dtype = _validation.check_float_dtype("mu_dtype", mu_dtype)
 
   def init_fn(params):
     return ScaleByFaqAdamState(
@@ -447,7 +460,7 @@ def _scale_by_faq_adam_family(
     del params
     # m_{t+1} = beta1 m_t + (1 - beta1) g_t ;  v_{t+1} = beta2 v_t + (1 - beta2) g_t^2
     mu = jax.tree.map(lambda g, m: b1 * m + (1.0 - b1) * g, updates, state.mu)
-    nu = jax.tree.map(lambda g, v: b2 * v + (1.0 - b2) * g * g, updates, state.nu)
+    nu = jax.tree.map(lambda g, v: b2 * v + (1.0 - b2) * _abs_sq(g), updates, state.nu)
     count_inc = optax.safe_increment(state.count)
     b = _bias_correction(b1, b2, count_inc)  # b_{t+1}
     if nesterov:
@@ -644,7 +657,7 @@ def adam(
     Kingma and Ba, `Adam: A Method for Stochastic Optimization
     <https://arxiv.org/abs/1412.6980>`_, 2014 (Section 2's "efficient" form).
   """
-  _validation.check_learning_rate("learning_rate", learning_rate)
+  learning_rate = _validation.check_learning_rate("learning_rate", learning_rate)
   return _keep_dtypes(
       optax.chain(
           scale_by_faq_adam(b1, b2, eps, mu_dtype=mu_dtype),
@@ -710,7 +723,7 @@ def nadam(
     Dozat, `Incorporating Nesterov Momentum into Adam
     <https://openreview.net/pdf?id=OM0jvwB8jIp57ZJjtNEZ>`_, 2016.
   """
-  _validation.check_learning_rate("learning_rate", learning_rate)
+  learning_rate = _validation.check_learning_rate("learning_rate", learning_rate)
   return _keep_dtypes(
       optax.chain(
           scale_by_faq_nadam(b1, b2, eps, mu_dtype=mu_dtype),

@@ -46,6 +46,12 @@ __all__ = [
 ]
 
 
+def _check_warmup_steps(warmup_steps: int) -> None:
+  # Steps are int32 counters in optax states (they saturate at 2**31 - 1).
+  _validation.check_positive_int("warmup_steps", warmup_steps, maximum=2**31 - 1,
+                                 why=" (optax's step counters are int32)")
+
+
 def _linear_ramp(peak: jax.typing.ArrayLike, warmup_steps: int) -> optax.Schedule:
   """``peak * min(max(t, 0), warmup_steps) / warmup_steps``."""
 
@@ -89,7 +95,7 @@ def warmup(base_learning_rate: float, warmup_steps: int) -> optax.Schedule:
   Args:
     base_learning_rate: the learning rate reached at the end of the warmup, a
       finite real >= 0.
-    warmup_steps: length of the ramp, an integer >= 1.
+    warmup_steps: length of the ramp, an integer in [1, 2**31 - 1].
 
   Returns:
     An optax schedule ``step -> learning rate``, jit-safe (``step`` may be
@@ -106,8 +112,8 @@ def warmup(base_learning_rate: float, warmup_steps: int) -> optax.Schedule:
     ramp as ``(I - E) * (1 - t / W) + E``; the values agree mathematically but
     theirs loses about four digits at ``t = 1`` in float32 by cancellation.
   """
-  _validation.check_non_negative("base_learning_rate", base_learning_rate)
-  _validation.check_positive_int("warmup_steps", warmup_steps)
+  base_learning_rate = _validation.check_non_negative("base_learning_rate", base_learning_rate)
+  _check_warmup_steps(warmup_steps)
   return _linear_ramp(base_learning_rate, warmup_steps)
 
 
@@ -127,11 +133,13 @@ def prepend_warmup(schedule: optax.Schedule | float, warmup_steps: int) -> optax
   ``N`` steps now needs :func:`total_steps_with_warmup` ``(N, W) = N + W``.
 
   This is ``optax.join_schedules([ramp, schedule], [W])``; ``s(0)`` is
-  evaluated once, here, so ``schedule`` must accept a concrete step.
+  evaluated once, here, so ``schedule`` must accept a concrete step, and it
+  must be a finite real >= 0 (``ValueError`` otherwise: a negative rate would
+  make every optimizer ascend). Later values are not checked.
 
   Args:
     schedule: the baseline schedule (``step -> value``), or a constant.
-    warmup_steps: length of the ramp, an integer >= 1.
+    warmup_steps: length of the ramp, an integer in [1, 2**31 - 1].
 
   Returns:
     An optax schedule, jit-safe if ``schedule`` is.
@@ -143,11 +151,12 @@ def prepend_warmup(schedule: optax.Schedule | float, warmup_steps: int) -> optax
     >>> float(lr(0)), float(lr(1000)), bool(lr(6000) == cosine(5000))
     (0.0, 0.10000000149011612, True)
   """
-  _validation.check_positive_int("warmup_steps", warmup_steps)
+  _check_warmup_steps(warmup_steps)
   if not callable(schedule):
-    _validation.check_non_negative("schedule", schedule)
-    schedule = optax.constant_schedule(schedule)
+    schedule = optax.constant_schedule(_validation.check_non_negative("schedule", schedule))
   peak = schedule(0)
+  # A negative (or NaN) peak would ramp to an ascending rate: refused here, where s(0) is known.
+  _validation.check_non_negative("schedule(0)", peak)
   return optax.join_schedules([_linear_ramp(peak, warmup_steps), schedule], [warmup_steps])
 
 

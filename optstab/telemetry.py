@@ -50,8 +50,37 @@ __all__ = [
 ]
 
 
+def _squares_sum(leaves: list, scale: Any = None) -> jax.Array:
+  """``sum_i (x_i / scale)^2`` over every leaf, in at least float32."""
+  total = jnp.zeros([], jnp.float32)
+  for x in leaves:
+    if scale is not None:
+      x = x / scale.astype(x.dtype)
+    total = total + jnp.sum(x * x)
+  return total
+
+
+def _rescaled_norm(leaves: list, dtype: Any) -> jax.Array:
+  """``m * sqrt(sum (x / m)^2)`` with ``m = max |x|``: no overflow or underflow."""
+  m = jnp.zeros([], dtype)
+  for x in leaves:
+    m = jnp.maximum(m, jnp.max(jnp.abs(x), initial=0.0).astype(dtype))
+  usable = jnp.isfinite(m) & (m > 0)
+  scale = jnp.where(usable, m, 1.0)
+  # m = 0: the norm is 0; a NaN or Inf leaf makes m (and the norm) NaN or Inf.
+  norm = scale * jnp.sqrt(_squares_sum(leaves, scale).astype(dtype))
+  return jnp.where(usable | (m == 0), norm, m)
+
+
+# record_grad_norm's largest ring buffer (64 MB of float32 norms).
+_MAX_CAPACITY = 2**24
+
+# Below this sum of squares, float32 squares may have lost digits to underflow.
+_UNDERFLOW_RISK = float(np.finfo(np.float32).tiny / np.finfo(np.float32).eps)
+
+
 def global_norm(tree: Any) -> jax.Array:
-  """The global L2 norm of a gradient pytree, accumulated in at least float32.
+  r"""The global L2 norm of a gradient pytree, accumulated in at least float32.
 
   This is the norm the FAQ (S2, S5) says to log and clip by: every leaf of the
   full loss gradient together.
@@ -60,13 +89,23 @@ def global_norm(tree: Any) -> jax.Array:
   float16 leaves are squared and summed in float32, so the norm keeps float32
   precision; for float32 leaves the two are the same computation (XLA
   computes it once when both appear in one step).
+
+  Unlike ``optax.tree.norm``, a finite gradient has a finite, accurate norm
+  (unless the norm itself exceeds the float32 range, about ``3.4e38``): when
+  the float32 sum of squares overflows (a norm above about ``1.8e19``) or is
+  so small that squares may have underflowed (below ``2**-103``), the norm is
+  recomputed as :math:`m \sqrt{\sum_i (g_i / m)^2}` with :math:`m = \max_i
+  |g_i|`. The recomputation sits in a ``lax.cond``, so an ordinary step pays
+  one scalar comparison, not a second pass over the gradient.
   """
-  total = jnp.zeros([], jnp.float32)
+  leaves = []
   for x in jax.tree.leaves(tree):
     x = jnp.abs(x) if jnp.iscomplexobj(x) else x
-    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    total = total + jnp.sum(x * x)
-  return jnp.sqrt(total)
+    leaves.append(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
+  total = _squares_sum(leaves)
+  in_range = (total >= _UNDERFLOW_RISK) & (total < jnp.inf)
+  return jax.lax.cond(in_range, lambda t, _: jnp.sqrt(t),
+                      lambda t, xs: _rescaled_norm(xs, t.dtype), total, leaves)
 
 
 class GradNormLogState(NamedTuple):
@@ -75,7 +114,8 @@ class GradNormLogState(NamedTuple):
   Attributes:
     grad_norm_log: float32 ``[capacity]`` ring buffer; the norm of step ``t``
       (counting from 0) is at index ``t % capacity`` until overwritten ``capacity``
-      steps later. Unwritten slots are NaN.
+      steps later. Unwritten slots hold 0, a finite placeholder (the count
+      says which slots are valid), so the state works under ``jax_debug_nans``.
     grad_norm_log_count: int32, number of norms written so far (saturates at
       the int32 maximum, after which the last slot is overwritten).
   """
@@ -96,8 +136,21 @@ def record_grad_norm(capacity: int = 1000) -> optax.GradientTransformation:
   whatever the run length; the cost is one global-norm reduction per step (on
   sharded arrays, XLA inserts the cross-device sum) and a one-element write.
 
+  Where it goes in a chain: first, before any clipping, so it sees the
+  unclipped gradient; and *outside* ``optax.apply_if_finite``::
+
+    optax.chain(optstab.record_grad_norm(),
+                optax.apply_if_finite(optax.chain(optstab.percentile_clip(), optstab.adam(lr)),
+                                      max_consecutive_errors=5))
+
+  There it records every step, a skipped non-finite one as NaN or Inf, so the
+  log stays aligned with the steps. Inside ``apply_if_finite`` a skipped step
+  would restore the recorder's previous state and drop that step's entry
+  without a trace; :func:`recorded_grad_norms` and :class:`GradNormRecorder`
+  therefore refuse such a state with a ``ValueError`` saying where to move it.
+
   Args:
-    capacity: length of the ring buffer, an integer >= 1. A reader must fetch
+    capacity: length of the ring buffer, an integer in [1, 2**24]. A reader must fetch
       at least every ``capacity`` steps to lose nothing (:class:`GradNormRecorder`
       does).
 
@@ -114,12 +167,13 @@ def record_grad_norm(capacity: int = 1000) -> optax.GradientTransformation:
     >>> optstab.recorded_grad_norms(state)
     array([5., 1.], dtype=float32)
   """
-  _validation.check_positive_int("capacity", capacity)
+  _validation.check_positive_int("capacity", capacity, maximum=_MAX_CAPACITY,
+                                 why=" (64 MB of norms; fetch more often instead)")
 
   def init_fn(params: optax.Params) -> GradNormLogState:
     del params
     return GradNormLogState(
-        grad_norm_log=jnp.full([capacity], jnp.nan, jnp.float32),
+        grad_norm_log=jnp.zeros([capacity], jnp.float32),
         grad_norm_log_count=jnp.zeros([], jnp.int32),
     )
 
@@ -134,12 +188,20 @@ def record_grad_norm(capacity: int = 1000) -> optax.GradientTransformation:
 
 
 def _find_log(opt_state: Any) -> GradNormLogState:
+  """The log in ``opt_state``; refuses one whose steps could be skipped silently."""
   if isinstance(opt_state, GradNormLogState):
     return opt_state
   found = optax.tree.get(opt_state, "GradNormLogState")
   if found is None:
     raise ValueError("opt_state must contain a GradNormLogState (chain optstab.record_grad_norm() "
                      "into the optimizer); none found.")
+  for _, guarded in optax.tree.get_all_with_path(opt_state, "ApplyIfFiniteState"):
+    if optax.tree.get(guarded.inner_state, "GradNormLogState") is not None:
+      raise ValueError(
+          "opt_state has its GradNormLogState inside optax.apply_if_finite, which skips the "
+          "recorder on non-finite steps, so the log would lose its alignment with the steps. "
+          "Put optstab.record_grad_norm() before apply_if_finite: "
+          "optax.chain(optstab.record_grad_norm(), optax.apply_if_finite(inner, ...)).")
   return found
 
 
@@ -182,10 +244,16 @@ class GradNormRecorder:
   device ring buffer to the host once and appends the norms written since the
   previous fetch. :meth:`norms` fetches what remains and returns the whole run.
 
+  After a checkpoint restore, continue with :meth:`resume` (the recorder's
+  norms so far, e.g. saved beside the checkpoint, and the restored state),
+  not with a fresh recorder: that one would take the restored step count for
+  norms it never fetched.
+
   Args:
     fetch_every: steps between fetches, an integer in [1, capacity]; ``None``
       (default) uses the buffer's capacity (one transfer per ``capacity``
-      steps).
+      steps). A value above the capacity fails at the first :meth:`observe`
+      (the capacity is the state's static shape: no transfer).
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, optstab
@@ -210,37 +278,91 @@ class GradNormRecorder:
     self._capacity: int | None = None
     self.num_fetches = 0
 
+  @classmethod
+  def resume(cls, opt_state: Any, norms: Any, fetch_every: int | None = None) -> "GradNormRecorder":
+    """A recorder continuing a run restored from a checkpoint.
+
+    ``opt_state`` is the restored state; ``norms`` the norms recorded before
+    (``recorder.norms()`` saved with the checkpoint, or saved later: rolling
+    back to an older checkpoint is fine). With ``c`` the restored step count,
+    the new recorder holds ``norms[:c]``, completed from the state's ring
+    buffer if ``norms`` is shorter (NaN for steps neither holds), and records
+    on from step ``c``. One transfer.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optstab
+      >>> opt = optax.chain(optstab.record_grad_norm(capacity=4), optax.sgd(0.1))
+      >>> params, state = jnp.zeros(1), None
+      >>> state = opt.init(params)
+      >>> recorder = optstab.GradNormRecorder()
+      >>> for step in range(6):
+      ...   _, state = opt.update(jnp.array([float(step)]), state, params)
+      ...   recorder.observe(state)
+      ...   if step == 2:
+      ...     checkpoint, saved = state, recorder.norms(state)
+      >>> recorder = optstab.GradNormRecorder.resume(checkpoint, saved)  # roll back to step 3
+      >>> _, state = opt.update(jnp.array([30.0]), checkpoint, params)
+      >>> recorder.observe(state)
+      >>> recorder.norms(state)
+      array([ 0.,  1.,  2., 30.], dtype=float32)
+    """
+    recorder = cls(fetch_every)
+    before = np.asarray(norms, np.float32).ravel()
+    log = _find_log(opt_state)
+    recorder._check_capacity(log)
+    ring, count = jax.device_get(tuple(log))
+    count = int(count)
+    kept = before[:count]
+    if kept.size < count:
+      recorder._fetched = kept.size
+      recorder._chunks.append(kept)
+      recorder._append_from(np.asarray(ring), count, warn=False)
+    else:
+      recorder._chunks.append(kept)
+      recorder._fetched = count
+    recorder._calls = count
+    return recorder
+
+  def _check_capacity(self, log: GradNormLogState) -> int:
+    capacity = log.grad_norm_log.shape[0]  # static shape: no sync
+    if self._fetch_every is not None and self._fetch_every > capacity:
+      raise ValueError(f"fetch_every must be an integer in [1, capacity={capacity}]; "
+                       f"got {self._fetch_every!r}.")
+    return capacity
+
   def observe(self, opt_state: Any) -> None:
     """Records one step; transfers only every ``fetch_every`` calls."""
     self._calls += 1
-    every = self._fetch_every
-    if every is None:
-      if self._capacity is None:
-        self._capacity = _find_log(opt_state).grad_norm_log.shape[0]  # static shape: no sync
-      every = self._capacity
+    if self._capacity is None:
+      self._capacity = self._check_capacity(_find_log(opt_state))
+    every = self._capacity if self._fetch_every is None else self._fetch_every
     if self._calls % every == 0:
       self.fetch(opt_state)
 
   def fetch(self, opt_state: Any) -> None:
     """Copies the buffer to the host now and appends the new norms."""
     state = _find_log(opt_state)
-    capacity = state.grad_norm_log.shape[0]
-    if self._fetch_every is not None and self._fetch_every > capacity:
-      raise ValueError(f"fetch_every must be an integer in [1, capacity={capacity}]; "
-                       f"got {self._fetch_every!r}.")
+    self._check_capacity(state)
     log, count = jax.device_get(tuple(state))
     count = int(count)
     self.num_fetches += 1
     if count < self._fetched:
-      raise ValueError("opt_state's grad_norm_log_count went backwards; use one recorder per run.")
-    start = max(self._fetched, count - capacity)
+      raise ValueError("opt_state's grad_norm_log_count went backwards (a checkpoint restore? "
+                       "continue with GradNormRecorder.resume(restored_state, norms)); "
+                       "otherwise use one recorder per run.")
+    self._append_from(np.asarray(log), count, warn=True)
+
+  def _append_from(self, log: np.ndarray, count: int, *, warn: bool) -> None:
+    """Appends the norms of steps [fetched, count) held in ``log``, NaN for lost ones."""
+    start = max(self._fetched, count - log.shape[0])
     if start > self._fetched:
       lost = start - self._fetched
-      warnings.warn(f"GradNormRecorder: {lost} norms were overwritten before being fetched "
-                    "(fetch at least every `capacity` steps); they are recorded as NaN.",
-                    RuntimeWarning, stacklevel=2)
+      if warn:
+        warnings.warn(f"GradNormRecorder: {lost} norms were overwritten before being fetched "
+                      "(fetch at least every `capacity` steps); they are recorded as NaN.",
+                      RuntimeWarning, stacklevel=3)
       self._chunks.append(np.full([lost], np.nan, np.float32))
-    self._chunks.append(_unroll(np.asarray(log), count, start))
+    self._chunks.append(_unroll(log, count, start))
     self._fetched = count
 
   def norms(self, opt_state: Any | None = None) -> np.ndarray:
@@ -382,5 +504,7 @@ def summarize_clip_state(opt_state: Any, norms: Any | None = None) -> ClippingSu
     arr = np.asarray(norms, dtype=np.float64)
     finite_norms = arr[np.isfinite(arr)]
   thr = float(threshold)
+  # percentile_clip stores the largest float32 (a finite +inf) when no threshold is in force.
+  in_force = np.isfinite(thr) and thr < float(np.finfo(np.float32).max)
   return _make_summary(int(num_steps), int(num_clipped), int(num_nonfinite),
-                       thr if np.isfinite(thr) else None, finite_norms)
+                       thr if in_force else None, finite_norms)

@@ -2,6 +2,14 @@
 
 Takes the same train steps on a 1-device mesh and on an 8-device 'data' mesh
 (batch sharded, state replicated) and prints the largest differences as JSON.
+
+It also measures the float32 noise of reduction order on this CPU: the same
+single-device steps with the examples of each batch in another order (the
+same math, since every batch reduction is a sum or mean over examples, and no
+augmentation). Sharding the batch over 8 devices only changes the reduction
+order too, so its differences are of that size; the test bounds them by it.
+Differences are relative: over the whole state, ||a - b|| / ||a||; per
+metric, |a - b| / |a|.
 """
 
 import json
@@ -31,6 +39,25 @@ def run(mesh, setup, batches):
   return jax.device_get(state), jax.device_get(metrics), shardings, x.sharding
 
 
+def relative_diff(a_tree, b_tree) -> float:
+  """||a - b|| / ||a||, the L2 norms over every float leaf of the state together.
+
+  (Leaf by leaf would be dominated by leaves that are float noise themselves,
+  e.g. a bias followed by batch norm, whose gradient is 0 up to rounding.)
+  """
+  num = den = 0.0
+  for a, b in zip(jax.tree.leaves(a_tree), jax.tree.leaves(b_tree)):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    num += float(np.sum((a - b) ** 2))
+    den += float(np.sum(a ** 2))
+  return float(np.sqrt(num / den))
+
+
+def metric_diff(a_metrics, b_metrics) -> float:
+  return max(abs(float(a[k]) - float(b[k])) / max(abs(float(a[k])), np.finfo(np.float32).tiny)
+             for a, b in zip(a_metrics, b_metrics) for k in a)
+
+
 def main():
   assert jax.device_count() == 8, jax.devices()
   clip = len(sys.argv) > 1 and sys.argv[1] == "clip"
@@ -41,14 +68,17 @@ def main():
   data = wrn_data.load_digits(image_size=16)
   batches = [(jnp.asarray(b.images), jnp.asarray(b.labels))
              for _, b in zip(range(2), wrn_data.batch_iterator(data, "train", 16, augmentation=None))]
-  one = run(train.data_mesh(jax.devices()[:1]), setup, batches)
+  single = train.data_mesh(jax.devices()[:1])
+  one = run(single, setup, batches)
   eight = run(train.data_mesh(), setup, batches)
-  state_diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                   for a, b in zip(jax.tree.leaves(one[0]), jax.tree.leaves(eight[0])))
-  metric_diff = max(abs(float(a[k]) - float(b[k])) for a, b in zip(one[1], eight[1]) for k in a)
+  rng = np.random.default_rng(0)
+  orders = [np.arange(16)[::-1], rng.permutation(16)]
+  reordered = [run(single, setup, [(x[order], y[order]) for x, y in batches]) for order in orders]
   print(json.dumps({
-      "state_max_abs_diff": state_diff,
-      "metric_max_abs_diff": metric_diff,
+      "state_rel_diff": relative_diff(one[0], eight[0]),
+      "metric_rel_diff": metric_diff(one[1], eight[1]),
+      "noise_state_rel_diff": max(relative_diff(one[0], r[0]) for r in reordered),
+      "noise_metric_rel_diff": max(metric_diff(one[1], r[1]) for r in reordered),
       "losses": [float(m["loss"]) for m in eight[1]],
       "param_specs_8": sorted(eight[2]),
       "batch_devices_8": len(eight[3].device_set),

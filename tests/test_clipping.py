@@ -65,6 +65,7 @@ def test_clip_threshold_matches_numpy_percentile_on_finite_norms():
     ([], 90.0, "norms"),
     ([np.nan, np.inf], 90.0, "norms"),
     ([[1.0, 2.0]], 90.0, "norms"),
+    ([1.0, -2.0, 3.0], 90.0, r"norms must be non-negative .*; got '-2.0 at index 1'"),  # issue 14
 ])
 def test_clip_threshold_bad_input(norms, percentile, match):
   with pytest.raises(ValueError, match=match):
@@ -81,6 +82,12 @@ def _norm_sequence(num_steps, seed=0):
   norms[rng.choice(num_steps, size=num_steps // 10, replace=False)] *= 50.0  # spikes
   norms[[5, 17, 60]] = [np.nan, np.inf, np.nan]
   return norms
+
+
+def _thresholds(states):
+  """The per-step thresholds, +inf where none was in force (the state holds NO_THRESHOLD)."""
+  got = np.asarray(states.threshold, np.float64)
+  return np.where(got == clipping.NO_THRESHOLD, np.inf, got)
 
 
 def _run_scan(tx, grads):
@@ -102,7 +109,7 @@ def _numpy_reference(norms, percentile, window, min_history, initial=np.inf, cap
       thresholds.append(min(np.percentile(np.asarray(history[-window:], np.float64), percentile), cap))
     else:
       thresholds.append(initial)
-    if np.isfinite(n):
+    if np.isfinite(n) and n > 0:  # zero norms are not recorded either
       history.append(float(n))
   return np.asarray(thresholds)
 
@@ -123,7 +130,7 @@ def test_percentile_clip_matches_numpy_over_the_same_window(percentile, window, 
   np.testing.assert_allclose(g_norms, np.linalg.norm(np.asarray(grads, np.float64), axis=1),
                              rtol=1e-6)
   want = _numpy_reference(g_norms, percentile, window, min_history)
-  got = np.asarray(states.threshold)
+  got = _thresholds(states)
   np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
   # float32 on the device vs float64 in NumPy: a few float32 roundings of the
   # interpolation between neighbours (relative to the larger neighbour).
@@ -151,7 +158,7 @@ def test_sorted_window_with_repeated_norms():
   grads = jnp.asarray(norms[:, None])
   final, _, states = _run_scan(optstab.percentile_clip(70.0, window_size=5, min_history=1), grads)
   want = _numpy_reference(norms, 70.0, 5, 1)
-  got = np.asarray(states.threshold)
+  got = _thresholds(states)
   np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
   np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], rtol=1e-6)
   window = np.asarray(final.norm_history)
@@ -220,7 +227,7 @@ class PercentileClipBehaviourTest(chex.TestCase):
     for n in (1.0, 1e5, 2.0):  # a huge early norm is NOT clipped: no estimate yet
       out, state = update(jnp.array([n]), state)
       assert float(out[0]) == n and not bool(state.clipped)
-      assert np.isinf(float(state.threshold))
+      assert float(state.threshold) == clipping.NO_THRESHOLD
     out, state = update(jnp.array([1e5]), state)  # window [1, 1e5, 2]: p90 = 80000.4
     np.testing.assert_allclose(float(state.threshold), np.percentile([1.0, 1e5, 2.0], 90), rtol=1e-6)
     assert bool(state.clipped)
@@ -366,3 +373,104 @@ def test_complex_gradients_use_the_modulus():
   out, state = jax.jit(tx.update)(g, tx.init(g))
   assert float(state.grad_norm) == pytest.approx(5.0)
   np.testing.assert_allclose(np.asarray(out), [0.6 + 0.8j, 0.0], rtol=1e-6)
+
+
+# --- numerics at the edges (issue 14) --------------------------------------
+
+
+def _clip_after_normal_steps(tx, big):
+  """Ten unit-norm steps, then ``big``; returns the last output and state."""
+  update = jax.jit(tx.update)
+  state = tx.init(big)
+  for i in range(10):
+    _, state = update(jnp.full_like(big, 1.0 + 0.01 * i) / np.sqrt(big.size), state)
+  return update(big, state)
+
+
+def test_a_finite_huge_update_is_clipped_not_passed_through():
+  # ||g|| = 3e19: the float32 sum of squares (9e38) overflows; the norm must not.
+  big = jnp.full([4], 1.5e19, jnp.float32)
+  out, state = _clip_after_normal_steps(optstab.percentile_clip(90.0, window_size=16,
+                                                                min_history=5), big)
+  assert float(state.grad_norm) == pytest.approx(3e19, rel=1e-6)
+  assert bool(state.clipped) and int(state.num_nonfinite) == 0
+  np.testing.assert_allclose(float(optax.tree.norm(out)), float(state.threshold), rtol=1e-6)
+  assert float(state.threshold) < 1.2
+
+
+def test_zero_norms_are_no_evidence_of_the_typical_scale():
+  # 40 all-zero gradients, then ordinary ones: the zeros never enter the
+  # window, so no ordinary update is zeroed (the rule in the docstring).
+  tx = optstab.percentile_clip(90.0, window_size=100, min_history=5)
+  grads = jnp.concatenate([jnp.zeros([40, 3]), jnp.ones([20, 3])])
+  final, outs, states = _run_scan(tx, grads)
+  np.testing.assert_array_equal(np.asarray(outs), np.asarray(grads))
+  assert not np.asarray(states.clipped).any()
+  assert int(final.history_size) == 20 and int(final.num_steps) == 60
+  assert np.isfinite(np.asarray(states.threshold)).all()  # and 0 / 0 made no NaN
+
+
+@pytest.mark.parametrize("flag", ["debug_nans", "debug_infs"])
+def test_states_hold_no_nan_or_inf_placeholders(flag):
+  # What someone chasing an instability turns on must not fire on optstab's own state.
+  opt = optax.chain(optstab.record_grad_norm(capacity=8),
+                    optstab.percentile_clip(90.0, window_size=4, min_history=2),
+                    optstab.adam(1e-2))
+  params = jnp.ones(3)
+  with getattr(jax, flag)(True):  # jax.debug_nans / jax.debug_infs
+    state = opt.init(params)
+    update = jax.jit(opt.update)
+    for g in (jnp.zeros(3), jnp.ones(3), 2 * jnp.ones(3), 30 * jnp.ones(3), jnp.zeros(3)):
+      updates, state = update(g, state, params)
+      params = optax.apply_updates(params, updates)
+    jax.block_until_ready(state)
+  assert int(optax.tree.get(state, "num_clipped")) == 1
+
+
+@pytest.mark.parametrize("window_size", [2**24 + 1, 2**31 + 5, 10**12])
+def test_window_size_is_bounded_before_anything_is_allocated(window_size):
+  with pytest.raises(ValueError, match=r"window_size must be an integer in \[1, 16777216\]"):
+    optstab.percentile_clip(window_size=window_size)
+
+
+def test_integer_update_leaves_are_refused_like_optax():
+  tx = optstab.percentile_clip(window_size=4, min_history=1, initial_threshold=1.0)
+  g = {"w": jnp.ones(2), "steps": jnp.array([3, 4], jnp.int32)}
+  with pytest.raises(TypeError, match=r"updates must have floating-point .* int32 at \['steps'\]"):
+    tx.update(g, tx.init(g))
+
+
+def test_injected_percentile_out_of_range_eager_raises_jitted_clamps():
+  make = optax.inject_hyperparams(optstab.percentile_clip, static_args=("window_size", "min_history"))
+  tx = make(percentile=90.0, window_size=4, min_history=1)
+  state = tx.init(jnp.zeros(1))
+  for n in (1.0, 2.0, 3.0):
+    _, state = tx.update(jnp.array([n]), state)
+  for bad in (150.0, float("nan")):
+    state.hyperparams["percentile"] = jnp.asarray(bad, jnp.float32)
+    with pytest.raises(ValueError, match="percentile must be"):
+      tx.update(jnp.array([5.0]), state)  # eager: a concrete value, checked
+  update = jax.jit(tx.update)
+  state.hyperparams["percentile"] = jnp.asarray(150.0, jnp.float32)
+  out, new = update(jnp.array([5.0]), state)  # traced: clamped to 100 -> max of {1, 2, 3}
+  assert float(new.inner_state.threshold) == 3.0 and float(out[0]) == pytest.approx(3.0)
+  state.hyperparams["percentile"] = jnp.asarray(float("nan"), jnp.float32)
+  out, new = update(jnp.array([5.0]), state)  # NaN: no adaptive threshold, nothing stored as NaN
+  assert float(new.inner_state.threshold) == clipping.NO_THRESHOLD and float(out[0]) == 5.0
+
+
+def test_bfloat16_params_need_float32_hyperparameters():
+  make = optax.inject_hyperparams(optstab.percentile_clip, static_args=("window_size", "min_history"))
+  params = jnp.zeros(2, jnp.bfloat16)
+  # Cast to bfloat16, 99.9 would become 100.0: refused, naming the way out.
+  with pytest.raises(ValueError, match="percentile must be a float32.*hyperparam_dtype"):
+    make(percentile=99.9, window_size=4, min_history=1).init(params)
+  tx = optax.inject_hyperparams(optstab.percentile_clip, static_args=("window_size", "min_history"),
+                                hyperparam_dtype=jnp.float32)(percentile=99.9, window_size=4,
+                                                              min_history=1)
+  state = tx.init(params)
+  assert float(state.hyperparams["percentile"]) == pytest.approx(99.9, rel=1e-7)
+  for n in (1.0, 2.0, 3.0, 10.0):
+    _, state = jax.jit(tx.update)(jnp.full([2], n, jnp.bfloat16), state, params)
+  want = np.percentile(np.float32([1.0, 2.0, 3.0]) * np.sqrt(np.float32(2)), 99.9)
+  np.testing.assert_allclose(float(state.inner_state.threshold), want, rtol=1e-6)

@@ -11,8 +11,10 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 
 from optstab.diagnosis import TrialConfig, TrialRecord, TrialStore, learning_rate_sweep
+from optstab.diagnosis.trial import TrialResult
 from optstab.diagnosis.store import TRIALS_FILE
 from _executor_trials import GRID, numpy_trial
 from test_diagnosis_problems import noisy_numpy_trial
@@ -127,3 +129,86 @@ def test_corrupt_line_in_the_middle_is_skipped(tmp_path):
   store.append(TrialRecord(c2, noisy_numpy_trial(c2)))
   reloaded = TrialStore(tmp_path)
   assert len(reloaded) == 2 and reloaded.ignored_lines == 1
+
+
+# --- bad lines, bad extras, bad eval steps (issue 14) -----------------------
+
+
+def test_non_record_lines_are_ignored_counted_and_reported(tmp_path):
+  from optstab.diagnosis import make_diagnosis
+  store = TrialStore(tmp_path)
+  c1, c2 = TrialConfig(learning_rate=0.1, num_steps=3), TrialConfig(learning_rate=0.2, num_steps=3)
+  store.append(TrialRecord(c1, noisy_numpy_trial(c1)))
+  ok_without_result = {"key": c2.key(), "status": "ok", "config": c2.to_dict(), "result": None,
+                       "error": None, "seconds": 1.0}
+  with open(store.path, "a", encoding="utf-8") as f:
+    for line in ("123", "null", "[1, 2]", '"text"', json.dumps(ok_without_result)):
+      f.write(line + "\n")
+  reloaded = TrialStore(tmp_path)  # no AttributeError: the folder can be resumed
+  assert len(reloaded) == 1 and reloaded.ignored_lines == 5
+  assert c2 not in reloaded  # so it runs again, instead of "the training function raised None"
+  calls = []
+
+  def trial(config):
+    calls.append(config.learning_rate)
+    return noisy_numpy_trial(config)
+
+  sweep = learning_rate_sweep(trial, [0.1, 0.2], 3, out_dir=tmp_path, progress=False)
+  assert calls == [0.2] and all(t.feasible for t in sweep.trials)
+  assert sweep.ignored_store_lines == 5 and sweep.to_dict()["ignored_store_lines"] == 5
+  report = make_diagnosis(sweep).to_markdown()
+  assert "5 line(s) of trials.jsonl were not trial records" in report
+
+
+def test_extra_is_validated_and_normalised_at_construction():
+  config = TrialConfig(learning_rate=0.1, num_steps=3,
+                       extra={"b": np.float32(0.5), "a": (1, np.int64(2)),
+                              "n": {"z": np.array([1.0, 2.0]), "flag": np.bool_(True)}})
+  assert config.extra == {"a": [1, 2], "b": 0.5, "n": {"flag": True, "z": [1.0, 2.0]}}
+  assert type(config.extra["b"]) is float and type(config.extra["a"][1]) is int
+  assert TrialConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+  for extra, match in [({"dropout": float("nan")}, r"extra\['dropout'\] must be a finite number"),
+                       ({"d": {"q": np.inf}}, r"extra\['d'\]\['q'\] must be a finite number"),
+                       ({1: 2, "a": 3}, r"extra keys must be strings"),
+                       ({"s": {1, 2}}, r"extra\['s'\] must be JSON-serializable"),
+                       ([("a", 1)], r"extra must be a mapping")]:
+    with pytest.raises(ValueError, match=match):
+      TrialConfig(learning_rate=0.1, num_steps=3, extra=extra)
+
+
+def test_an_extra_nan_no_longer_loses_a_finished_trial(tmp_path):
+  # It used to run the trial and then fail the strict-JSON append, aborting the sweep.
+  base = TrialConfig(learning_rate=0.1, num_steps=3)
+  with pytest.raises(ValueError, match=r"extra\['percentile'\]"):
+    base.replace(extra={"percentile": float("nan")})
+
+
+@pytest.mark.parametrize("steps, match", [([10**6], r"steps in \[1, 200\]"), ([0, 200], r"\[1, 200\]"),
+                                          ([100, 50, 200], "strictly increasing"),
+                                          ([[1, 2]], "1-D"), ([1.5, 200], "integer")])
+def test_eval_steps_must_lie_within_the_trial(steps, match):
+  config = TrialConfig(learning_rate=0.1, num_steps=200, eval_every=100)
+  n = len(np.ravel(steps))
+  with pytest.raises(ValueError, match=f"eval_steps must be .*{match}"):
+    TrialResult(config, np.ones(200), steps, {"loss": np.ones(n)}, np.ones(200))
+
+
+def test_unwritable_out_dir_fails_before_the_first_trial(tmp_path):
+  calls = []
+  blocked = tmp_path / "out"
+  (blocked / TRIALS_FILE).mkdir(parents=True)  # the store's file cannot be opened for appending
+  with pytest.raises(OSError, match="not writable"):
+    learning_rate_sweep(lambda c: calls.append(c), [0.1, 0.2], 3, out_dir=blocked, progress=False)
+  assert calls == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes read-only folders")
+def test_read_only_out_dir_fails_before_the_first_trial(tmp_path):
+  calls = []
+  tmp_path.chmod(0o500)
+  try:
+    with pytest.raises(OSError, match="not writable"):
+      learning_rate_sweep(lambda c: calls.append(c), [0.1, 0.2], 3, out_dir=tmp_path, progress=False)
+  finally:
+    tmp_path.chmod(0o700)
+  assert calls == []

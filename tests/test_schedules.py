@@ -110,6 +110,9 @@ def test_length_advice_above_five_percent():
     (lambda: optstab.warmup(float("nan"), 10), "base_learning_rate"),
     (lambda: optstab.prepend_warmup(optax.constant_schedule(1.0), 0), "warmup_steps"),
     (lambda: optstab.prepend_warmup(-1.0, 5), "schedule"),
+    # Negative at step 0: the ramp would make Adam ascend (issue 14).
+    (lambda: optstab.prepend_warmup(optax.linear_schedule(-0.1, 0.1, 100), 5), r"schedule\(0\)"),
+    (lambda: optstab.prepend_warmup(lambda step: jnp.nan * step, 5), r"schedule\(0\)"),
     (lambda: optstab.total_steps_with_warmup(0, 10), "num_steps"),
     (lambda: optstab.total_steps_with_warmup(10, -1), "warmup_steps"),
     (lambda: optstab.warmup_sweep_grid(0), "max_train_steps"),

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 WORKER = pathlib.Path(__file__).with_name("_sharding_clipping_worker.py")
+NOISE_MARGIN = 10.0  # 8 devices may reorder more of the sum than one reversal
 
 
 def test_eight_devices_equal_one_device():
@@ -24,15 +25,22 @@ def test_eight_devices_equal_one_device():
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("REPORT ")][-1]
   report = json.loads(line[len("REPORT "):])
-  assert report["max_norm_rel_err_single"] < 1e-5
+  # The norm of n float32 squares, in any summation order, is within about
+  # n * 2**-24 (relative) of the exact one: the worst-case bound of a float32
+  # sum, halved by the square root, plus the squares' and the root's roundings.
+  norm_rtol = report["num_squares"] * 2.0**-24
+  assert report["max_norm_rel_err_single"] < norm_rtol
   assert report["num_clipped_single"] > 0
+  noise = report["noise"]  # this CPU's reduction-order noise (see the worker)
+  assert noise["clipped_equal"], noise  # the spikes are far from the thresholds
   for mesh in ("explicit", "auto"):  # both jax.sharding.AxisType meshes
     r = report[mesh]
     assert r["devices_w"] == 8, mesh
     assert r["sharding_preserved"], (mesh, r)  # updates and params stay split over "data"
-    assert r["max_norm_rel_err"] < 1e-5, (mesh, r)  # the global norm, not one shard's
-    assert r["recorded_rel_diff"] < 1e-5, (mesh, r)
-    assert r["same_inf_thresholds"] and r["clipped_equal"], (mesh, r)
+    assert r["max_norm_rel_err"] < norm_rtol, (mesh, r)  # the global norm, not one shard's
+    assert r["recorded_rel_diff"] < norm_rtol, (mesh, r)
+    assert r["same_unset_thresholds"] and r["clipped_equal"], (mesh, r)
     assert r["num_clipped"] == report["num_clipped_single"], (mesh, r)
-    assert r["max_threshold_rel_diff"] < 1e-5, (mesh, r)
-    assert r["max_param_diff"] < 1e-5, (mesh, r)
+    for what in ("max_threshold_rel_diff", "max_param_diff"):
+      # A one-shard norm would be off by ~sqrt(8) and fail these by far.
+      assert r[what] <= NOISE_MARGIN * max(noise[what], 2.0**-20), (mesh, what, r, noise)

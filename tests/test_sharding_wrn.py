@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 WORKER = os.path.join(os.path.dirname(__file__), "_sharding_wrn_worker.py")
+NOISE_MARGIN = 10.0  # 8 devices may reorder more sums than one permutation of the batch
 
 
 def test_eight_device_data_parallel_step_equals_single_device_step():
@@ -17,6 +18,12 @@ def test_eight_device_data_parallel_step_equals_single_device_step():
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["batch_devices_8"] == 8  # the batch really was split over 8 devices
   assert out["param_specs_8"] in (["P()"], ["PartitionSpec()"])  # params stay replicated
-  # Same math up to the order of the cross-device reductions (float32).
-  assert out["metric_max_abs_diff"] < 1e-4, out
-  assert out["state_max_abs_diff"] < 1e-4, out
+  # Same math up to the order of the cross-device reductions (float32). The
+  # bound is the reduction-order noise measured on this CPU (the same steps on
+  # one device with the examples reordered; two steps of a batch-normalised
+  # net amplify one-ulp differences to ~3e-4 relative, as an AVX-512 EPYC
+  # showed for 8 devices), times a margin; the floor (2**-20, a few dozen
+  # float32 ulps) keeps a bound if the reorderings happened to agree exactly.
+  for what in ("metric", "state"):
+    bound = NOISE_MARGIN * max(out[f"noise_{what}_rel_diff"], 2.0**-20)
+    assert out[f"{what}_rel_diff"] <= bound, (what, bound, out)

@@ -204,3 +204,101 @@ def test_readme_warmup_clipping_block_runs(capsys):
   for name in ("grad_norm.png", "grad_norm_hist.png"):
     with open(f"{namespace['out']}/{name}", "rb") as f:
       assert f.read(8) == PNG_MAGIC
+
+
+# --- global_norm at the edges of float32 (issue 14) -------------------------
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1.0, 1e19, 1e30])
+def test_global_norm_neither_overflows_nor_underflows(scale):
+  rng = np.random.default_rng(0)
+  tree = {"w": (scale * rng.normal(size=(33, 7))).astype(np.float32),
+          "b": (scale * rng.normal(size=(5,))).astype(np.float32),
+          "z": (scale * (rng.normal(size=3) + 1j * rng.normal(size=3))).astype(np.complex64)}
+  want = np.sqrt(sum(np.sum(np.abs(x.astype(np.complex128)) ** 2) for x in tree.values()))
+  for fn in (optstab.global_norm, jax.jit(optstab.global_norm)):
+    got = float(fn(jax.tree.map(jnp.asarray, tree)))
+    # n = 250 float32 squares summed: at most ~n * 2**-24 relative (worst-case
+    # summation bound), here far less; the rescaled path adds one division per element.
+    np.testing.assert_allclose(got, want, rtol=250 * 2.0**-24)
+
+
+def test_global_norm_of_zero_nan_and_inf_trees():
+  assert float(optstab.global_norm(jnp.zeros(4))) == 0.0
+  assert float(optstab.global_norm({})) == 0.0
+  assert np.isnan(float(optstab.global_norm(jnp.array([np.nan, 1e30]))))
+  assert np.isinf(float(optstab.global_norm(jnp.array([np.inf, 1.0]))))
+
+
+# --- the recorder, apply_if_finite and checkpoints (issue 14) ---------------
+
+
+def test_recorder_outside_apply_if_finite_stays_aligned_with_steps():
+  from optstab.diagnosis.trial import TrialConfig, TrialResult
+  inner = optax.chain(optstab.percentile_clip(window_size=4, min_history=1), optstab.adam(0.1))
+  opt = optax.chain(optstab.record_grad_norm(capacity=4),
+                    optax.apply_if_finite(inner, max_consecutive_errors=5))
+  params = jnp.zeros(2)
+  state = opt.init(params)
+  recorder = optstab.GradNormRecorder()
+  grads = [[1.0, 0.0], [np.nan, 0.0], [2.0, 0.0], [3.0, 0.0], [np.inf, 0.0], [4.0, 0.0],
+           [5.0, 0.0], [6.0, 0.0], [7.0, 0.0]]
+  for g in grads:
+    updates, state = opt.update(jnp.asarray(g), state, params)
+    params = optax.apply_updates(params, updates)
+    recorder.observe(state)
+  norms = recorder.norms(state)
+  assert norms.shape == (9,)  # one per step, the skipped ones too
+  np.testing.assert_array_equal(norms[[0, 2, 3, 5, 6, 7, 8]], [1, 2, 3, 4, 5, 6, 7])
+  assert np.isnan(norms[1]) and np.isinf(norms[4])
+  assert np.isfinite(np.asarray(params)).all()  # the inner optimizer skipped both
+  config = TrialConfig(learning_rate=0.1, num_steps=9, eval_every=9)
+  TrialResult(config, np.ones(9), config.eval_steps(), {"loss": np.ones(1)}, norms)
+
+
+def test_recorder_inside_apply_if_finite_is_refused_with_the_fix():
+  opt = optax.apply_if_finite(optax.chain(optstab.record_grad_norm(capacity=4), optax.sgd(0.1)),
+                              max_consecutive_errors=5)
+  state = opt.init(jnp.zeros(1))
+  with pytest.raises(ValueError, match="inside optax.apply_if_finite.*before apply_if_finite"):
+    optstab.GradNormRecorder().observe(state)
+  with pytest.raises(ValueError, match="inside optax.apply_if_finite"):
+    optstab.recorded_grad_norms(state)
+
+
+def test_fetch_every_above_capacity_fails_at_the_first_observe():
+  tx = optstab.record_grad_norm(capacity=4)
+  state = tx.init(jnp.zeros(1))
+  recorder = optstab.GradNormRecorder(fetch_every=10)
+  with pytest.raises(ValueError, match=r"fetch_every must be an integer in \[1, capacity=4\]; got 10"):
+    recorder.observe(state)
+
+
+def _run(tx, state, values, recorder):
+  for v in values:
+    _, state = tx.update(jnp.array([float(v)]), state)
+    recorder.observe(state)
+  return state
+
+
+def test_recorder_resumes_after_a_checkpoint_restore_and_a_rollback():
+  tx = optstab.record_grad_norm(capacity=4)
+  recorder = optstab.GradNormRecorder()
+  state = _run(tx, tx.init(jnp.zeros(1)), range(1, 8), recorder)  # steps 0..6
+  checkpoint, saved = state, recorder.norms(state)
+  state = _run(tx, state, range(8, 11), recorder)  # steps 7..9, then the process dies
+  # Restart from the checkpoint with the norms saved beside it: nothing warns.
+  resumed = optstab.GradNormRecorder.resume(checkpoint, saved)
+  state = _run(tx, checkpoint, [80, 90], resumed)
+  np.testing.assert_array_equal(resumed.norms(state), [1, 2, 3, 4, 5, 6, 7, 80, 90])
+  # Roll back: norms recorded past the checkpoint (steps 7..9) are dropped.
+  rolled = optstab.GradNormRecorder.resume(checkpoint, np.append(saved, [8.0, 9.0, 10.0]))
+  np.testing.assert_array_equal(rolled.norms(checkpoint), [1, 2, 3, 4, 5, 6, 7])
+  # Only the checkpoint (no saved norms): the ring buffer's last 4, NaN before.
+  bare = optstab.GradNormRecorder.resume(checkpoint, [])
+  np.testing.assert_array_equal(bare.norms(checkpoint), [np.nan, np.nan, np.nan, 4, 5, 6, 7])
+  # A fresh recorder or the old one would not do: they warn or raise.
+  with pytest.warns(RuntimeWarning, match="overwritten"):
+    optstab.GradNormRecorder().norms(checkpoint)
+  with pytest.raises(ValueError, match="went backwards.*GradNormRecorder.resume"):
+    recorder.fetch(checkpoint)

@@ -234,7 +234,7 @@ def long_check(
     One ``ConfirmationRun`` per factor; ``diagnosis.loss_spikes`` holds the
     sudden increases (step, size, duration, recovered).
   """
-  factors = tuple(factors)
+  factors = tuple(_validation.check_sequence("factors", factors))
   if not factors:
     raise ValueError("factors must hold at least one multiple of lr*; got ().")
   for i, f in enumerate(factors):

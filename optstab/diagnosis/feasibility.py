@@ -60,6 +60,9 @@ class FeasibilityRule:
         "max_loss_ratio", self.max_loss_ratio, 1.0, math.inf, low_inclusive=True
     )
     _validation.check_one_of("scope", self.scope, _SCOPES)
+    if not isinstance(self.metric_thresholds, Mapping):
+      raise ValueError("metric_thresholds must be a mapping of metric name -> threshold; "
+                       f"got {self.metric_thresholds!r}.")
     for name, threshold in dict(self.metric_thresholds).items():
       _validation.check_in_range(f"metric_thresholds[{name!r}]", threshold, -math.inf, math.inf)
     object.__setattr__(self, "metric_thresholds", dict(sorted(dict(self.metric_thresholds).items())))

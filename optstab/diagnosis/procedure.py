@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import Executor
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from optstab import _validation
 from optstab import schedules
@@ -37,7 +37,9 @@ from optstab.diagnosis.detectors import DetectorThresholds, STABLE
 from optstab.diagnosis.feasibility import FeasibilityRule
 from optstab.diagnosis.report import Diagnosis, make_diagnosis, write_report
 from optstab.diagnosis.store import TrialStore
-from optstab.diagnosis.sweep import PathLike, SweepResult, learning_rate_sweep
+from optstab.diagnosis.sweep import (PathLike, SweepResult, check_metric_names, check_ranking,
+                                     learning_rate_sweep)
+from optstab.diagnosis.sweep import _check_learning_rates
 from optstab.diagnosis.trial import TrialConfig, TrialFn
 from optstab.diagnosis.warmup_tuner import tune_warmup
 
@@ -74,6 +76,47 @@ def unstable_learning_rate(
       found.append((run.learning_rate, f"{run.name} at {run.factor:.3g} x lr*: {run.label}"
                     + ("" if run.feasible else ", infeasible")))
   return min(found, key=lambda f: f[0]) if found else None
+
+
+def _check_diagnose_args(learning_rates, num_steps, base_config, metric, mode, reduce, rule,
+                         thresholds, above_count, short_check_factor, short_check_steps,
+                         long_check_factors, long_check_steps, max_train_steps, warmup_factors,
+                         warmup_candidates) -> tuple[int, tuple[float, ...], tuple[Any, ...]]:
+  """Every check of ``diagnose``'s arguments that needs no trial.
+
+  Returns the sweep's ``num_steps`` and the factor and candidate sequences as tuples.
+  """
+  _check_learning_rates(learning_rates)
+  if base_config is None:
+    if num_steps is None:
+      raise ValueError("diagnose needs num_steps or base_config; got neither.")
+  elif not isinstance(base_config, TrialConfig):
+    raise ValueError(f"base_config must be a TrialConfig or None; got {base_config!r}.")
+  if num_steps is not None:
+    _validation.check_positive_int("num_steps", num_steps)
+  check_ranking(metric, mode, reduce, rule)
+  if thresholds is not None and not isinstance(thresholds, DetectorThresholds):
+    raise ValueError(f"thresholds must be a DetectorThresholds or None; got {thresholds!r}.")
+  _validation.check_positive_int("above_count", above_count)
+  _validation.check_positive("short_check_factor", short_check_factor)
+  _validation.check_positive_int("short_check_steps", short_check_steps)
+  long_check_factors = tuple(_validation.check_sequence("long_check_factors", long_check_factors))
+  for i, factor in enumerate(long_check_factors):
+    _validation.check_positive(f"long_check_factors[{i}]", factor)
+  if long_check_steps is not None:
+    _validation.check_positive_int("long_check_steps", long_check_steps)
+  if max_train_steps is not None:
+    _validation.check_positive_int("max_train_steps", max_train_steps)
+  warmup_factors = _validation.check_sequence("warmup_factors", warmup_factors, allow_empty=False)
+  for i, factor in enumerate(warmup_factors):
+    # The FAQ's base rates are (at least 10x) above the unstable rate.
+    _validation.check_in_range(f"warmup_factors[{i}]", factor, 1.0, math.inf, low_inclusive=False)
+  warmup_candidates = tuple(_validation.check_sequence("warmup_candidates", warmup_candidates,
+                                                       allow_empty=False))
+  for i, candidate in enumerate(warmup_candidates):
+    _validation.check_positive_int(f"warmup_candidates[{i}]", candidate)
+  sweep_steps = num_steps if num_steps is not None else base_config.num_steps
+  return sweep_steps, long_check_factors, warmup_candidates
 
 
 def diagnose(
@@ -143,25 +186,32 @@ def diagnose(
   Returns:
     The ``Diagnosis``, with ``files`` naming what was written.
 
+  What is checked when: every argument, before any trial runs: the grid
+  (a sequence of distinct rates > 0), every step count, factor and
+  candidate, ``warmup_factors`` (each > 1) and ``warmup_candidates`` (integers
+  >= 1) even when no warmup search may follow, ``mode``, ``reduce``, the types
+  of ``base_config``, ``rule`` and ``thresholds``, and that ``out_dir`` can
+  be written (the store opens it for appending). The names ``metric`` and
+  ``rule.metric_thresholds`` refer to what the training function reports, so
+  they are checked against the first trial result there is: a stored one when
+  resuming (before any trial runs), else the sweep's first trial, before the
+  other trials run (that trial is kept in the store).
+
   Raises:
     ValueError: on bad input (empty grid, non-positive rates or steps, a warmup
-      budget too small for every candidate), before any trial runs.
+      budget too small for every candidate...), before any trial runs; for an
+      unknown metric name, after at most one trial.
+    OSError: when ``out_dir`` cannot be written, before any trial runs.
   """
-  if base_config is None:
-    if num_steps is None:
-      raise ValueError("diagnose needs num_steps or base_config; got neither.")
-    _validation.check_positive_int("num_steps", num_steps)
-  _validation.check_positive_int("above_count", above_count)
-  _validation.check_positive("short_check_factor", short_check_factor)
-  _validation.check_positive_int("short_check_steps", short_check_steps)
+  sweep_steps, long_check_factors, warmup_candidates = _check_diagnose_args(
+      learning_rates, num_steps, base_config, metric, mode, reduce, rule, thresholds, above_count,
+      short_check_factor, short_check_steps, long_check_factors, long_check_steps,
+      max_train_steps, warmup_factors, warmup_candidates)
   if short_check_eval_every is not None:
     _validation.check_positive_int("short_check_eval_every", short_check_eval_every)
   if trivial_loss is not None:
     _validation.check_in_range("trivial_loss", trivial_loss, -math.inf, math.inf)
   _validation.check_non_negative("warmup_match_tolerance", warmup_match_tolerance)
-  if long_check_steps is not None:
-    _validation.check_positive_int("long_check_steps", long_check_steps)
-  sweep_steps = num_steps if num_steps is not None else base_config.num_steps
   warmup_skipped = None
   if tune_warmup_when_unstable:
     if max_train_steps is not None:
@@ -177,6 +227,9 @@ def diagnose(
                           "max_train_steps (your real training budget) to search.")
   thresholds = DetectorThresholds() if thresholds is None else thresholds
   store = TrialStore(out_dir)
+  stored = next((r.result for r in store.records() if r.result is not None), None)
+  if stored is not None:
+    check_metric_names(stored, metric, rule)
   sweep = learning_rate_sweep(
       train_fn, learning_rates, num_steps, base_config=base_config, metric=metric, mode=mode,
       reduce=reduce, rule=rule, store=store, progress=progress, trivial_loss=trivial_loss,

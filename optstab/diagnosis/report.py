@@ -197,6 +197,13 @@ def make_diagnosis(
        "reasons": [t.reason for t in trials], "trivial_loss": sweep.trivial_loss,
        "reference_loss": sweep.reference_loss},
   ))
+  if sweep.ignored_store_lines:
+    findings.append(Finding(
+        "Trial store",
+        f"{sweep.ignored_store_lines} line(s) of trials.jsonl were not trial records (corrupt, "
+        "half-written or foreign) and were skipped; their trials, if any, ran again.",
+        {"ignored_store_lines": sweep.ignored_store_lines},
+    ))
   best = sweep.best
   runs = _runs(above_best, short_check, long_checks)
   verdict = _verdict(sweep, runs)

@@ -11,6 +11,13 @@ line. Loading ignores it, and the store cuts it off before appending, so the
 next record starts on a fresh line. A trial that raised is recorded too (with
 its error), so a resumed sweep does not retry it.
 
+Loading never fails on the file's content: a line that is not a record (not
+JSON, JSON that is not an object such as ``123``, ``null`` or ``[1, 2]``, an
+object missing a field, or a record with neither a result nor an error) is
+skipped and counted in ``TrialStore.ignored_lines``, which the sweep
+(``SweepResult.ignored_store_lines``) and the diagnosis report repeat; its
+trial simply runs again.
+
 Record format (one line)::
 
   {"key": <TrialConfig.key()>, "status": "ok" | "error",
@@ -88,7 +95,13 @@ class TrialRecord:
 
   @classmethod
   def from_dict(cls, data: dict[str, Any]) -> "TrialRecord":
+    """The record of one stored line; ``ValueError`` if ``data`` is not one."""
+    if not isinstance(data, dict):
+      raise ValueError(f"a trial record is a JSON object; got {type(data).__name__}")
     result = data.get("result")
+    if result is None and data.get("error") is None:
+      raise ValueError("a trial record holds a result or an error; this one holds neither "
+                       f"(status {data.get('status')!r})")
     return cls(
         config=TrialConfig.from_dict(data["config"]),
         result=None if result is None else TrialResult.from_dict(result),
@@ -104,6 +117,10 @@ class TrialRecord:
 class TrialStore:
   """Finished trials of one output folder, keyed by ``TrialConfig.key()``.
 
+  Opening a store creates ``out_dir`` and opens ``trials.jsonl`` for
+  appending, so an unwritable folder fails here (``OSError``), before any
+  trial runs.
+
   Example:
     >>> import tempfile
     >>> store = TrialStore(tempfile.mkdtemp())
@@ -117,6 +134,12 @@ class TrialStore:
     self.path = os.path.join(self.out_dir, TRIALS_FILE)
     self._records: dict[str, TrialRecord] = {}
     self.ignored_lines = 0
+    try:  # fail now, not after the first trial has run
+      with open(self.path, "a", encoding="utf-8"):
+        pass
+    except OSError as e:
+      raise OSError(e.errno, f"out_dir {self.out_dir!r} is not writable ({e.strerror}); "
+                    "no trial ran", self.path) from e
     self._load()
 
   def _load(self) -> None:

@@ -62,6 +62,8 @@ __all__ = [
     "SweepResult",
     "TRAIN_LOSS",
     "ERROR",
+    "check_ranking",
+    "check_metric_names",
 ]
 
 #: Metric name meaning "the training loss" rather than an evaluation metric.
@@ -102,13 +104,16 @@ def log_grid(low: float, high: float, num: int) -> np.ndarray:
     raise ValueError(f"high must be > low; got low={low!r}, high={high!r}.")
   grid = np.logspace(math.log10(low), math.log10(high), num)
   grid[0], grid[-1] = float(low), float(high)
+  if not np.all(np.diff(grid) > 0):
+    raise ValueError(f"high must be far enough above low for {num} distinct rates; got "
+                     f"low={low!r}, high={high!r}.")
   return grid
 
 
 def _check_learning_rates(learning_rates: Iterable[float]) -> list[float]:
   if isinstance(learning_rates, np.ndarray):
     learning_rates = learning_rates.ravel()
-  rates = list(learning_rates)
+  rates = _validation.check_sequence("learning_rates", learning_rates)
   if not rates:
     raise ValueError("learning_rates must hold at least one rate; got an empty grid.")
   for i, rate in enumerate(rates):
@@ -118,6 +123,29 @@ def _check_learning_rates(learning_rates: Iterable[float]) -> list[float]:
   if duplicates:
     raise ValueError(f"learning_rates must be distinct; got duplicates {duplicates}.")
   return rates
+
+
+def check_ranking(metric: Any, mode: Any, reduce: Any, rule: Any) -> None:
+  """The ranking arguments of a sweep, as far as they can be checked before a trial."""
+  if not isinstance(metric, str) or not metric:
+    raise ValueError(f"metric must be the name of an evaluation metric or {TRAIN_LOSS!r}; "
+                     f"got {metric!r}.")
+  _validation.check_one_of("mode", mode, _MODES)
+  _validation.check_one_of("reduce", reduce, _REDUCES)
+  if rule is not None and not isinstance(rule, FeasibilityRule):
+    raise ValueError(f"rule must be a FeasibilityRule or None; got {rule!r}.")
+
+
+def check_metric_names(result: TrialResult, metric: str, rule: Optional[FeasibilityRule]) -> None:
+  """``metric`` and ``rule.metric_thresholds`` name metrics ``result`` reports."""
+  reported = sorted(result.eval_metrics)
+  if metric != TRAIN_LOSS and metric not in result.eval_metrics:
+    raise ValueError(f"metric must be one of the metrics the training function reports, "
+                     f"{reported}, or {TRAIN_LOSS!r}; got {metric!r}.")
+  for name in ({} if rule is None else rule.metric_thresholds):
+    if name not in result.eval_metrics:
+      raise ValueError(f"rule.metric_thresholds must name metrics the training function "
+                       f"reports, {reported}; got {name!r}.")
 
 
 def run_trials(
@@ -372,6 +400,8 @@ class SweepResult:
     trivial_loss: the trivial loss level given to the sweep, if any.
     reference_loss: lr*'s final training-loss level, every trial's
       ``reference_loss`` (``None`` without a feasible trial).
+    ignored_store_lines: lines of the trial store that were not records and
+      were skipped when it was loaded (``TrialStore.ignored_lines``).
   """
 
   trials: tuple[SweepTrial, ...]
@@ -383,6 +413,7 @@ class SweepResult:
   thresholds: DetectorThresholds = DetectorThresholds()
   trivial_loss: Optional[float] = None
   reference_loss: Optional[float] = None
+  ignored_store_lines: int = 0
 
   @property
   def learning_rates(self) -> np.ndarray:
@@ -477,6 +508,7 @@ class SweepResult:
         "trivial_loss": self.trivial_loss,
         "reference_loss": self.reference_loss,
         "trials": [t.to_dict() for t in self.trials],
+        "ignored_store_lines": self.ignored_store_lines,
     }
 
 
@@ -527,9 +559,14 @@ def learning_rate_sweep(
     A ``SweepResult``: ``best_learning_rate`` (lr*), ``at_edge_of_feasibility``,
     ``unstable_learning_rate`` and every trial with its label and reason.
 
+  What is checked when: the arguments before any trial runs; the names
+  ``metric`` and ``rule.metric_thresholds`` (which only a result can tell)
+  after the first trial, before the others run (that trial stays stored).
+
   Raises:
-    ValueError: on an empty grid, a non-positive or repeated rate, a missing or
-      non-positive ``num_steps``, or a metric no trial reports.
+    ValueError: on an empty or scalar grid, a non-positive or repeated rate, a
+      missing or non-positive ``num_steps``, a bad ``mode`` / ``reduce``; or,
+      after the first trial, a metric it does not report.
   """
   rates = _check_learning_rates(learning_rates)
   if base_config is None:
@@ -540,18 +577,31 @@ def learning_rate_sweep(
   elif num_steps is not None:
     _validation.check_positive_int("num_steps", num_steps)
     base_config = base_config.replace(num_steps=num_steps)
-  _validation.check_one_of("mode", mode, _MODES)
-  _validation.check_one_of("reduce", reduce, _REDUCES)
+  check_ranking(metric, mode, reduce, rule)
   if trivial_loss is not None:
     _validation.check_in_range("trivial_loss", trivial_loss, -math.inf, math.inf)
   rule = FeasibilityRule() if rule is None else rule
   configs = [base_config.replace(learning_rate=rate) for rate in rates]
-  records = run_trials(
-      train_fn, configs, out_dir=out_dir, store=store, progress=progress, desc="learning-rate sweep",
-      executor=executor,
+  if store is None and out_dir is not None:
+    store = TrialStore(out_dir)
+  records = []
+  if executors.in_process(executor):
+    # The first trial alone: a metric name it does not report fails before the rest run.
+    # (On a parallel executor that would idle every other worker: the names are
+    # checked once the trials are back, all of them already recorded.)
+    records = run_trials(train_fn, configs[:1], store=store, progress=False, executor=executor)
+    if records[0].result is not None:
+      check_metric_names(records[0].result, metric, rule)
+  records += run_trials(
+      train_fn, configs[len(records):], store=store, progress=progress,
+      desc="learning-rate sweep", executor=executor,
   )
+  first = next((r.result for r in records if r.result is not None), None)
+  if first is not None:
+    check_metric_names(first, metric, rule)
   thresholds = DetectorThresholds() if thresholds is None else thresholds
   trials, reference = judge_sweep(records, rule, metric, mode, reduce, thresholds=thresholds,
                                   trivial_loss=trivial_loss)
+  ignored = 0 if store is None else store.ignored_lines
   return SweepResult(trials, base_config, metric, mode, reduce, rule, thresholds, trivial_loss,
-                     reference)
+                     reference, ignored)

@@ -70,6 +70,11 @@ class TrialConfig:
     seed: random seed for initialization and data order.
     extra: any other JSON-serializable knobs of the user's workload (model
       variant, clipping percentile, ...). Part of the trial's identity.
+      Checked and normalised at construction, so a trial that could not be
+      stored never runs: keys must be strings; NumPy scalars become Python
+      numbers, tuples and arrays lists, nested mappings sorted dicts; NaN,
+      Inf and other objects raise ``ValueError`` naming the entry (e.g.
+      ``extra['dropout']``).
   """
 
   learning_rate: float
@@ -89,7 +94,9 @@ class TrialConfig:
     _validation.check_one_of("schedule", self.schedule, SCHEDULES)
     # Normalize so that equal configs hash and serialize identically.
     object.__setattr__(self, "learning_rate", float(self.learning_rate))
-    object.__setattr__(self, "extra", dict(sorted(dict(self.extra).items())))
+    if not isinstance(self.extra, Mapping):
+      raise ValueError(f"extra must be a mapping of str keys to JSON values; got {self.extra!r}.")
+    object.__setattr__(self, "extra", _validation.check_json_value("extra", self.extra))
 
   @property
   def total_steps(self) -> int:
@@ -142,7 +149,8 @@ class TrialResult:
     config: the configuration that produced it.
     train_loss: shape ``[total_steps]``, the training loss of every step
       (NaN/Inf allowed: that is how divergence shows).
-    eval_steps: shape ``[num_evals]``, the 1-based steps evaluated.
+    eval_steps: shape ``[num_evals]``, the 1-based steps evaluated: strictly
+      increasing integers in ``[1, total_steps]``.
     eval_metrics: name -> shape ``[num_evals]`` array aligned with
       ``eval_steps`` (e.g. ``{"loss": ..., "error_rate": ...}``).
     grad_norms: shape ``[total_steps]``, the unclipped global L2 gradient norm
@@ -158,6 +166,7 @@ class TrialResult:
   def __post_init__(self):
     self.train_loss = np.asarray(self.train_loss, dtype=np.float64)
     self.grad_norms = np.asarray(self.grad_norms, dtype=np.float64)
+    _validation.check_steps("eval_steps", self.eval_steps, self.config.total_steps)
     self.eval_steps = np.asarray(self.eval_steps, dtype=np.int64)
     self.eval_metrics = {
         k: np.asarray(v, dtype=np.float64) for k, v in self.eval_metrics.items()

@@ -484,7 +484,8 @@ def tune_warmup(
                              low_inclusive=False, high_inclusive=True)
   if trivial_loss is not None:
     _validation.check_in_range("trivial_loss", trivial_loss, -math.inf, math.inf)
-  factors = tuple(factors)
+  factors = tuple(_validation.check_sequence("factors", factors))
+  candidates = tuple(_validation.check_sequence("candidates", candidates))
   base_rates = schedules.warmup_base_learning_rates(unstable_base_learning_rate, factors)
   grid = schedules.warmup_sweep_grid(max_train_steps, candidates, max_fraction)
   if baseline is not None:

@@ -362,7 +362,8 @@ def _missing_message(data_dir: pathlib.Path, reason: str) -> str:
       f"network run `curl -O {CIFAR10_URL}` (MD5 {CIFAR10_MD5}) and "
       f"`tar -xzf {CIFAR10_ARCHIVE} -C {data_dir}`, or call load_cifar10(data_dir=...) with "
       f"download=True there; set {_DATA_DIR_ENV} or pass data_dir to use another directory. "
-      "For a fully offline run use load_digits().")
+      "For a fully offline run use load_digits(), or from the command line "
+      "`optstab-wrn --preset quick` (bundled digits, CPU, a few minutes).")
 
 
 def _safe_extract(archive: pathlib.Path, dest: pathlib.Path) -> None:
