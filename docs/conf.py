@@ -70,9 +70,14 @@ html_theme_options = {
     "source_directory": "docs/",
 }
 
-# MathJax renders the equations in the reader's browser, from a CDN by default.
-# To read the site offline, point this at a local copy, e.g. Debian's
-# libjs-mathjax: OPTSTAB_DOCS_MATHJAX_PATH="file:///usr/share/javascript/
-# mathjax/MathJax.js?config=TeX-AMS_CHTML" (MathJax 2; the default is 3).
-if os.environ.get("OPTSTAB_DOCS_MATHJAX_PATH"):
-  mathjax_path = os.environ["OPTSTAB_DOCS_MATHJAX_PATH"]
+# MathJax renders the equations in the reader's browser, from a CDN by default
+# (MathJax 4). To read the site offline, point this at a local MathJax 2, e.g.
+# Debian's libjs-mathjax: OPTSTAB_DOCS_MATHJAX2_PATH=
+# "file:///usr/share/javascript/mathjax/MathJax.js?config=TeX-AMS_CHTML".
+if os.environ.get("OPTSTAB_DOCS_MATHJAX2_PATH"):
+  mathjax_path = os.environ["OPTSTAB_DOCS_MATHJAX2_PATH"]
+  mathjax4_config = None
+  mathjax3_config = None
+  # MyST marks the page body tex2jax_ignore and each formula "math".
+  mathjax2_config = {"tex2jax": {"inlineMath": [["\\(", "\\)"]], "displayMath": [["\\[", "\\]"]],
+                                 "processClass": "math|tex2jax_process"}}
