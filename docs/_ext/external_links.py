@@ -61,6 +61,8 @@ def _external_pages() -> dict[str, Any]:
 def _import_path(path: str) -> Any:
   """The object at a dotted path (modules imported as needed), or _MISSING."""
   parts = path.split(".")
+  if len(parts) == 1 and hasattr(builtins, path):
+    return getattr(builtins, path)  # int, str, None: Python's own pages
   for split in range(len(parts), 0, -1):
     try:
       value = importlib.import_module(".".join(parts[:split]))

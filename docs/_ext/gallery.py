@@ -1,9 +1,11 @@
 """The figure gallery: every demo's figures, drawn by its ``tiny`` preset at build time.
 
 A demo is any public subpackage ``optstab.<demo>`` with an ``experiment``
-module defining ``run_experiment(preset, out_dir, ...)`` and a ``presets``
-module defining ``get_preset(name)`` (the WideResNet demo, ``optstab.wrn``;
-the Transformer demo joins by having the same two modules). When the build
+module defining ``run_experiment(preset, out_dir, ...)`` (returning an object
+whose ``files`` maps a name such as ``"fig4"`` to a written file) and a
+``presets`` module defining ``get_preset(name)`` with a ``"tiny"`` preset: the
+WideResNet demo, ``optstab.wrn``, and any later demo (the Transformer demo)
+that keeps the same two modules joins the gallery without a change here. When the build
 starts, each demo's ``tiny`` preset runs into a fresh temporary folder; its
 PNG figures and its ``report.md`` are copied into ``_gallery/<demo>/`` in the
 source tree (ignored by git) and ``_gallery/figures.md``, which
