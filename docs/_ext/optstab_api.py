@@ -108,21 +108,19 @@ def _directive(path: str, value: Any) -> str:
   return f".. autodata:: {path}\n{option}"
 
 
-def _title(module: types.ModuleType) -> str:
-  doc = inspect.getdoc(module) or ""
-  return doc.splitlines()[0].rstrip(".") if doc else module.__name__
-
-
 def _heading(text: str, underline: str) -> str:
   return f"{text}\n{underline * len(text)}\n"
 
 
 def _home(obj: PublicObject, page_module: str) -> str:
-  """The optstab module that defines ``obj`` (for grouping), else the page's module."""
+  """The optstab module ``obj`` belongs to, for grouping: the one defining it, or
+  (for a re-exported outside object such as ``optax.clip_by_global_norm``) the
+  most specific module that exports it; else the page's module."""
   home = getattr(obj.value, "__module__", None)
   if isinstance(home, str) and home.startswith(ROOT_PACKAGE) and not _is_private(home):
     return home
-  return page_module
+  exporters = [path.rpartition(".")[0] for path in obj.paths]
+  return max(exporters, key=lambda m: m.count(".")) if exporters else page_module
 
 
 def _module_page(module: types.ModuleType, objects: dict[str, PublicObject],
@@ -147,10 +145,12 @@ def _module_page(module: types.ModuleType, objects: dict[str, PublicObject],
   groups: dict[str, list[PublicObject]] = {}
   for obj in own:
     groups.setdefault(_home(obj, name), []).append(obj)
-  for home in sorted(groups, key=lambda h: (h != name, h)):
+  # Groups in the order the package imports them (optstab: S1, S4, S5, telemetry, S2).
+  order = list(vars(module))
+  first = {h: min(order.index(o.canonical.rpartition(".")[2]) for o in members) for h, members in groups.items()}
+  for home in sorted(groups, key=lambda h: (h != name, first[h])):
     if home != name:
-      parts.append(_heading(_title(importlib.import_module(home)), "-"))
-      parts.append(f"Defined in ``{home}``.\n")
+      parts.append(_heading(f"``{home}``", "-"))
       parts.append(_automodule(home, indexed))
       parts.append(f".. py:currentmodule:: {name}\n")
     parts.append(_summary(groups[home]))
