@@ -56,6 +56,11 @@ napoleon_custom_sections = [("Attributes", "params_style")]
 autodoc_typehints = "signature"
 autodoc_member_order = "bysource"
 autodoc_preserve_defaults = True
+# Signatures show these aliases by name, not expanded into ten-member unions.
+# Only aliases never wrapped in Optional / a union: Sphinx 9 prints a wrapped
+# one as "TypeAliasForwardRef('...')".
+autodoc_type_aliases = {name: name for name in (
+    "optax.ScalarOrSchedule", "optax.Params", "jax.typing.ArrayLike")}
 autosummary_generate = False  # the pages are written by optstab_api
 
 myst_enable_extensions = ["dollarmath", "colon_fence"]
