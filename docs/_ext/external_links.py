@@ -233,9 +233,13 @@ def _seen_from_optstab(target: str) -> Any:
 
 
 def _outside_path(value: Any) -> Optional[str]:
-  module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
+  """Where a class, function or module is defined (not a type alias: ``optax.
+  ScalarOrSchedule`` is a ``typing.Union`` and must keep its own name)."""
   if inspect.ismodule(value):
     return value.__name__
+  if not (inspect.isclass(value) or inspect.isroutine(value)):
+    return None
+  module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
   if isinstance(module, str) and isinstance(qualname, str):
     return f"{module}.{qualname}"
   return None
@@ -253,7 +257,8 @@ def _on_missing_reference(app, env, node, contnode):
       if resolved is not None:
         return resolved
   seen = _MISSING if canonical else _seen_from_optstab(target)
-  outside = _outside_path(seen) if seen is not _MISSING else None
+  # Only a relative name (``np.ndarray`` in a docstring) is rewritten to its home.
+  outside = _outside_path(seen) if seen is not _MISSING and _import_path(target) is _MISSING else None
   if outside and not outside.startswith(optstab_api.ROOT_PACKAGE):
     target = outside  # ``np.ndarray`` in a docstring is numpy.ndarray
   try:
