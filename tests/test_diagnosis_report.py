@@ -14,7 +14,8 @@ from optstab import plots
 from optstab.diagnosis import EARLY_UNSTABLE, diagnose, log_grid
 from test_diagnosis_problems import early_instability_trial, noisy_numpy_trial
 
-README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
+# The README example moved to the guide page "Diagnosing your own model".
+README = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "guide", "diagnosis.md")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -171,7 +172,7 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   code = _readme_example()
   assert "def train(config: TrialConfig) -> TrialResult" in code
-  exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})  # pylint: disable=exec-used
+  exec(compile(code, "diagnosis.md", "exec"), {"__name__": "readme_example"})  # pylint: disable=exec-used
   out = capsys.readouterr().out
   assert "lr* = 0.01, at the edge of feasibility: True" in out
   assert "verdict: early-unstable" in out

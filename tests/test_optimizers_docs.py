@@ -1,4 +1,4 @@
-"""The README's quickstart and symbol table, and the six-optimizers example."""
+"""The guide's quickstart and symbol table (docs/guide/optimizers.md), and the six-optimizers example."""
 
 import contextlib
 import inspect
@@ -9,13 +9,13 @@ import re
 import optstab
 from optstab.examples import six_optimizers
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "guide" / "optimizers.md"
 
 
 def _section(name):
-  text = README.read_text(encoding="utf-8")
+  text = GUIDE.read_text(encoding="utf-8")
   match = re.search(rf"<!-- {name} -->(.*?)<!-- end {name} -->", text, re.S)
-  assert match, f"README.md has no <!-- {name} --> section"
+  assert match, f"optimizers.md has no <!-- {name} --> section"
   return match.group(1)
 
 
@@ -25,7 +25,7 @@ def test_readme_quickstart_runs_and_trains():
   namespace = {}
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    exec(compile(blocks[0], "README.md:quickstart", "exec"), namespace)  # pylint: disable=exec-used
+    exec(compile(blocks[0], "optimizers.md:quickstart", "exec"), namespace)  # pylint: disable=exec-used
   first, final = float(namespace["first_loss"]), float(namespace["loss_fn"](namespace["params"]))
   assert final < 1e-3 * first, (first, final)
   assert out.getvalue().startswith("loss ")

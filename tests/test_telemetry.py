@@ -189,12 +189,12 @@ def test_public_names():
 def test_readme_warmup_clipping_block_runs(capsys):
   import pathlib
   import re
-  text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+  text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "guide" / "clipping.md").read_text(encoding="utf-8")
   section = re.search(r"<!-- warmup-clipping -->(.*?)<!-- end warmup-clipping -->", text, re.S)
-  assert section, "README.md has no <!-- warmup-clipping --> section"
+  assert section, "clipping.md has no <!-- warmup-clipping --> section"
   block = re.findall(r"```python\n(.*?)```", section.group(1), re.S)[0]
   namespace = {}
-  exec(compile(block, "README.md:warmup-clipping", "exec"), namespace)  # pylint: disable=exec-used
+  exec(compile(block, "clipping.md:warmup-clipping", "exec"), namespace)  # pylint: disable=exec-used
   assert namespace["norms"].shape == (500,)
   assert np.isfinite(namespace["norms"]).all()
   summary = namespace["summary"]
