@@ -311,7 +311,7 @@ class FaqRmsPropState(NamedTuple):
 def rmsprop(
     learning_rate: optax.ScalarOrSchedule,
     decay: jax.typing.ArrayLike = 0.9,
-    momentum: Optional[jax.typing.ArrayLike] = None,  # pylint: disable=redefined-outer-name
+    momentum: Optional[float] = None,  # pylint: disable=redefined-outer-name
     eps: jax.typing.ArrayLike = 1e-8,
     *,
     accumulator_dtype: Optional[jax.typing.DTypeLike] = None,

@@ -325,7 +325,7 @@ def warmup_length_advice(
 def schedule_values(
     schedule: optax.Schedule | float, num_steps: int, dtype: np.dtype = np.float32
 ) -> np.ndarray:
-  r"""A schedule's values at steps ``0 .. num_steps - 1``, as a host array.
+  r"""A schedule's values at steps ``0`` to ``num_steps - 1``, as a host array.
 
   .. math::
 

@@ -304,13 +304,14 @@ def test_a_four_rate_sweep_compiles_the_model_once():
   assert all(t.feasible for t in sweep.trials[:2])
 
 
-def test_the_readme_recipe_compiles_once_per_sweep():
-  with open(os.path.join(TESTS_DIR, os.pardir, "README.md"), encoding="utf-8") as f:
+def test_the_guide_recipe_compiles_once_per_sweep():
+  # The README's diagnosis example moved to the guide page "Diagnosing your own model".
+  with open(os.path.join(TESTS_DIR, os.pardir, "docs", "guide", "diagnosis.md"), encoding="utf-8") as f:
     text = f.read()
   section = text[text.index("<!-- diagnosis -->"):text.index("<!-- end diagnosis -->")]
   code = section.split("```python\n", 1)[1].split("# 1. The learning-rate sweep", 1)[0]
-  namespace: dict = {"__name__": "readme_recipe"}
-  exec(compile(code, "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  namespace: dict = {"__name__": "guide_recipe"}
+  exec(compile(code, "diagnosis.md", "exec"), namespace)  # pylint: disable=exec-used
   with COMPILES.counting() as compiled:
     learning_rate_sweep(namespace["train"], (0.001, 0.01, 0.03, 0.1), 50, progress=False)
   assert len([n for n in compiled if "run" in n]) == 1, compiled  # "jit(run)", once

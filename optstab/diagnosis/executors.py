@@ -146,6 +146,7 @@ class InProcessExecutor(cf.Executor):
   max_workers = 1
 
   def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+    """Runs ``fn(*args, **kwargs)`` now, here; returns its finished ``Future``."""
     future: cf.Future = cf.Future()
     future.set_running_or_notify_cancel()
     try:
@@ -268,6 +269,7 @@ class ProcessPool(cf.Executor):
         initargs=(self.env, slots, os.getpid()))
 
   def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+    """Schedules ``fn(*args, **kwargs)`` on a worker; a broken pool is replaced first."""
     with self._lock:
       try:
         return self._pool.submit(fn, *args, **kwargs)
@@ -423,6 +425,7 @@ class SubmititExecutor(cf.Executor):
     self._watcher: Optional[threading.Thread] = None
 
   def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+    """Submits ``fn(*args, **kwargs)`` as one submitit job; returns its ``Future``."""
     if self._closed.is_set():
       raise RuntimeError("cannot submit to a SubmititExecutor after shutdown")
     job = self.executor.submit(fn, *args, **kwargs)

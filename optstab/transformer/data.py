@@ -7,7 +7,7 @@ skipping ``site-packages``/``dist-packages``, test folders (``test``,
 are taken in sorted order of their relative paths and every 10th one, from
 the first (indices 0, 10, 20, ...), is held out for validation, so the split is deterministic for
 a given Python version (recorded, with the file and character counts, in
-:attr:`CharCorpus.facts`). :func:`load_text` reads any text file or folder
+``CharCorpus.facts``). :func:`load_text` reads any text file or folder
 instead.
 
 Symbols: the characters occurring at least ``min_char_count`` times in the
