@@ -42,6 +42,7 @@ global batch from the same seed; each contributes only its own rows.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import os
@@ -68,6 +69,9 @@ __all__ = [
     "TrialFunction",
     "environment",
     "add_process_options",
+    "check_cli_args",
+    "int_at_least",
+    "positive_float",
     "start_processes",
     "train",
     "compiled_steps",
@@ -544,19 +548,74 @@ def train(workload: Workload, config: TrialConfig, *, mesh: Optional[Mesh] = Non
 
 
 def environment() -> dict[str, Any]:
-  """The software and hardware a result was measured on (for a demo's ``results.json``)."""
-  import platform
+  """Library versions and the machine a demo's results were measured on (``results.json``).
 
-  import flax
-  import jaxlib
+  Results vary across machines (float32 reduction order, XLA thread counts), so
+  every demo records these beside its numbers.
+  """
+  import importlib.metadata as metadata  # pylint: disable=import-outside-toplevel
+  import platform  # pylint: disable=import-outside-toplevel
 
-  device = jax.devices()[0]
-  return {"python": platform.python_version(), "jax": jax.__version__,
-          "jaxlib": jaxlib.__version__, "optax": optax.__version__, "flax": flax.__version__,
-          "platform": device.platform, "device_kind": device.device_kind,
-          "device_count": jax.device_count(), "process_count": jax.process_count(),
-          "processor": platform.processor() or None, "machine": platform.machine(),
-          "cpu_count": os.cpu_count()}
+  versions = {}
+  for name in ("jax", "jaxlib", "optax", "flax", "numpy"):
+    try:
+      versions[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      versions[name] = None
+  cpu = platform.processor() or None
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                 cpu)
+  except OSError:
+    pass
+  devices = jax.devices()
+  return {
+      "versions": versions,
+      "python": platform.python_version(),
+      "platform": platform.platform(),
+      "cpu": cpu,
+      "cpu_count": os.cpu_count(),
+      "backend": devices[0].platform,
+      "devices": [getattr(d, "device_kind", str(d)) for d in devices],
+      "process_count": jax.process_count(),
+  }
+
+
+def int_at_least(minimum: int):
+  """An argparse type: an integer >= ``minimum`` (a bad value is a usage error, exit 2)."""
+
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}; got {text!r}") from None
+    if value < minimum:
+      raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}; got {text!r}")
+    return value
+
+  return parse
+
+
+def positive_float(text: str) -> float:
+  """An argparse type: a finite real > 0."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text!r}") from None
+  if not 0.0 < value < float("inf"):
+    raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text!r}")
+  return value
+
+
+def check_cli_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """Checks across flags; each failure is a one-line usage error (exit 2)."""
+  rates = args.learning_rates
+  if rates is not None and len(set(rates)) != len(rates):
+    duplicates = sorted({r for r in rates if rates.count(r) > 1})
+    parser.error(f"argument --learning-rates: must be distinct; got duplicates {duplicates}")
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    parser.error(f"argument --out: {args.out!r} is a file, not a folder")
 
 
 def add_process_options(parser: Any) -> None:

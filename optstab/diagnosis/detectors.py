@@ -779,7 +779,7 @@ def _grad_jumps(grad_norms: Any, count: int, t: DetectorThresholds) -> np.ndarra
 def _failure(c: _Curve, final: float, t: DetectorThresholds, trivial: Optional[float],
              reference: Optional[float]) -> tuple[bool, Optional[str]]:
   """(diverged, why) or (failed to train, why) from the levels; (False, None) if it trained."""
-  start, end = _to_space(c, c.initial_level), _to_space(c, final)
+  end = _to_space(c, final)
   top = c.initial_level if trivial is None else max(c.initial_level, float(trivial))
   if top > 0 and final > t.abnormal_loss_ratio * top:
     return True, (f"the final loss level {final:.4g} is {final / top:.3g} x the "

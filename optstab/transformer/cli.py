@@ -37,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--corpus", default=None,
                       help="a text file or folder to train on (default: the running Python's "
                            "standard-library sources)")
-  parser.add_argument("--learning-rates", type=float, nargs="+", default=None,
+  parser.add_argument("--learning-rates", type=runner.positive_float, nargs="+", default=None,
                       help="override the Figure 8 grid (must include the Figure 6 rate)")
-  parser.add_argument("--num-steps", type=int, default=None,
+  parser.add_argument("--num-steps", type=runner.int_at_least(1), default=None,
                       help="override the steps of every run (warmup included)")
   parser.add_argument("--no-diagnosis", action="store_true", help="skip optstab.diagnose")
   runner.add_process_options(parser)
@@ -48,14 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  from optstab import runner
+
+  runner.check_cli_args(parser, args)
   import jax
 
-  from optstab import runner
   from optstab.diagnosis.executors import ProcessPool
   from optstab.transformer import experiment, presets
 
-  executor = runner.start_processes(args, "optstab-transformer")
   preset = presets.get_preset(args.preset)
   changes = {}
   if args.learning_rates is not None:
@@ -65,7 +67,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.no_diagnosis:
     changes["run_diagnosis"] = False
   if changes:
-    preset = preset.replace(**changes)
+    try:
+      preset = preset.replace(**changes)
+    except ValueError as e:  # e.g. a grid without the Figure 6 rate: a usage error too
+      parser.error(str(e))
+  executor = runner.start_processes(args, "optstab-transformer")
   where = f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
   if isinstance(executor, ProcessPool):
     where = f"{executor.max_workers} worker processes"

@@ -486,9 +486,10 @@ def render_report(s: dict[str, Any]) -> str:
       f"{p['batch_size']}, Xavier init, {p['compute_dtype']}. Adam (0.9, 0.98, 1e-9); linear "
       f"warmup then constant. Every run lasts {p['num_steps']} steps, warmup included.",
       f"Infeasible: {s['feasibility_rule']}. {s['stall_rule'][0].upper()}{s['stall_rule'][1:]}.",
-      f"Environment: jax {env['jax']}, jaxlib {env['jaxlib']}, optax {env['optax']}, flax "
-      f"{env['flax']}, {env['device_count']} x {env['device_kind']} ({env['platform']}), "
-      f"{env['cpu_count']} CPUs.",
+      f"Environment: jax {env['versions']['jax']}, jaxlib {env['versions']['jaxlib']}, optax "
+      f"{env['versions']['optax']}, flax {env['versions']['flax']}, {len(env['devices'])} x "
+      f"{env['devices'][0]} ({env['backend']}), {env['cpu']} ({env['cpu_count']} CPUs). "
+      "Results vary across machines.",
       f"Wall time of the last invocation: {s['wall_seconds']:.0f} s; the trials took "
       f"{s['trial_seconds']:.0f} s in all (summed over every invocation that ran them).",
       "",

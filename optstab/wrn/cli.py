@@ -22,45 +22,6 @@ from typing import Optional, Sequence
 __all__ = ["main", "build_parser"]
 
 
-def _int_at_least(minimum: int):
-  """An argparse type: an integer >= ``minimum`` (a bad value is a usage error, exit 2)."""
-
-  def parse(text: str) -> int:
-    try:
-      value = int(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}; got {text!r}") from None
-    if value < minimum:
-      raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}; got {text!r}")
-    return value
-
-  return parse
-
-
-def _positive_float(text: str) -> float:
-  """An argparse type: a finite real > 0."""
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text!r}") from None
-  if not 0.0 < value < float("inf"):
-    raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text!r}")
-  return value
-
-
-def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-  """Checks across flags; each failure is a one-line usage error (exit 2)."""
-  rates = args.learning_rates
-  if rates is not None and len(set(rates)) != len(rates):
-    duplicates = sorted({r for r in rates if rates.count(r) > 1})
-    parser.error(f"argument --learning-rates: must be distinct; got duplicates {duplicates}")
-  seeds = args.seeds
-  if seeds is not None and len(set(seeds)) != len(seeds):
-    parser.error(f"argument --seeds: must be distinct; got {seeds}")
-  if os.path.exists(args.out) and not os.path.isdir(args.out):
-    parser.error(f"argument --out: {args.out!r} is a file, not a folder")
-
-
 def build_parser() -> argparse.ArgumentParser:
   from optstab import runner
   from optstab.wrn.presets import PRESETS
@@ -77,17 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--data-dir", default=None,
                       help="folder with cifar-10-batches-py (CIFAR-10 presets); default "
                            "$OPTSTAB_DATA_DIR or ~/.cache/optstab")
-  parser.add_argument("--learning-rates", type=_positive_float, nargs="+", default=None,
+  parser.add_argument("--learning-rates", type=runner.positive_float, nargs="+", default=None,
                       help="override the Figure 4 grid (must include --high-learning-rate)")
-  parser.add_argument("--high-learning-rate", type=_positive_float, default=None,
+  parser.add_argument("--high-learning-rate", type=runner.positive_float, default=None,
                       help="override the rate of Figures 5/9 and the mitigation table")
-  parser.add_argument("--num-steps", type=_int_at_least(1), default=None,
+  parser.add_argument("--num-steps", type=runner.int_at_least(1), default=None,
                       help="override post-warmup steps")
-  parser.add_argument("--warmup-steps", type=_int_at_least(0), default=None,
+  parser.add_argument("--warmup-steps", type=runner.int_at_least(0), default=None,
                       help="override warmup steps")
-  parser.add_argument("--batch-size", type=_int_at_least(1), default=None,
+  parser.add_argument("--batch-size", type=runner.int_at_least(1), default=None,
                       help="override the global batch size")
-  parser.add_argument("--seeds", type=_int_at_least(0), nargs="+", default=None,
+  parser.add_argument("--seeds", type=runner.int_at_least(0), nargs="+", default=None,
                       help="run the whole experiment once per seed (e.g. --seeds 0 1 2 3); the "
                            "report says how many seeds support each verdict (default: the "
                            "preset's one seed)")
@@ -102,10 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
-  _check_args(parser, args)
+  from optstab import runner
+
+  runner.check_cli_args(parser, args)
+  if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+    parser.error(f"argument --seeds: must be distinct; got {args.seeds}")
   import jax
 
-  from optstab import runner
   from optstab.diagnosis.executors import ProcessPool
   from optstab.wrn import experiment, presets
 

@@ -49,7 +49,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import time
 from concurrent.futures import Executor
 from typing import Any, Optional, Sequence, Union
@@ -67,8 +66,6 @@ from optstab.diagnosis import (
     SweepTrial,
     TrialConfig,
     TrialStore,
-    classify_run,
-    check_feasibility,
     in_process,
     learning_rate_sweep,
     run_trials,
@@ -81,7 +78,7 @@ from optstab.wrn.model import WideResNetConfig
 from optstab.wrn.presets import PUBLISHED, Preset, get_preset
 
 __all__ = ["run_experiment", "load_preset_data", "data_source_for", "setup_for", "VARIANTS",
-           "ExperimentResult", "environment", "verdicts", "render_report"]
+           "ExperimentResult", "verdicts", "render_report"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -179,37 +176,6 @@ def _trained(trial: SweepTrial) -> bool:
                              or (trial.label == EARLY_UNSTABLE and bool(trial.recovered)))
 
 
-def environment() -> dict[str, Any]:
-  """Library versions and the machine, recorded in ``results.json`` (results vary across machines)."""
-  import importlib.metadata as metadata  # pylint: disable=import-outside-toplevel
-
-  import jax  # pylint: disable=import-outside-toplevel
-
-  versions = {}
-  for name in ("jax", "jaxlib", "optax", "flax", "numpy"):
-    try:
-      versions[name] = metadata.version(name)
-    except metadata.PackageNotFoundError:
-      versions[name] = None
-  cpu = platform.processor() or None
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                 cpu)
-  except OSError:
-    pass
-  devices = jax.devices()
-  return {
-      "versions": versions,
-      "python": platform.python_version(),
-      "platform": platform.platform(),
-      "cpu": cpu,
-      "cpu_count": os.cpu_count(),
-      "backend": devices[0].platform,
-      "devices": [getattr(d, "device_kind", str(d)) for d in devices],
-  }
-
-
 @dataclasses.dataclass
 class ExperimentResult:
   """What ``run_experiment`` produced: every number, and the files written."""
@@ -280,7 +246,7 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
   if len(seeds) > 1:
     summary["per_seed"] = {str(seed): run[0] for seed, run in zip(seeds, runs)}
   summary["verdicts"] = _verdict_support([run[0] for run in runs], seeds)
-  summary["environment"] = environment()
+  summary["environment"] = runner.environment()
   summary["wall_seconds"] = time.perf_counter() - start
   summary["trial_seconds"] = sum(r.seconds for r in store.records())
   files = _write_outputs(preset, out_dir, sweeps, clip_records, unstable, summary)
