@@ -28,17 +28,17 @@ from concurrent.futures import Executor
 from typing import Any, Optional, Sequence
 
 from optstab import _validation
-from optstab.diagnosis.detectors import DetectorThresholds, RunDiagnosis
+from optstab.diagnosis.detectors import DetectorThresholds
 from optstab.diagnosis.feasibility import FeasibilityRule
-from optstab.diagnosis.store import RecordView, TrialRecord, TrialStore
-from optstab.diagnosis.sweep import PathLike, SweepResult, SweepTrial, run_trials
+from optstab.diagnosis.store import TrialRecord, TrialStore
+from optstab.diagnosis.sweep import JudgedTrialView, PathLike, SweepResult, SweepTrial, run_trials
 from optstab.diagnosis.trial import TrialFn
 
 __all__ = ["ConfirmationRun", "rates_above_best", "short_check", "long_check"]
 
 
 @dataclasses.dataclass(frozen=True)
-class ConfirmationRun(RecordView):
+class ConfirmationRun(JudgedTrialView):
   """One confirmation run and what it shows.
 
   Attributes:
@@ -50,36 +50,6 @@ class ConfirmationRun(RecordView):
   name: str
   factor: float
   trial: SweepTrial
-
-  @property
-  def record(self) -> TrialRecord:  # type: ignore[override]
-    return self.trial.record
-
-  @property
-  def feasible(self) -> bool:
-    return self.trial.feasible
-
-  @property
-  def reason(self) -> Optional[str]:
-    return self.trial.reason
-
-  @property
-  def diagnosis(self) -> Optional[RunDiagnosis]:
-    return self.trial.diagnosis
-
-  @property
-  def label(self) -> str:
-    """The run's label (``"error"`` if the training function raised)."""
-    return self.trial.label
-
-  @property
-  def recovered(self) -> Optional[bool]:
-    return self.trial.recovered
-
-  @property
-  def unstable(self) -> bool:
-    """Infeasible, or labelled anything but stable."""
-    return self.trial.unstable
 
   def describe(self) -> str:
     """One sentence with the evidence."""

@@ -247,6 +247,45 @@ def metric_value(result: TrialResult, metric: str = "loss", mode: str = "min", r
   return value if math.isfinite(value) else math.nan
 
 
+class JudgedTrialView(RecordView):
+  """Read-only shortcuts for a result that holds a judged ``trial`` (a ``SweepTrial``).
+
+  Shared by the confirmation runs and the warmup search.
+  """
+
+  trial: "SweepTrial"
+
+  @property
+  def record(self) -> TrialRecord:  # type: ignore[override]
+    return self.trial.record
+
+  @property
+  def feasible(self) -> bool:
+    return self.trial.feasible
+
+  @property
+  def reason(self) -> Optional[str]:
+    return self.trial.reason
+
+  @property
+  def diagnosis(self) -> Optional[RunDiagnosis]:
+    return self.trial.diagnosis
+
+  @property
+  def label(self) -> str:
+    """The run's label (``"error"`` if the training function raised)."""
+    return self.trial.label
+
+  @property
+  def recovered(self) -> Optional[bool]:
+    return self.trial.recovered
+
+  @property
+  def unstable(self) -> bool:
+    """Infeasible, or labelled anything but stable."""
+    return self.trial.unstable
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepTrial(RecordView):
   """One judged trial: its record, feasibility, metric value and label.

@@ -50,12 +50,12 @@ from optstab.diagnosis.detectors import (
     EARLY_UNSTABLE,
     STABLE,
     DetectorThresholds,
-    RunDiagnosis,
 )
 from optstab.diagnosis.feasibility import FeasibilityRule
-from optstab.diagnosis.store import RecordView, TrialRecord, TrialStore
+from optstab.diagnosis.store import TrialStore
 from optstab.diagnosis.sweep import (
     TRAIN_LOSS,
+    JudgedTrialView,
     PathLike,
     SweepResult,
     SweepTrial,
@@ -82,30 +82,10 @@ def _trains(trial: SweepTrial) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class WarmupTrial(RecordView):
+class WarmupTrial(JudgedTrialView):
   """One warmup-search trial: its judged trial (feasibility, label, evidence)."""
 
   trial: SweepTrial
-
-  @property
-  def record(self) -> TrialRecord:  # type: ignore[override]
-    return self.trial.record
-
-  @property
-  def feasible(self) -> bool:
-    return self.trial.feasible
-
-  @property
-  def reason(self) -> Optional[str]:
-    return self.trial.reason
-
-  @property
-  def diagnosis(self) -> Optional[RunDiagnosis]:
-    return self.trial.diagnosis
-
-  @property
-  def label(self) -> str:
-    return self.trial.label
 
   @property
   def trains(self) -> bool:
