@@ -76,7 +76,7 @@ import numpy as np
 #: The Transformer demo's experiment, ``"module:function"`` taking ``(preset, out_dir, *,
 #: progress, executor)`` like ``optstab.wrn.experiment.run_experiment``; ``None`` until
 #: the demo lands.
-TRANSFORMER: str | None = None
+TRANSFORMER: str | None = "optstab.transformer.experiment:run_experiment"
 
 _DIM, _WIDTH, _BATCH = 16, 256, 128
 
