@@ -68,6 +68,8 @@ __all__ = [
     "DataSource",
     "TrialFunction",
     "environment",
+    "environment_line",
+    "ExperimentResult",
     "add_process_options",
     "check_cli_args",
     "int_at_least",
@@ -580,6 +582,24 @@ def environment() -> dict[str, Any]:
       "devices": [getattr(d, "device_kind", str(d)) for d in devices],
       "process_count": jax.process_count(),
   }
+
+
+def environment_line(env: Optional[dict[str, Any]]) -> str:
+  """One report sentence for ``environment()``'s record."""
+  if not env:
+    return "Machine: not recorded."
+  v = env["versions"]
+  return (f"Machine: {env['cpu']} ({env['cpu_count']} CPUs), {env['backend']} backend "
+          f"({', '.join(sorted(set(env['devices'])))}); jax {v['jax']}, jaxlib {v['jaxlib']}, "
+          f"optax {v['optax']}, flax {v['flax']}, Python {env['python']}.")
+
+
+@dataclasses.dataclass
+class ExperimentResult:
+  """What a demo's ``run_experiment`` produced: every number, and the files written."""
+
+  summary: dict[str, Any]
+  files: dict[str, str]
 
 
 def int_at_least(minimum: int):

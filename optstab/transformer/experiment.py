@@ -42,7 +42,6 @@ they finish; running again into the same folder resumes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -68,6 +67,7 @@ from optstab.diagnosis import (
 )
 from optstab.diagnosis.store import TRIALS_FILE, TrialRecord
 from optstab.diagnosis.trial import to_jsonable
+from optstab.runner import ExperimentResult
 from optstab.transformer import data as corpus_data
 from optstab.transformer import train as transformer_train
 from optstab.transformer.model import TransformerConfig
@@ -180,14 +180,6 @@ def _run_summary(record: TrialRecord, trivial_eval_loss: float,
       label=diag.label, diagnosis=diag.summary(),
   )
   return out
-
-
-@dataclasses.dataclass
-class ExperimentResult:
-  """What ``run_experiment`` produced: every number, and the files written."""
-
-  summary: dict[str, Any]
-  files: dict[str, str]
 
 
 def _seed_store(source: TrialStore, folder: str) -> None:
@@ -487,10 +479,7 @@ def render_report(s: dict[str, Any]) -> str:
       f"{p['batch_size']}, Xavier init, {p['compute_dtype']}. Adam (0.9, 0.98, 1e-9); linear "
       f"warmup then constant. Every run lasts {p['num_steps']} steps, warmup included.",
       f"Infeasible: {s['feasibility_rule']}. {s['stall_rule'][0].upper()}{s['stall_rule'][1:]}.",
-      f"Environment: jax {env['versions']['jax']}, jaxlib {env['versions']['jaxlib']}, optax "
-      f"{env['versions']['optax']}, flax {env['versions']['flax']}, {len(env['devices'])} x "
-      f"{env['devices'][0]} ({env['backend']}), {env['cpu']} ({env['cpu_count']} CPUs). "
-      "Results vary across machines.",
+      runner.environment_line(env) + " Results vary across machines.",
       f"Wall time of the last invocation: {s['wall_seconds']:.0f} s; the trials took "
       f"{s['trial_seconds']:.0f} s in all (summed over every invocation that ran them).",
       "",

@@ -45,7 +45,6 @@ number) and ``report.md`` (what reproduced, beside the published values).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -71,6 +70,7 @@ from optstab.diagnosis import (
     run_trials,
 )
 from optstab.diagnosis.store import TrialRecord
+from optstab.runner import ExperimentResult
 from optstab.diagnosis.trial import to_jsonable
 from optstab.wrn import data as wrn_data
 from optstab.wrn import train as wrn_train
@@ -174,14 +174,6 @@ def _trained(trial: SweepTrial) -> bool:
   """Feasible, and stable or early-unstable then recovered (not failed-to-train or diverged)."""
   return trial.feasible and (trial.label == STABLE
                              or (trial.label == EARLY_UNSTABLE and bool(trial.recovered)))
-
-
-@dataclasses.dataclass
-class ExperimentResult:
-  """What ``run_experiment`` produced: every number, and the files written."""
-
-  summary: dict[str, Any]
-  files: dict[str, str]
 
 
 def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
@@ -487,15 +479,6 @@ def _pct(x) -> str:
   return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def _environment_line(env: Optional[dict[str, Any]]) -> str:
-  if not env:
-    return "Machine: not recorded."
-  v = env["versions"]
-  return (f"Machine: {env['cpu']} ({env['cpu_count']} CPUs), {env['backend']} backend "
-          f"({', '.join(sorted(set(env['devices'])))}); jax {v['jax']}, jaxlib {v['jaxlib']}, "
-          f"optax {v['optax']}, flax {v['flax']}, Python {env['python']}.")
-
-
 def render_report(s: dict[str, Any]) -> str:
   """The markdown report: our numbers beside the published ones, and verdicts."""
   p = s["preset"]
@@ -520,7 +503,7 @@ def render_report(s: dict[str, Any]) -> str:
       f"{s['trial_seconds']:.0f} s in all (summed over every invocation that ran them).",
       f"Seeds: {', '.join(str(x) for x in s.get('seeds', [p['seed']]))}; the tables show seed "
       f"{s.get('seeds', [p['seed']])[0]}, and every verdict below says how many seeds reach it.",
-      _environment_line(s.get("environment")),
+      runner.environment_line(s.get("environment")),
       "Results vary across machines and library versions (float32 reductions, XLA's choices): "
       "a run that sits at the edge of stability can land on either side.",
       "",
