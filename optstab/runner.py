@@ -75,6 +75,7 @@ __all__ = [
     "int_at_least",
     "positive_float",
     "start_processes",
+    "describe_processes",
     "train",
     "compiled_steps",
     "jit_train_step",
@@ -685,6 +686,16 @@ def start_processes(args: Any, prog: str, *, distributed: bool = False) -> Any:
     jax.config.update("jax_compilation_cache_dir", cache_env["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   return executor
+
+
+def describe_processes(executor: Any) -> str:
+  """Where a demo's trials run, for its first line of output."""
+  from optstab.diagnosis.executors import ProcessPool
+
+  if isinstance(executor, ProcessPool):
+    return f"{executor.max_workers} worker processes"
+  return (f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
+          f"{jax.process_count()} process(es)")
 
 
 # ----------------------------------------------------------------------------

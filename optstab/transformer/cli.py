@@ -53,9 +53,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from optstab import runner
 
   runner.check_cli_args(parser, args)
-  import jax
-
-  from optstab.diagnosis.executors import ProcessPool
   from optstab.transformer import experiment, presets
 
   preset = presets.get_preset(args.preset)
@@ -72,10 +69,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:  # e.g. a grid without the Figure 6 rate: a usage error too
       parser.error(str(e))
   executor = runner.start_processes(args, "optstab-transformer")
-  where = f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
-  if isinstance(executor, ProcessPool):
-    where = f"{executor.max_workers} worker processes"
-  print(f"optstab-transformer: preset {preset.name} on {where}; writing {args.out}", flush=True)
+  print(f"optstab-transformer: preset {preset.name} on {runner.describe_processes(executor)}; "
+        f"writing {args.out}", flush=True)
   with executor:
     result = experiment.run_experiment(preset, args.out, corpus=args.corpus,
                                        progress=not args.no_progress, executor=executor)

@@ -70,7 +70,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error(f"argument --seeds: must be distinct; got {args.seeds}")
   import jax
 
-  from optstab.diagnosis.executors import ProcessPool
   from optstab.wrn import experiment, presets
 
   preset = presets.get_preset(args.preset)
@@ -89,11 +88,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   lead = jax.process_index() == 0
   out = args.out if lead else os.path.join(args.out, f".process{jax.process_index()}")
   if lead:
-    where = (f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
-             f"{jax.process_count()} process(es)")
-    if isinstance(executor, ProcessPool):
-      where = f"{executor.max_workers} worker processes"
-    print(f"optstab-wrn: preset {preset.name} on {where}; writing {args.out}", flush=True)
+    print(f"optstab-wrn: preset {preset.name} on {runner.describe_processes(executor)}; "
+          f"writing {args.out}", flush=True)
   with executor:
     result = experiment.run_experiment(preset, out, data_dir=args.data_dir,
                                        progress=lead and not args.no_progress, executor=executor,
