@@ -62,6 +62,24 @@ WORKLOADS = REAL_WORKLOADS + ("synthetic",)
 #: Beside each workload's trials.jsonl: what labelling needs from the training code.
 FACTS_FILE = "facts.json"
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "diagnosis_corpus.jsonl.gz"
+#: The two splits: ``corpus`` (the shipped corpus the detectors were tuned on) and
+#: ``held-out`` (the same grids with seeds the tuning never saw, and synthetic
+#: curves from other NumPy seeds: measured once, after a detector change is made).
+SPLITS = ("corpus", "held-out")
+HELD_OUT_OUT = pathlib.Path(__file__).resolve().parent / "diagnosis_heldout.jsonl.gz"
+#: (warmup steps, seed) of each real workload's groups, per split.
+SPLIT_SEEDS = {
+    "corpus": {"mlp": ((0, 0), (0, 1), (0, 2), (0, 3), (20, 0), (20, 1)),
+               "cnn": ((0, 0), (20, 0), (0, 1)),
+               "wrn": ((0, 0), (0, 1), (20, 0), (20, 1)),
+               "transformer": ((0, 0), (50, 0), (0, 1), (50, 1))},
+    "held-out": {"mlp": ((0, 4), (0, 5), (0, 6), (0, 7), (20, 2), (20, 3)),
+                 "cnn": ((0, 2), (0, 3), (20, 1), (20, 2)),
+                 "wrn": ((0, 2), (20, 2)),
+                 "transformer": ((0, 2), (50, 2))},
+}
+#: Added to the first entry of every synthetic curve's NumPy seed, per split.
+SYNTHETIC_SEED_OFFSET = {"corpus": 0, "held-out": 100}
 
 
 # ----------------------------------------------------------------------------
@@ -246,19 +264,18 @@ WRN_STEPS = 100
 WRN_WARMUP = 20
 
 
-def sweeps_for(workload: str) -> list[Sweep]:
-  """The groups of a real workload."""
+def sweeps_for(workload: str, split: str = "corpus") -> list[Sweep]:
+  """The groups of a real workload in ``split`` (one of ``SPLITS``)."""
+  seeds = SPLIT_SEEDS[split][workload]
   if workload == "mlp":
-    # The wide grid plus a dense one where the MLP's training breaks down; seeds 0-3
-    # without warmup, seeds 0-1 with 20 warmup steps.
+    # The wide grid plus a dense one where the MLP's training breaks down.
     return [Sweep("mlp", f"mlp-{opt}", tuple(sorted(DIGITS_RATES[opt] + MLP_EDGE_RATES[opt])),
                   DIGITS_STEPS, warmup, seed, "constant", 50, {"model": "mlp", "optimizer": opt})
-            for opt in ("sgd", "momentum", "adam")
-            for warmup, seed in ((0, 0), (0, 1), (0, 2), (0, 3), (20, 0), (20, 1))]
+            for opt in ("sgd", "momentum", "adam") for warmup, seed in seeds]
   if workload == "cnn":
     return [Sweep("cnn", f"cnn-{opt}", tuple(sorted(DIGITS_RATES[opt][1:-1] + CNN_EDGE_RATES[opt])),
                   DIGITS_STEPS, warmup, seed, "constant", 50, {"model": "cnn", "optimizer": opt})
-            for opt in ("sgd", "momentum", "adam") for warmup, seed in ((0, 0), (20, 0), (0, 1))]
+            for opt in ("sgd", "momentum", "adam") for warmup, seed in seeds]
   if workload == "wrn":
     from optstab.wrn import experiment, presets
 
@@ -267,17 +284,17 @@ def sweeps_for(workload: str) -> list[Sweep]:
     for variant in experiment.VARIANTS:
       strides = preset.standard_strides if variant == "standard" else preset.changed_strides
       extra = {"variant": variant, "group_strides": [list(s) for s in strides]}
-      for warmup in (0, WRN_WARMUP):
-        for seed in (0, 1):
-          out.append(Sweep("wrn", variant, WRN_RATES, WRN_STEPS, warmup, seed, "cosine", 25, extra))
+      for warmup, seed in seeds:
+        out.append(Sweep("wrn", variant, WRN_RATES, WRN_STEPS, warmup, seed, "cosine", 25, extra))
     return out
   if workload == "transformer":
-    return transformer_sweeps()
+    return transformer_sweeps(seeds)
   raise ValueError(f"workload must be one of {REAL_WORKLOADS}; got {workload!r}.")
 
 
-def transformer_sweeps() -> list[Sweep]:
-  """The Transformer demo's groups: Post-LN and Pre-LN, without and with warmup, seeds 0 and 1.
+def transformer_sweeps(seeds: Sequence[tuple[int, int]] = SPLIT_SEEDS["corpus"]["transformer"]
+                       ) -> list[Sweep]:
+  """The Transformer demo's groups: Post-LN and Pre-LN at each ``(warmup, seed)``, seed by seed.
 
   The quick preset's model and data (6 layers, width 64, characters of the
   standard library, batch 16), 200 steps in all (its short-check length),
@@ -285,7 +302,8 @@ def transformer_sweeps() -> list[Sweep]:
   """
   return [Sweep("transformer", f"{norm}_ln", TRANSFORMER_RATES, TRANSFORMER_STEPS - warmup, warmup,
                 seed, "constant", 100, {"variant": f"{norm}_ln", "norm_position": norm})
-          for seed in (0, 1) for norm in ("post", "pre") for warmup in (0, TRANSFORMER_WARMUP)]
+          for seed in dict.fromkeys(s for _, s in seeds) for norm in ("post", "pre")
+          for warmup, s in seeds if s == seed]
 
 
 def trial_fn_for(workload: str) -> tuple[Callable, dict[str, float]]:
@@ -311,14 +329,14 @@ def trial_fn_for(workload: str) -> tuple[Callable, dict[str, float]]:
   raise ValueError(f"no trial function for {workload!r}")
 
 
-def collect(workload: str, work_dir: pathlib.Path) -> None:
+def collect(workload: str, work_dir: pathlib.Path, split: str = "corpus") -> None:
   """Runs (or resumes) every trial of a real workload into ``work_dir/workload``."""
   from optstab.diagnosis import run_trials
 
   if workload == "transformer" and importlib.util.find_spec("optstab.transformer") is None:
     print(f"[{workload}] skipped: this optstab has no optstab.transformer", flush=True)
     return
-  sweeps = sweeps_for(workload)
+  sweeps = sweeps_for(workload, split)
   trial_fn, facts = trial_fn_for(workload)
   (work_dir / workload).mkdir(parents=True, exist_ok=True)
   (work_dir / workload / FACTS_FILE).write_text(json.dumps(facts))
@@ -463,9 +481,10 @@ def _noisy(rng, curve, sigma):
   return curve * np.exp(sigma * rng.standard_normal(curve.size))
 
 
-def synthetic_runs(trivial: float = TRIVIAL_DIGITS) -> list[dict[str, Any]]:
-  """Every synthetic run: clean curves per noise level, then the injected kinds."""
+def synthetic_runs(trivial: float = TRIVIAL_DIGITS, split: str = "corpus") -> list[dict[str, Any]]:
+  """Every synthetic run of ``split``: clean curves per noise level, then the injected kinds."""
   runs = []
+  offset = SYNTHETIC_SEED_OFFSET[split]
 
   def add(kind, index, loss, label, recovered, description, sigma, group=None):
     runs.append(_run_record(
@@ -478,11 +497,11 @@ def synthetic_runs(trivial: float = TRIVIAL_DIGITS) -> list[dict[str, Any]]:
   n = SYNTHETIC_STEPS
   for level, sigma in enumerate(acc.NOISE_LEVELS):
     for i in range(CLEAN_PER_LEVEL):
-      rng = np.random.default_rng((1, level, i))
+      rng = np.random.default_rng((1 + offset, level, i))
       add(f"clean-sigma{sigma:g}", i, _noisy(rng, _clean_curve(rng, n, trivial), sigma),
           acc.STABLE, None, f"clean decreasing curve, lognormal noise sigma {sigma:g}", sigma)
   for i in range(25):  # early spikes of 1-6 steps, 5-50x, then training goes on
-    rng = np.random.default_rng((2, i))
+    rng = np.random.default_rng((2 + offset, i))
     sigma = float(rng.choice([0.05, 0.1, 0.3]))
     curve = _clean_curve(rng, n, trivial)
     start, length = int(rng.integers(1, 15)), int(rng.integers(1, 7))
@@ -491,7 +510,7 @@ def synthetic_runs(trivial: float = TRIVIAL_DIGITS) -> list[dict[str, Any]]:
     add("early-spike", i, _noisy(rng, curve, sigma), acc.EARLY_UNSTABLE, True,
         f"x{factor:.3g} spike at step {start + 1} for {length} steps, sigma {sigma:g}", sigma)
   for i in range(25):  # a sudden rise after a steady decline, then recovery (or not, half of them)
-    rng = np.random.default_rng((3, i))
+    rng = np.random.default_rng((3 + offset, i))
     sigma = float(rng.choice([0.05, 0.1, 0.3]))
     curve = _clean_curve(rng, n, trivial, max_floor=0.1)
     # After the curve is below 15% of the trivial level: a rise from there is unmistakable.
@@ -508,14 +527,14 @@ def synthetic_runs(trivial: float = TRIVIAL_DIGITS) -> list[dict[str, Any]]:
         f"+{height:.3g} rise at step {start + 1}, {'recovers' if recover else 'stays'}, sigma {sigma:g}",
         sigma)
   for i in range(20):  # stalls at the trivial level (a small initial drop, then flat)
-    rng = np.random.default_rng((4, i))
+    rng = np.random.default_rng((4 + offset, i))
     sigma = float(rng.choice([0.02, 0.05, 0.1]))
     t = np.arange(n)
     curve = trivial * (1.0 + rng.uniform(0.0, 0.1) * np.exp(-t / rng.uniform(2, 10)))
     add("stall", i, _noisy(rng, curve, sigma), acc.FAILED_TO_TRAIN, None,
         f"flat at the trivial level, sigma {sigma:g}", sigma)
   for i in range(10):  # a group of two: a good run and one stuck far above it
-    rng = np.random.default_rng((5, i))
+    rng = np.random.default_rng((5 + offset, i))
     sigma = float(rng.choice([0.05, 0.1, 0.3]))
     good = _clean_curve(rng, n, trivial, max_floor=0.1)
     # At most a third of the way from the trivial level to the partner's floor.
@@ -528,7 +547,7 @@ def synthetic_runs(trivial: float = TRIVIAL_DIGITS) -> list[dict[str, Any]]:
     add("plateau", i, _noisy(rng, bad, sigma), acc.FAILED_TO_TRAIN, None,
         f"plateau at {plateau:.3g} while its pair reaches {good[-1]:.3g}, sigma {sigma:g}", sigma, group)
   for i in range(20):  # NaN from some step on, or a blow-up that stays high
-    rng = np.random.default_rng((6, i))
+    rng = np.random.default_rng((6 + offset, i))
     sigma = float(rng.choice([0.05, 0.1, 0.3]))
     loss = _noisy(rng, _clean_curve(rng, n, trivial), sigma)
     start = int(rng.integers(2, 180))
@@ -571,15 +590,15 @@ def _trivial_for(work_dir: pathlib.Path, workload: str) -> float:
   return float(json.loads((work_dir / workload / FACTS_FILE).read_text())["trivial_loss"])
 
 
-def real_runs(work_dir: pathlib.Path) -> list[dict[str, Any]]:
-  """The stored runs of every real workload, labelled by the protocol."""
+def real_runs(work_dir: pathlib.Path, split: str = "corpus") -> list[dict[str, Any]]:
+  """The stored runs of every real workload of ``split``, labelled by the protocol."""
   from optstab.diagnosis import TrialStore
 
   runs = []
   for workload in REAL_WORKLOADS:
     if not (work_dir / workload / "trials.jsonl").exists():
       continue
-    sweeps = sweeps_for(workload)
+    sweeps = sweeps_for(workload, split)
     store = TrialStore(work_dir / workload)
     trivial = _trivial_for(work_dir, workload)
     for sweep in sweeps:
@@ -611,14 +630,14 @@ def real_runs(work_dir: pathlib.Path) -> list[dict[str, Any]]:
   return runs
 
 
-def write_corpus(work_dir: pathlib.Path, out: pathlib.Path) -> None:
+def write_corpus(work_dir: pathlib.Path, out: pathlib.Path, split: str = "corpus") -> None:
   """Labels every stored run, adds the synthetic ones and writes the gzipped corpus."""
-  runs = real_runs(work_dir) + synthetic_runs()
+  runs = real_runs(work_dir, split) + synthetic_runs(split=split)
   ids = [r["id"] for r in runs]
   if len(set(ids)) != len(ids):
     raise ValueError("run ids are not unique")
   unknown = set(BY_EYE) - set(ids)
-  if unknown:
+  if unknown and split == "corpus":
     raise ValueError(f"BY_EYE names runs that are not in the corpus: {sorted(unknown)}")
   # No timestamp, no file name: the same runs give the same bytes.
   with open(out, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0, compresslevel=9) as gz:
@@ -670,7 +689,10 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
   parser.add_argument("--work-dir", type=pathlib.Path, default=None,
                       help="where trials are stored (default ~/.cache/optstab/diagnosis_corpus)")
-  parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT)
+  parser.add_argument("--split", default="corpus", choices=SPLITS,
+                      help="corpus: the shipped corpus; held-out: other seeds, for checking a "
+                           "detector change once it is made (default out: diagnosis_heldout.jsonl.gz)")
+  parser.add_argument("--out", type=pathlib.Path, default=None)
   parser.add_argument("--relabel", action="store_true",
                       help="train nothing: label the stored runs and write the corpus")
   parser.add_argument("--no-write", action="store_true", help="collect only")
@@ -678,16 +700,19 @@ def main(argv: Optional[list[str]] = None) -> None:
                       help="after writing, plot every group of the corpus into DIR (for the by-eye review)")
   parser.add_argument("--plot-match", default="", help="only groups whose run ids contain this")
   args = parser.parse_args(argv)
+  if args.out is None:
+    args.out = DEFAULT_OUT if args.split == "corpus" else HELD_OUT_OUT
   if args.work_dir is None:
     from optstab.wrn import data as wrn_data
 
-    args.work_dir = wrn_data.default_data_dir() / "diagnosis_corpus"
+    name = "diagnosis_corpus" if args.split == "corpus" else "diagnosis_heldout"
+    args.work_dir = wrn_data.default_data_dir() / name
   if not args.relabel:
     for workload in args.workloads:
       if workload != "synthetic":
-        collect(workload, args.work_dir)
+        collect(workload, args.work_dir, args.split)
   if not args.no_write:
-    write_corpus(args.work_dir, args.out)
+    write_corpus(args.work_dir, args.out, args.split)
   if args.plot is not None:
     plot_groups(args.out, args.plot, args.plot_match)
 
