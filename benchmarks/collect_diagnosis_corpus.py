@@ -62,11 +62,15 @@ WORKLOADS = REAL_WORKLOADS + ("synthetic",)
 #: Beside each workload's trials.jsonl: what labelling needs from the training code.
 FACTS_FILE = "facts.json"
 DEFAULT_OUT = pathlib.Path(__file__).resolve().parent / "diagnosis_corpus.jsonl.gz"
-#: The two splits: ``corpus`` (the shipped corpus the detectors were tuned on) and
-#: ``held-out`` (the same grids with seeds the tuning never saw, and synthetic
-#: curves from other NumPy seeds: measured once, after a detector change is made).
-SPLITS = ("corpus", "held-out")
-HELD_OUT_OUT = pathlib.Path(__file__).resolve().parent / "diagnosis_heldout.jsonl.gz"
+#: The splits: ``corpus`` (the shipped corpus the detectors are tuned on),
+#: ``held-out`` (shipped too: the same grids with other seeds, and synthetic
+#: curves from other NumPy seeds, for checking a change on runs it was not tuned
+#: on) and ``test`` (not shipped: other seeds again, for a last check that no
+#: decision has looked at; regenerate it with ``--split test``).
+SPLITS = ("corpus", "held-out", "test")
+SPLIT_OUT = {"corpus": DEFAULT_OUT,
+             "held-out": DEFAULT_OUT.with_name("diagnosis_heldout.jsonl.gz"),
+             "test": DEFAULT_OUT.with_name("diagnosis_test.jsonl.gz")}
 #: (warmup steps, seed) of each real workload's groups, per split.
 SPLIT_SEEDS = {
     "corpus": {"mlp": ((0, 0), (0, 1), (0, 2), (0, 3), (20, 0), (20, 1)),
@@ -77,9 +81,13 @@ SPLIT_SEEDS = {
                  "cnn": ((0, 2), (0, 3), (20, 1), (20, 2)),
                  "wrn": ((0, 2), (20, 2)),
                  "transformer": ((0, 2), (50, 2))},
+    "test": {"mlp": ((0, 8), (0, 9), (0, 10), (0, 11), (20, 4), (20, 5)),
+             "cnn": ((0, 4), (0, 5), (20, 3), (20, 4)),
+             "wrn": ((0, 3), (20, 3)),
+             "transformer": ((0, 3), (50, 3))},
 }
 #: Added to the first entry of every synthetic curve's NumPy seed, per split.
-SYNTHETIC_SEED_OFFSET = {"corpus": 0, "held-out": 100}
+SYNTHETIC_SEED_OFFSET = {"corpus": 0, "held-out": 100, "test": 200}
 
 
 # ----------------------------------------------------------------------------
@@ -691,7 +699,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                       help="where trials are stored (default ~/.cache/optstab/diagnosis_corpus)")
   parser.add_argument("--split", default="corpus", choices=SPLITS,
                       help="corpus: the shipped corpus; held-out: other seeds, for checking a "
-                           "detector change once it is made (default out: diagnosis_heldout.jsonl.gz)")
+                           "detector change; test: other seeds again, for a last check "
+                           "(default out: diagnosis_<split>.jsonl.gz beside this script)")
   parser.add_argument("--out", type=pathlib.Path, default=None)
   parser.add_argument("--relabel", action="store_true",
                       help="train nothing: label the stored runs and write the corpus")
@@ -701,12 +710,11 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument("--plot-match", default="", help="only groups whose run ids contain this")
   args = parser.parse_args(argv)
   if args.out is None:
-    args.out = DEFAULT_OUT if args.split == "corpus" else HELD_OUT_OUT
+    args.out = SPLIT_OUT[args.split]
   if args.work_dir is None:
     from optstab.wrn import data as wrn_data
 
-    name = "diagnosis_corpus" if args.split == "corpus" else "diagnosis_heldout"
-    args.work_dir = wrn_data.default_data_dir() / name
+    args.work_dir = wrn_data.default_data_dir() / SPLIT_OUT[args.split].name.split(".")[0]
   if not args.relabel:
     for workload in args.workloads:
       if workload != "synthetic":

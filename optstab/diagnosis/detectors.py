@@ -21,8 +21,12 @@ module turns a per-step training loss into exactly one of five labels:
   ``early_smoothing_window``-step running median beyond
   ``early_noise_multiplier`` noise standard deviations; a raw step beyond
   ``early_spike_sigmas``; or a raw step while the gradient norm jumped
-  ``early_grad_ratio`` x, when norms are given); ``recovered`` says whether
-  training then came back (the FAQ's "unstable early, then recovers");
+  ``early_grad_ratio`` x, when norms are given), or rebounds: rises above
+  ``early_loss_ratio`` x the best level it had reached in the early phase by
+  more than ``early_rebound_sigmas`` local noise standard deviations (a spike
+  after a fast first drop, which need not exceed the initial level);
+  ``recovered`` says whether training then came back (the FAQ's "unstable
+  early, then recovers");
 * ``"mid-training-unstable"`` (``MID_TRAINING_UNSTABLE``): a spike starting after
   the early phase;
 * ``"stable"`` (``STABLE``): none of these.
@@ -70,7 +74,10 @@ minibatch noise of 0.8 in log space, say) is not instability.
    noise_multiplier`` :math:`\sigma)` for at least ``min_duration`` steps, having
    risen within ``rise_window`` steps (sudden, not a slow drift); it ends,
    *recovered*, when back within ``recovery_fraction`` x that threshold of the
-   baseline.
+   baseline. The same test runs on the ``long_smoothing_window``-step median,
+   whose noise is smaller by :math:`\sqrt{w_\text{short} / w_\text{long}}`, with the
+   multiplier scaled by that factor and at least half that many steps above
+   it: a rise that lasts is judged against the noise of its own duration.
 
 **Gradient-norm outliers** (``detect_grad_norm_outliers``). On log norms, a
 robust z-score against the trailing window :math:`W_t` of ``grad_window``
@@ -115,9 +122,12 @@ still above it); one infeasible by a metric threshold is at least
 curve whose minibatch noise is large, a 1.5-2x jump in the first steps is
 indistinguishable from noise unless the gradient norms (pass them) show it
 too; without ``trivial_loss`` / ``reference_loss`` only clear stalls are
-failed-to-train; and a slow rebound that stays under 25% (or 3.5 sigma) of
-the best level is not a spike. ``benchmarks/diagnosis_accuracy.py`` measures
-all of this on a labelled corpus of real runs.
+failed-to-train; a rise that stays under 25% of the best level, or within
+3.5 sigma (2 sigma if it lasts 7+ steps), is not a spike; and a rebound in the
+early phase on a loss whose noise is 0.4+ in log space (a small batch at a high
+rate) is noise to the detectors, though a person may see it.
+``benchmarks/diagnosis_accuracy.py`` measures all of this on a labelled corpus
+of real runs and on a held-out set of other seeds.
 
 Steps are 1-based throughout, like ``TrialConfig.eval_steps()``: entry ``i``
 of a ``train_loss`` array is step ``i + 1``.
@@ -184,6 +194,11 @@ class DetectorThresholds:
   Attributes:
     smoothing_window: centered running-median width for the loss, in steps;
       also the number of first steps whose median is the initial level.
+    long_smoothing_window: sustained spikes are also looked for on this wider
+      running median, against ``noise_multiplier`` x sqrt(``smoothing_window`` /
+      ``long_smoothing_window``) noise standard deviations (a median of more
+      steps is less noisy), lasting at least half this many steps: a rise
+      that lasts counts at a smaller size.
     baseline_window: trailing running-median width whose running minimum is the
       loss baseline, in steps.
     min_increase: smallest relative rise over the baseline that counts as a
@@ -223,6 +238,12 @@ class DetectorThresholds:
     early_grad_ratio: ...as does a raw early loss above ``early_loss_ratio`` x
       step 1's while the gradient norm (there or one step before) is above
       this many times step 1's: the loss jump has a cause, not noise.
+    early_rebound_sigmas: an early rebound (the ``early_smoothing_window``-step
+      running median above ``early_loss_ratio`` x the lowest
+      ``smoothing_window``-step running median before it) counts if it is also
+      above this many local noise standard deviations (those of the early
+      phase, or of the steps around it if larger: noise grows as the loss
+      falls).
     abnormal_loss_ratio: a final level above this many times the initial level
       (or the trivial level, if larger) is a divergence that did not come back.
     final_fraction: the final level is the median of this fraction of the last
@@ -235,6 +256,7 @@ class DetectorThresholds:
   """
 
   smoothing_window: int = 5
+  long_smoothing_window: int = 15
   baseline_window: int = 25
   min_increase: float = 0.25
   noise_multiplier: float = 3.5
@@ -250,24 +272,26 @@ class DetectorThresholds:
   grad_z_threshold: float = 6.0
   grad_min_ratio: float = 2.0
   grad_min_history: int = 10
-  early_fraction: float = 0.2
+  early_fraction: float = 0.25
   min_early_steps: int = 10
   early_loss_ratio: float = 1.5
   early_smoothing_window: int = 3
   early_noise_multiplier: float = 4.0
   early_spike_sigmas: float = 6.0
   early_grad_ratio: float = 2.0
+  early_rebound_sigmas: float = 5.0
   abnormal_loss_ratio: float = 2.0
   final_fraction: float = 0.1
   min_progress: float = 0.05
   min_progress_fraction: float = 0.5
 
   def __post_init__(self):
-    for name in ("smoothing_window", "baseline_window", "min_duration", "rise_window",
+    for name in ("smoothing_window", "long_smoothing_window", "baseline_window", "min_duration", "rise_window",
                  "short_window", "noise_window", "early_smoothing_window", "grad_window", "grad_min_history", "min_early_steps"):
       _validation.check_positive_int(name, getattr(self, name))
     for name in ("min_increase", "noise_multiplier", "grad_z_threshold", "short_spike_sigmas",
-                 "loss_floor_fraction", "min_progress", "early_noise_multiplier", "early_spike_sigmas"):
+                 "loss_floor_fraction", "min_progress", "early_noise_multiplier", "early_spike_sigmas",
+                 "early_rebound_sigmas"):
       _validation.check_non_negative(name, getattr(self, name))
     for name in ("grad_min_ratio", "early_loss_ratio", "early_grad_ratio", "short_spike_ratio", "abnormal_loss_ratio"):
       _validation.check_in_range(name, getattr(self, name), 1.0, math.inf)
@@ -444,15 +468,33 @@ def _ratio(value: float, base: float) -> float:
 
 
 def _sustained_spikes(c: _Curve, t: DetectorThresholds) -> list[LossSpike]:
+  """Sustained spikes at both time scales; a long-scale one only where no short-scale one is."""
+  spikes = _sustained_spikes_at(c, t, t.smoothing_window, t.noise_multiplier, t.min_duration)
+  # A median over more steps is less noisy (its standard error falls like
+  # 1 / sqrt(width)), so a rise that lasts is judged against less noise.
+  long_sigmas = t.noise_multiplier * math.sqrt(t.smoothing_window / t.long_smoothing_window)
+  taken = np.zeros(c.y.size + 1, dtype=bool)
+  for s in spikes:
+    taken[s.step - 1:s.step - 1 + s.duration] = True
+  for s in _sustained_spikes_at(c, t, t.long_smoothing_window, long_sigmas,
+                                max(t.min_duration, t.long_smoothing_window // 2)):
+    if not np.any(taken[s.step - 1:s.step - 1 + s.duration]):
+      spikes.append(s)
+  return sorted(spikes, key=lambda s: s.step)
+
+
+def _sustained_spikes_at(c: _Curve, t: DetectorThresholds, window: int, sigmas: float,
+                         min_duration: int) -> list[LossSpike]:
+  """Sustained spikes of the ``window``-step running median, beyond ``sigmas`` noise sd."""
   x, y, n = c.loss, c.y, c.y.size
-  smooth = _running_median(y, t.smoothing_window, centered=True)
+  smooth = _running_median(y, window, centered=True)
   trailing = _running_median(y, t.baseline_window, centered=False)
-  # A median of one or two steps is noise, not a level training reached.
-  trailing[:t.smoothing_window - 1] = np.inf
+  # A median of too few steps is noise, not a level training reached.
+  trailing[:window - 1] = np.inf
   baseline = np.empty(n)
   baseline[0] = np.inf
   baseline[1:] = np.minimum(_to_space(c, c.initial_level), np.minimum.accumulate(trailing[:-1]))
-  thr = _threshold(c, t.min_increase, t.noise_multiplier, baseline)
+  thr = _threshold(c, t.min_increase, sigmas, baseline)
   with np.errstate(invalid="ignore"):
     above = (smooth - baseline) > thr
   above[0] = False
@@ -469,7 +511,7 @@ def _sustained_spikes(c: _Curve, t: DetectorThresholds) -> list[LossSpike]:
     while end + 1 < n and smooth[end + 1] - base > t.recovery_fraction * thr[start]:
       end += 1
     i = end + 1
-    if int(np.sum(above[start:end + 1])) < t.min_duration:
+    if int(np.sum(above[start:end + 1])) < min_duration:
       continue
     before = smooth[max(0, start - t.rise_window):start]
     after = smooth[start:min(n, start + t.rise_window)]
@@ -643,6 +685,10 @@ class RunDiagnosis:
     early_peak_step: the 1-based step of that highest early loss.
     early_rise_ratio: the highest early running median / the initial level
       (what the ``early_loss_ratio`` test compares).
+    early_rebound_step: the 1-based step of the largest early rebound that
+      counts (see ``DetectorThresholds.early_rebound_sigmas``), or ``None``.
+    early_rebound_ratio: that rebound's running median / ``early_best_loss``.
+    early_best_loss: the best level (running median) reached before it.
     first_loss: the step-1 loss.
     initial_loss: the initial level (median of the first ``smoothing_window``
       losses, kept near step 1's).
@@ -669,6 +715,9 @@ class RunDiagnosis:
   diverged: bool = False
   early_peak_step: Optional[int] = None
   early_rise_ratio: float = math.nan
+  early_rebound_step: Optional[int] = None
+  early_rebound_ratio: float = math.nan
+  early_best_loss: float = math.nan
   first_loss: float = math.nan
   initial_loss: float = math.nan
   final_loss: float = math.nan
@@ -698,11 +747,18 @@ class RunDiagnosis:
     early_spike = any(s.step <= self.early_steps for s in self.loss_spikes)
     early_nan = self.first_nonfinite_step is not None and self.first_nonfinite_step <= self.early_steps
     if self.early_unstable and not early_spike and not early_nan:
-      parts.append(
-          f"within the first {self.early_steps} steps the loss rose to "
-          f"{self.early_max_loss_ratio * self.first_loss:.4g} at step {self.early_peak_step}, "
-          f"{self.early_max_loss_ratio:.3g} x step 1's {self.first_loss:.4g} (as a running median, "
-          f"{self.early_rise_ratio:.3g} x the initial level {self.initial_loss:.4g})")
+      if self.early_rebound_step is not None:
+        parts.append(
+            f"within the first {self.early_steps} steps the loss rebounded: at step "
+            f"{self.early_rebound_step}, as a running median, it was {self.early_rebound_ratio:.3g} x "
+            f"the best level {self.early_best_loss:.4g} it had reached before (raw peak "
+            f"{self.early_max_loss_ratio * self.first_loss:.4g} at step {self.early_peak_step})")
+      else:
+        parts.append(
+            f"within the first {self.early_steps} steps the loss rose to "
+            f"{self.early_max_loss_ratio * self.first_loss:.4g} at step {self.early_peak_step}, "
+            f"{self.early_max_loss_ratio:.3g} x step 1's {self.first_loss:.4g} (as a running median, "
+            f"{self.early_rise_ratio:.3g} x the initial level {self.initial_loss:.4g})")
     for s in self.loss_spikes[:3]:
       if s.short:
         back = "came back the next step" if s.recovered else "did not come back"
@@ -747,6 +803,9 @@ class RunDiagnosis:
         "early_max_loss_ratio": clean(self.early_max_loss_ratio),
         "early_peak_step": self.early_peak_step,
         "early_rise_ratio": clean(self.early_rise_ratio),
+        "early_rebound_step": self.early_rebound_step,
+        "early_rebound_ratio": clean(self.early_rebound_ratio),
+        "early_best_loss": clean(self.early_best_loss),
         "first_loss": clean(self.first_loss),
         "initial_loss": clean(self.initial_loss),
         "final_loss": clean(self.final_loss),
@@ -774,6 +833,33 @@ def _grad_jumps(grad_norms: Any, count: int, t: DetectorThresholds) -> np.ndarra
     high = np.where(np.isfinite(g), g, np.inf) >= t.early_grad_ratio * g[0]
   jump = high[1:] | high[:-1]
   return np.pad(jump, (0, count - jump.size))
+
+
+class _Rebound(NamedTuple):
+  step: int          # 1-based
+  ratio: float       # running median / best level before it
+  best_loss: float   # that best level, in loss units
+
+
+def _early_rebound(c: _Curve, early_steps: int, t: DetectorThresholds,
+                   ratio_limit: float) -> Optional[_Rebound]:
+  """The largest early rise of the running median above the best level reached
+  before it that beats both ``ratio_limit`` and ``early_rebound_sigmas`` noise
+  standard deviations; ``None`` if there is none."""
+  y = c.y[:early_steps]
+  if y.size < 2 or not math.isfinite(c.initial_level):
+    return None
+  recent = _running_median(y, t.early_smoothing_window, centered=True)
+  settled = _running_median(y, t.smoothing_window, centered=True)
+  best = np.minimum.accumulate(np.r_[_to_space(c, c.initial_level), settled[:-1]])
+  rise = recent - best
+  limit = np.maximum(ratio_limit, t.early_rebound_sigmas * np.maximum(c.early_sigma, c.sigma[:y.size]))
+  counts = rise > limit
+  if not np.any(counts):
+    return None
+  i = int(np.argmax(np.where(counts, rise - limit, -np.inf)))
+  best_loss = _from_space(c, best[i])
+  return _Rebound(i + 1, _ratio(_from_space(c, recent[i]), best_loss), best_loss)
 
 
 def _failure(c: _Curve, final: float, t: DetectorThresholds, trivial: Optional[float],
@@ -888,12 +974,14 @@ def classify_run(
       (t.early_loss_ratio - 1.0) * abs(c.initial_level))
   noise_limit = max(ratio_limit, t.early_spike_sigmas * c.early_sigma)
   corroborated = _grad_jumps(grad_norms, raw_rise.size, t)
+  rebound = _early_rebound(c, early_steps, t, ratio_limit)
   early_evidence = (
       (first_nonfinite is not None and first_nonfinite <= early_steps)
       or any(s.step <= early_steps for s in spikes)
       or smoothed_rise > early_limit
       or bool(np.any(raw_rise > noise_limit))
       or bool(np.any((raw_jump > ratio_limit) & corroborated))
+      or rebound is not None
   )
   mid_evidence = (
       (first_nonfinite is not None and first_nonfinite > early_steps)
@@ -931,6 +1019,9 @@ def classify_run(
       failed_to_train=bool(failed),
       diverged=bool(diverged),
       early_peak_step=early_peak,
+      early_rebound_step=None if rebound is None else rebound.step,
+      early_rebound_ratio=math.nan if rebound is None else rebound.ratio,
+      early_best_loss=math.nan if rebound is None else rebound.best_loss,
       first_loss=float(loss[0]),
       early_rise_ratio=(_from_space(c, _to_space(c, c.initial_level) + smoothed_rise) / c.initial_level
                         if math.isfinite(smoothed_rise) and c.initial_level > 0 else math.nan),
