@@ -1,4 +1,5 @@
-"""The labelled diagnosis corpus (benchmarks/diagnosis_corpus.jsonl.gz) and floors on a subset of it.
+"""The labelled diagnosis corpus (benchmarks/diagnosis_corpus.jsonl.gz), its held-out split
+(diagnosis_heldout.jsonl.gz: other seeds), and floors on a subset of each.
 
 The full accuracy table is ``benchmarks/diagnosis_accuracy.py``; here a fixed
 subset of 30 runs, spread over workloads and labels, must meet floors derived
@@ -28,9 +29,13 @@ def _load(name):
 acc = _load("diagnosis_accuracy")
 
 
-@pytest.fixture(scope="module")
-def corpus():
-  return acc.load_corpus(acc.DEFAULT_CORPUS)
+SPLIT_FILES = {"corpus": acc.DEFAULT_CORPUS,
+               "held-out": acc.DEFAULT_CORPUS.with_name("diagnosis_heldout.jsonl.gz")}
+
+
+@pytest.fixture(scope="module", params=sorted(SPLIT_FILES))
+def corpus(request):
+  return acc.load_corpus(SPLIT_FILES[request.param])
 
 
 # ----------------------------------------------------------------------------
