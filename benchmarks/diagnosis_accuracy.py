@@ -25,6 +25,7 @@ Usage, from any checkout (the optstab on ``PYTHONPATH`` is the one measured)::
     PYTHONPATH=$PWD python benchmarks/diagnosis_accuracy.py
     python benchmarks/diagnosis_accuracy.py --workload wrn --show-errors
     python benchmarks/diagnosis_accuracy.py --plot-errors /tmp/errors
+    python benchmarks/diagnosis_accuracy.py --corpus benchmarks/diagnosis_heldout.jsonl.gz  # other seeds
 
 Exit status 0 whatever the verdict (it is a measurement, not a test; the
 floors on a subset are in ``tests/test_diagnosis_accuracy.py``).
