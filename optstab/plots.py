@@ -39,6 +39,19 @@ def _checked_norms(norms) -> "np.ndarray":
   return arr
 
 
+#: A threshold at or above this means none was in force: ``inf``, or the finite
+#: placeholder that a clipping state holds (``optstab.clipping.NO_THRESHOLD``,
+#: the largest float32; not imported: plots imports nothing from optstab).
+_NO_THRESHOLD = float(np.finfo(np.float32).max)
+
+
+def _thresholds_in_force(threshold) -> np.ndarray:
+  """``threshold`` as float64, NaN where no threshold was in force."""
+  thr = np.asarray(threshold, dtype=np.float64)
+  with np.errstate(invalid="ignore"):
+    return np.where(np.isfinite(thr) & (thr < _NO_THRESHOLD), thr, np.nan)
+
+
 def plot_grad_norms(norms, path: PathLike, *, threshold=None, steps=None,
                     title: str = "Unclipped gradient norm") -> str:
   """FAQ S5 default plot 1: unclipped global gradient norm vs step, log-y.
@@ -48,8 +61,8 @@ def plot_grad_norms(norms, path: PathLike, *, threshold=None, steps=None,
       marked along the top edge, not drawn as values).
     path: PNG file to write.
     threshold: optional clipping threshold: a number (drawn as a horizontal
-      line) or a per-step array (an adaptive threshold; ``inf`` where none
-      was in force), drawn as a step curve.
+      line) or a per-step array (an adaptive threshold; ``inf``, or a clipping
+      state's ``NO_THRESHOLD``, where none was in force), drawn as a step curve.
     steps: optional step index of each norm (default ``0..n-1``).
     title: figure title.
 
@@ -67,12 +80,12 @@ def plot_grad_norms(norms, path: PathLike, *, threshold=None, steps=None,
     top = arr[finite].max() if finite.any() else 1.0
     ax.plot(x[bad], np.full(bad.sum(), top), "x", color="tab:red", label=f"NaN/Inf ({bad.sum()})")
   if threshold is not None:
-    thr = np.asarray(threshold, dtype=np.float64)
+    thr = _thresholds_in_force(threshold)
     if thr.ndim == 0:
-      ax.axhline(float(thr), color="tab:orange", ls="--", label=f"threshold {float(thr):.3g}")
-    else:
-      shown = np.where(np.isfinite(thr), thr, np.nan)
-      ax.step(x, shown, where="post", color="tab:orange", lw=1.0, label="threshold")
+      if np.isfinite(thr):
+        ax.axhline(float(thr), color="tab:orange", ls="--", label=f"threshold {float(thr):.3g}")
+    elif np.isfinite(thr).any():
+      ax.step(x, thr, where="post", color="tab:orange", lw=1.0, label="threshold")
   ax.set_yscale("log")
   ax.set_xlabel("step")
   ax.set_ylabel("global gradient L2 norm")
@@ -93,7 +106,7 @@ def plot_grad_norm_histogram(norms, path: PathLike, *, threshold=None, bins: int
     norms: 1-D array of unclipped norms.
     path: PNG file to write.
     threshold: optional threshold: a number, or a per-step array whose last
-      finite value is drawn (a vertical line).
+      value in force is drawn (a vertical line).
     bins: number of bins.
     title: figure title.
 
@@ -112,7 +125,7 @@ def plot_grad_norm_histogram(norms, path: PathLike, *, threshold=None, bins: int
   label = "norms" + (f" ({nonfinite} NaN/Inf left out)" if nonfinite else "")
   ax.hist(good, bins=edges, color="tab:blue", alpha=0.8, label=label)
   if threshold is not None:
-    thr = np.asarray(threshold, dtype=np.float64).ravel()
+    thr = _thresholds_in_force(threshold).ravel()
     thr = thr[np.isfinite(thr)]
     if thr.size:
       frac = float((good > thr[-1]).mean()) if good.size else 0.0

@@ -181,6 +181,22 @@ def test_plots_write_non_empty_pngs(tmp_path):
       plots.plot_grad_norm_histogram(bad, tmp_path / "y.png")
 
 
+def test_plots_skip_the_clip_states_no_threshold_placeholder(tmp_path, monkeypatch):
+  # A percentile_clip state holds NO_THRESHOLD (the largest float32) until its
+  # window fills: drawn, it would stretch the log axis to 3e38.
+  figures = []
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or str(path))
+  norms = np.exp(np.random.default_rng(0).normal(size=100))
+  per_step = np.where(np.arange(100) < 30, optstab.clipping.NO_THRESHOLD, 2.0).astype(np.float32)
+  plots.plot_grad_norms(norms, tmp_path / "per_step.png", threshold=per_step)
+  plots.plot_grad_norms(norms, tmp_path / "none.png", threshold=optstab.clipping.NO_THRESHOLD)
+  for figure in figures:
+    assert figure.axes[0].get_ylim()[1] < 1e3
+  plots.plot_grad_norm_histogram(norms, tmp_path / "hist.png", threshold=per_step)
+  (line,) = [l for l in figures[-1].axes[0].get_lines() if l.get_label().startswith("threshold")]
+  assert line.get_xdata()[0] == 2.0
+
+
 def test_public_names():
   for name in telemetry.__all__:
     assert getattr(optstab, name) is getattr(telemetry, name)
