@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import jax
@@ -209,6 +210,40 @@ def test_diagnose_on_a_thread_pool_equals_sequential(tmp_path):
     parallel = diagnose(numpy_trial, grid, out_dir=tmp_path / "par", executor=pool, **kwargs)
   assert parallel.verdict == sequential.verdict
   assert [f.text for f in parallel.findings] == [f.text for f in sequential.findings]
+
+
+class RecordingPool(cf.ThreadPoolExecutor):
+  """A thread pool that records when each trial was submitted and when it finished."""
+
+  def __init__(self, workers):
+    super().__init__(workers)
+    self.events = []
+    self._lock = threading.Lock()
+
+  def submit(self, fn, /, *args, **kwargs):
+    config = next(a for a in args if isinstance(a, TrialConfig))
+    with self._lock:
+      self.events.append(("submit", config.learning_rate))
+    future = super().submit(fn, *args, **kwargs)
+    future.add_done_callback(lambda _: self._record(("done", config.learning_rate)))
+    return future
+
+  def _record(self, event):
+    with self._lock:
+      self.events.append(event)
+
+
+def test_diagnose_sends_the_short_and_long_checks_in_one_batch(tmp_path):
+  with RecordingPool(3) as pool:
+    diagnosis = diagnose(numpy_trial, GRID[:6], num_steps=40, short_check_steps=20,
+                         progress=False, tune_warmup_when_unstable=False, out_dir=tmp_path,
+                         executor=pool)
+  best = diagnosis.sweep.best_learning_rate
+  checks = [f * best for f in (2.0, 5.0, 10.0)]
+  order = [(kind, i) for i, (kind, lr) in enumerate(pool.events) if np.isclose(checks, lr).any()]
+  submitted = [i for kind, i in order if kind == "submit"]
+  finished = [i for kind, i in order if kind == "done"]
+  assert len(submitted) == 3 and max(submitted) < min(finished)
 
 
 @pytest.mark.parametrize("platform, devices, cores, workers, expected", [

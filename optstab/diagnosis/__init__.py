@@ -2,7 +2,14 @@
 
 from optstab.diagnosis.trial import SCHEDULES, TrialConfig, TrialFn, TrialResult
 
-from optstab.diagnosis.confirm import ConfirmationRun, long_check, rates_above_best, short_check
+from optstab.diagnosis.confirm import (
+    ConfirmationRun,
+    long_check,
+    long_check_configs,
+    rates_above_best,
+    short_check,
+    short_check_config,
+)
 from optstab.diagnosis.detectors import (
     DIVERGED,
     EARLY_UNSTABLE,

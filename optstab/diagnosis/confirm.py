@@ -32,9 +32,10 @@ from optstab.diagnosis.detectors import DetectorThresholds
 from optstab.diagnosis.feasibility import FeasibilityRule
 from optstab.diagnosis.store import TrialRecord, TrialStore
 from optstab.diagnosis.sweep import JudgedTrialView, PathLike, SweepResult, SweepTrial, run_trials
-from optstab.diagnosis.trial import TrialFn
+from optstab.diagnosis.trial import TrialConfig, TrialFn
 
-__all__ = ["ConfirmationRun", "rates_above_best", "short_check", "long_check"]
+__all__ = ["ConfirmationRun", "rates_above_best", "short_check", "long_check", "short_check_config",
+           "long_check_configs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +121,39 @@ def rates_above_best(
   )
 
 
+def short_check_config(sweep: SweepResult, *, factor: float = 2.0, num_steps: int = 500,
+                       eval_every: Optional[int] = None) -> TrialConfig:
+  """The configuration ``short_check`` runs: lr*'s, at ``factor`` x its rate, for ``num_steps``."""
+  _validation.check_positive("factor", factor)
+  _validation.check_positive_int("num_steps", num_steps)
+  if eval_every is not None:
+    _validation.check_positive_int("eval_every", eval_every)
+  best = _best(sweep)
+  return best.config.replace(
+      learning_rate=factor * best.learning_rate, num_steps=num_steps,
+      eval_every=best.config.eval_every if eval_every is None else eval_every)
+
+
+def long_check_configs(sweep: SweepResult, *, factors: Sequence[float] = (5.0, 10.0),
+                       num_steps: Optional[int] = None) -> list[TrialConfig]:
+  """The configurations ``long_check`` runs: lr*'s at each factor x its rate."""
+  factors = tuple(_validation.check_sequence("factors", factors))
+  if not factors:
+    raise ValueError("factors must hold at least one multiple of lr*; got ().")
+  for i, f in enumerate(factors):
+    _validation.check_positive(f"factors[{i}]", f)
+  if num_steps is not None:
+    _validation.check_positive_int("num_steps", num_steps)
+  best = _best(sweep)
+  configs = []
+  for f in factors:
+    config = best.config.replace(learning_rate=f * best.learning_rate)
+    if num_steps is not None:
+      config = config.replace(num_steps=num_steps)
+    configs.append(config)
+  return configs
+
+
 def short_check(
     train_fn: TrialFn,
     sweep: SweepResult,
@@ -159,14 +193,8 @@ def short_check(
     A ``ConfirmationRun``; ``label == "early-unstable"`` (with ``recovered``)
     flags the FAQ's "unstable early, then recovers".
   """
-  _validation.check_positive("factor", factor)
-  _validation.check_positive_int("num_steps", num_steps)
-  if eval_every is not None:
-    _validation.check_positive_int("eval_every", eval_every)
+  config = short_check_config(sweep, factor=factor, num_steps=num_steps, eval_every=eval_every)
   best = _best(sweep)
-  config = best.config.replace(
-      learning_rate=factor * best.learning_rate, num_steps=num_steps,
-      eval_every=best.config.eval_every if eval_every is None else eval_every)
   (record,) = run_trials(train_fn, [config], out_dir=out_dir, store=store, progress=progress,
                          desc="short check", executor=executor)
   return _confirm("short check", factor, record, sweep, rule, thresholds,
@@ -205,19 +233,8 @@ def long_check(
     sudden increases (step, size, duration, recovered).
   """
   factors = tuple(_validation.check_sequence("factors", factors))
-  if not factors:
-    raise ValueError("factors must hold at least one multiple of lr*; got ().")
-  for i, f in enumerate(factors):
-    _validation.check_positive(f"factors[{i}]", f)
+  configs = long_check_configs(sweep, factors=factors, num_steps=num_steps)
   best = _best(sweep)
-  if num_steps is not None:
-    _validation.check_positive_int("num_steps", num_steps)
-  configs = []
-  for f in factors:
-    config = best.config.replace(learning_rate=f * best.learning_rate)
-    if num_steps is not None:
-      config = config.replace(num_steps=num_steps)
-    configs.append(config)
   records = run_trials(train_fn, configs, out_dir=out_dir, store=store, progress=progress,
                        desc="long check", executor=executor)
   return tuple(

@@ -9,7 +9,8 @@ as it finishes (so an interrupted diagnosis resumes where it stopped):
 3. the short check: ~500 steps at 2 x lr*, its training loss looked at every
    step, evaluating at the sweep's cadence unless ``short_check_eval_every``
    says otherwise (``short_check``);
-4. the long checks at 5 x and 10 x lr* (``long_check``);
+4. the long checks at 5 x and 10 x lr* (``long_check``), sent with the short
+   check as one batch, so that a parallel executor runs them all at once;
 5. if any of these shows instability, S4 (``tune_warmup``): the shortest
    warmup that trains at 10 x the smallest rate above lr* seen unstable
    (``unstable_learning_rate``: infeasible or not stable in the sweep, or
@@ -32,13 +33,20 @@ from typing import Any, Optional, Sequence
 
 from optstab import _validation
 from optstab import schedules
-from optstab.diagnosis.confirm import ConfirmationRun, long_check, rates_above_best, short_check
+from optstab.diagnosis.confirm import (
+    ConfirmationRun,
+    long_check,
+    long_check_configs,
+    rates_above_best,
+    short_check,
+    short_check_config,
+)
 from optstab.diagnosis.detectors import DetectorThresholds, STABLE
 from optstab.diagnosis.feasibility import FeasibilityRule
 from optstab.diagnosis.report import Diagnosis, make_diagnosis, write_report
 from optstab.diagnosis.store import TrialStore
 from optstab.diagnosis.sweep import (PathLike, SweepResult, check_metric_names, check_ranking,
-                                     learning_rate_sweep)
+                                     learning_rate_sweep, run_trials)
 from optstab.diagnosis.sweep import _check_learning_rates
 from optstab.diagnosis.trial import TrialConfig, TrialFn
 from optstab.diagnosis.warmup_tuner import tune_warmup
@@ -238,6 +246,14 @@ def diagnose(
   if sweep.best is None:
     return write_report(make_diagnosis(sweep), out_dir)
   above = rates_above_best(sweep, count=above_count)
+  # The short and long checks are independent: one batch keeps every worker of a
+  # parallel executor busy; the checks below then find their runs in the store.
+  checks = [short_check_config(sweep, factor=short_check_factor, num_steps=short_check_steps,
+                               eval_every=short_check_eval_every)]
+  if tuple(long_check_factors):
+    checks += long_check_configs(sweep, factors=long_check_factors, num_steps=long_check_steps)
+  run_trials(train_fn, checks, store=store, progress=progress, desc="confirmation runs",
+             executor=executor)
   short = short_check(train_fn, sweep, factor=short_check_factor, num_steps=short_check_steps,
                       eval_every=short_check_eval_every, store=store, progress=progress, executor=executor)
   longs = ()
