@@ -30,7 +30,7 @@ OPTIMIZERS: dict[str, tuple[Callable[[optax.Schedule], optax.GradientTransformat
     "sgd": (optstab.sgd, 1.0),
     "momentum": (lambda lr: optstab.momentum(lr, momentum=0.9), 0.1),
     "nesterov": (lambda lr: optstab.nesterov(lr, momentum=0.9), 0.1),
-    "rmsprop": (lambda lr: optstab.rmsprop(lr, decay=0.9, momentum=0.0, eps=1e-8), 0.01),
+    "rmsprop": (lambda lr: optstab.rmsprop(lr, decay=0.9, eps=1e-8), 0.01),
     "adam": (lambda lr: optstab.adam(lr, b1=0.9, b2=0.999, eps=1e-8), 0.01),
     "nadam": (lambda lr: optstab.nadam(lr, b1=0.9, b2=0.999, eps=1e-8), 0.01),
 }
