@@ -473,7 +473,7 @@ def _sustained_spikes(c: _Curve, t: DetectorThresholds) -> list[LossSpike]:
   # A median over more steps is less noisy (its standard error falls like
   # 1 / sqrt(width)), so a rise that lasts is judged against less noise.
   long_sigmas = t.noise_multiplier * math.sqrt(t.smoothing_window / t.long_smoothing_window)
-  taken = np.zeros(c.y.size + 1, dtype=bool)
+  taken = np.zeros(c.y.size, dtype=bool)
   for s in spikes:
     taken[s.step - 1:s.step - 1 + s.duration] = True
   for s in _sustained_spikes_at(c, t, t.long_smoothing_window, long_sigmas,
