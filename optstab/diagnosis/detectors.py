@@ -469,27 +469,31 @@ def _ratio(value: float, base: float) -> float:
 
 def _sustained_spikes(c: _Curve, t: DetectorThresholds) -> list[LossSpike]:
   """Sustained spikes at both time scales; a long-scale one only where no short-scale one is."""
-  spikes = _sustained_spikes_at(c, t, t.smoothing_window, t.noise_multiplier, t.min_duration)
+  # The baseline's trailing median is the same at both scales: computed once.
+  trailing = _running_median(c.y, t.baseline_window, centered=False)
+  spikes = _sustained_spikes_at(c, t, trailing, t.smoothing_window, t.noise_multiplier,
+                                t.min_duration)
   # A median over more steps is less noisy (its standard error falls like
   # 1 / sqrt(width)), so a rise that lasts is judged against less noise.
   long_sigmas = t.noise_multiplier * math.sqrt(t.smoothing_window / t.long_smoothing_window)
   taken = np.zeros(c.y.size, dtype=bool)
   for s in spikes:
     taken[s.step - 1:s.step - 1 + s.duration] = True
-  for s in _sustained_spikes_at(c, t, t.long_smoothing_window, long_sigmas,
+  for s in _sustained_spikes_at(c, t, trailing, t.long_smoothing_window, long_sigmas,
                                 max(t.min_duration, t.long_smoothing_window // 2)):
     if not np.any(taken[s.step - 1:s.step - 1 + s.duration]):
       spikes.append(s)
   return sorted(spikes, key=lambda s: s.step)
 
 
-def _sustained_spikes_at(c: _Curve, t: DetectorThresholds, window: int, sigmas: float,
-                         min_duration: int) -> list[LossSpike]:
-  """Sustained spikes of the ``window``-step running median, beyond ``sigmas`` noise sd."""
+def _sustained_spikes_at(c: _Curve, t: DetectorThresholds, trailing: np.ndarray, window: int,
+                         sigmas: float, min_duration: int) -> list[LossSpike]:
+  """Sustained spikes of the ``window``-step running median, beyond ``sigmas`` noise sd
+  (``trailing``: the ``baseline_window``-step trailing median of the curve)."""
   x, y, n = c.loss, c.y, c.y.size
   smooth = _running_median(y, window, centered=True)
-  trailing = _running_median(y, t.baseline_window, centered=False)
   # A median of too few steps is noise, not a level training reached.
+  trailing = trailing.copy()
   trailing[:window - 1] = np.inf
   baseline = np.empty(n)
   baseline[0] = np.inf
