@@ -53,7 +53,10 @@ from optstab.diagnosis import LABELS as LABELS
 from optstab.diagnosis import MID_TRAINING_UNSTABLE as MID_TRAINING_UNSTABLE
 from optstab.diagnosis import STABLE as STABLE
 from optstab.diagnosis import DetectorThresholds as DetectorThresholds
+from optstab.diagnosis import Checks as Checks
 from optstab.diagnosis import Diagnosis as Diagnosis
+from optstab.diagnosis import FixLadder as FixLadder
+from optstab.diagnosis import FixSupport as FixSupport
 from optstab.diagnosis import FeasibilityRule as FeasibilityRule
 from optstab.diagnosis import SweepResult as SweepResult
 from optstab.diagnosis import TrialConfig as TrialConfig
@@ -72,6 +75,7 @@ from optstab.diagnosis import long_check as long_check
 from optstab.diagnosis import rates_above_best as rates_above_best
 from optstab.diagnosis import short_check as short_check
 from optstab.diagnosis import tune_warmup as tune_warmup
+from optstab.diagnosis import with_fix_support as with_fix_support
 
 # --- running trials in parallel ---
 from optstab.diagnosis import SINGLE_THREADED_ENV as SINGLE_THREADED_ENV

@@ -58,7 +58,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from optstab import _validation
 from optstab import schedules
-from optstab.diagnosis.trial import TrialConfig, TrialResult
+from optstab.diagnosis.trial import FixSupport, TrialConfig, TrialResult
 
 __all__ = [
     "TrainState",
@@ -466,6 +466,22 @@ class _Feed:
     return next(self._it)
 
 
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  """Whether every leaf of ``tree`` is finite (one device scalar)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def clip_by_norm(clip_norm: Optional[float]) -> list[optax.GradientTransformation]:
+  """``[optax.clip_by_global_norm(clip_norm)]``, or ``[]`` for ``None``: the clipping fix.
+
+  Chain it after any telemetry (which must see the unclipped gradient) and
+  before the optimizer.
+  """
+  return [] if clip_norm is None else [optax.clip_by_global_norm(clip_norm)]
+
+
 def _describe(config: TrialConfig) -> str:
   variant = config.extra.get("variant", "")
   warm = f" warmup={config.warmup_steps}" if config.warmup_steps else ""
@@ -532,11 +548,22 @@ def train(workload: Workload, config: TrialConfig, *, mesh: Optional[Mesh] = Non
         if bar is not None:
           bar.update(len(losses) - bar.n)
           bar.set_postfix(loss=f"{losses[-1]:.3g}", refresh=False)
+        if not math.isfinite(losses[-1]) and not bool(_all_finite(state[0])):
+          # Non-finite parameters stay non-finite: every later loss and metric is
+          # NaN, so stopping here and filling them in gives the same result.
+          if not evals:
+            evals.append({k: math.nan for k in jax.device_get(
+                _evaluate(compiled, workload, eval_batches, state))})
+          break
   finally:
     batches.close()
     if bar is not None:
       bar.close()
   names = list(evals[0]) if evals else []
+  missing = total - len(losses)
+  losses += [math.nan] * missing
+  norms += [math.nan] * missing
+  evals += [{k: math.nan for k in names}] * (len(eval_set) - len(evals))
   return TrialResult(
       config=config,
       train_loss=np.asarray(losses),
@@ -729,6 +756,10 @@ def load_data(data: Any) -> Any:
 class TrialFunction:
   """A picklable ``TrialFn``: ``make_workload(setup.with_extra(config.extra), data)``, trained.
 
+  A setup with ``fix_support() -> FixSupport`` and ``with_fixes(config) ->
+  setup`` also applies the fixes a trial asks for (``TrialConfig.clip_norm``,
+  ``.optimizer``, ``.skip_spikes``); ``diagnose`` reads ``fix_support``.
+
   Attributes:
     make_workload: ``(setup, data) -> Workload``, a module-level function
       (pickled by reference).
@@ -748,8 +779,16 @@ class TrialFunction:
   progress: bool = True
   mesh: Optional[Mesh] = None
 
+  @property
+  def fix_support(self) -> FixSupport:
+    """The fixes the setup can apply (its ``fix_support()``; warmup only without one)."""
+    declared = getattr(self.setup, "fix_support", None)
+    return FixSupport() if declared is None else declared()
+
   def __call__(self, config: TrialConfig) -> TrialResult:
     setup = self.setup.with_extra(config.extra)
+    if config.fixes:  # a setup that declares fixes applies them with ``with_fixes(config)``
+      setup = setup.with_fixes(config)
     workload = self.make_workload(setup, load_data(self.data))
     return train(workload, config, mesh=self.mesh, progress=self.progress)
 

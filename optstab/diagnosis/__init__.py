@@ -1,10 +1,20 @@
 """Diagnosing optimization instability, as the playbook FAQ prescribes (S2, S4)."""
 
-from optstab.diagnosis.trial import SCHEDULES, TrialConfig, TrialFn, TrialResult
+from optstab.diagnosis.trial import (
+    SCHEDULES,
+    FixSupport,
+    TrialConfig,
+    TrialFn,
+    TrialResult,
+    fix_support,
+    with_fix_support,
+)
 
 from optstab.diagnosis.confirm import (
     ConfirmationRun,
     long_check,
+    judge_long_checks,
+    judge_short_check,
     long_check_configs,
     rates_above_best,
     short_check,
@@ -41,7 +51,10 @@ from optstab.diagnosis.executors import (
     run_trial,
 )
 from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
-from optstab.diagnosis.procedure import diagnose, unstable_learning_rate
+from optstab.diagnosis.fixes import Fix, FixLadder, FixResult, SeedComparison
+from optstab.diagnosis.plan import Plan, PlannedRound
+from optstab.diagnosis.procedure import Checks, diagnose
+from optstab.diagnosis.verdict import VERDICTS, decide_verdict, unstable_learning_rate
 from optstab.diagnosis.report import Diagnosis, Finding, make_diagnosis, write_report
 from optstab.diagnosis.store import TrialRecord, TrialStore
 from optstab.diagnosis.sweep import (

@@ -35,7 +35,7 @@ from optstab.diagnosis.sweep import JudgedTrialView, PathLike, SweepResult, Swee
 from optstab.diagnosis.trial import TrialConfig, TrialFn
 
 __all__ = ["ConfirmationRun", "rates_above_best", "short_check", "long_check", "short_check_config",
-           "long_check_configs"]
+           "long_check_configs", "judge_short_check", "judge_long_checks"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +154,25 @@ def long_check_configs(sweep: SweepResult, *, factors: Sequence[float] = (5.0, 1
   return configs
 
 
+def judge_short_check(sweep: SweepResult, record: TrialRecord, factor: float, *,
+                      rule: Optional[FeasibilityRule] = None,
+                      thresholds: Optional[DetectorThresholds] = None) -> ConfirmationRun:
+  """The short check's finished run, judged (held to lr*'s final loss only if as long as lr*'s)."""
+  return _confirm("short check", factor, record, sweep, rule, thresholds,
+                  use_reference=record.config.total_steps >= _best(sweep).config.total_steps)
+
+
+def judge_long_checks(sweep: SweepResult, records: Sequence[TrialRecord], factors: Sequence[float],
+                      *, rule: Optional[FeasibilityRule] = None,
+                      thresholds: Optional[DetectorThresholds] = None) -> tuple[ConfirmationRun, ...]:
+  """The long checks' finished runs (in ``factors`` order), judged."""
+  best = _best(sweep)
+  return tuple(
+      _confirm("long check", f, r, sweep, rule, thresholds,
+               use_reference=r.config.total_steps >= best.config.total_steps)
+      for f, r in zip(factors, records))
+
+
 def short_check(
     train_fn: TrialFn,
     sweep: SweepResult,
@@ -194,11 +213,9 @@ def short_check(
     flags the FAQ's "unstable early, then recovers".
   """
   config = short_check_config(sweep, factor=factor, num_steps=num_steps, eval_every=eval_every)
-  best = _best(sweep)
   (record,) = run_trials(train_fn, [config], out_dir=out_dir, store=store, progress=progress,
                          desc="short check", executor=executor)
-  return _confirm("short check", factor, record, sweep, rule, thresholds,
-                  use_reference=config.total_steps >= best.config.total_steps)
+  return judge_short_check(sweep, record, factor, rule=rule, thresholds=thresholds)
 
 
 def long_check(
@@ -234,12 +251,7 @@ def long_check(
   """
   factors = tuple(_validation.check_sequence("factors", factors))
   configs = long_check_configs(sweep, factors=factors, num_steps=num_steps)
-  best = _best(sweep)
   records = run_trials(train_fn, configs, out_dir=out_dir, store=store, progress=progress,
                        desc="long check", executor=executor)
-  return tuple(
-      _confirm("long check", f, r, sweep, rule, thresholds,
-               use_reference=r.config.total_steps >= best.config.total_steps)
-      for f, r in zip(factors, records)
-  )
+  return judge_long_checks(sweep, records, factors, rule=rule, thresholds=thresholds)
 

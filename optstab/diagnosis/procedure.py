@@ -1,130 +1,224 @@
-"""One call for the FAQ's whole instability procedure (S2, S4): ``diagnose``.
+"""``diagnose``: the playbook's instability procedure, from the sweep to a verified fix.
 
-``diagnose`` runs, in order, each step recorded in ``<out_dir>/trials.jsonl``
-as it finishes (so an interrupted diagnosis resumes where it stopped):
+Plan, run, judge. Each stage plans ``TrialConfig`` s, ``diagnose`` sends each
+round to the executor as one batch, and the stage's judge turns the finished
+records into a decision that picks the next round:
 
-1. the learning-rate sweep (``learning_rate_sweep``): lr*, infeasible trials,
-   edge of feasibility;
-2. the curves of the rates just above lr* (``rates_above_best``);
-3. the short check: ~500 steps at 2 x lr*, its training loss looked at every
-   step, evaluating at the sweep's cadence unless ``short_check_eval_every``
-   says otherwise (``short_check``);
-4. the long checks at 5 x and 10 x lr* (``long_check``), sent with the short
-   check as one batch, so that a parallel executor runs them all at once;
-5. if any of these shows instability, S4 (``tune_warmup``): the shortest
-   warmup that trains at 10 x the smallest rate above lr* seen unstable
-   (``unstable_learning_rate``: infeasible or not stable in the sweep, or
-   unstable in a confirmation run), prepended to lr*'s schedule for the
-   sweep's budget and compared with lr* by best-checkpoint selection; it is
-   recommended only if it beats or matches lr*;
+1. the learning-rate sweep: lr*, labels, the edge of feasibility;
+2. the confirmation checks, one batch: a short run at 2 x lr* looked at every
+   step, and runs at 5 x and 10 x lr* for the sweep's length; with the sweep's
+   curves just above lr* they give the verdict;
+3. if instability limits lr*, the fix ladder (``optstab.diagnosis.fixes``):
+   each fix the training function supports, in the playbook's order, tried
+   at rates from 10 x the smallest unstable rate down, then verified against
+   lr* given the same total steps on several seeds. The first fix that helps
+   is recommended; the later ones are not tried (``FixLadder.try_all``).
 
-Every run is labelled with the sweep's context (``trivial_loss``, and lr*'s
-final loss level as the reference).
-
-then writes the report (``write_report``): ``diagnosis.md``,
-``diagnosis.json`` and the figures.
+Every trial is recorded in ``<out_dir>/trials.jsonl`` as it finishes, so an
+interrupted diagnosis resumes where it stopped. The report
+(``diagnosis.md``, ``diagnosis.json``, figures) only renders these decisions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from concurrent.futures import Executor
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from optstab import _validation
-from optstab import schedules
+from optstab.diagnosis import fixes as fix_ladder
 from optstab.diagnosis.confirm import (
     ConfirmationRun,
-    long_check,
+    judge_long_checks,
+    judge_short_check,
     long_check_configs,
     rates_above_best,
-    short_check,
     short_check_config,
 )
-from optstab.diagnosis.detectors import DetectorThresholds, STABLE
+from optstab.diagnosis.detectors import STABLE, DetectorThresholds
 from optstab.diagnosis.feasibility import FeasibilityRule
+from optstab.diagnosis.fixes import FixFamily, FixLadder, FixResult
+from optstab.diagnosis.plan import Plan, PlannedRound
 from optstab.diagnosis.report import Diagnosis, make_diagnosis, write_report
-from optstab.diagnosis.store import TrialStore
-from optstab.diagnosis.sweep import (PathLike, SweepResult, check_metric_names, check_ranking,
-                                     learning_rate_sweep, run_trials)
-from optstab.diagnosis.sweep import _check_learning_rates
-from optstab.diagnosis.trial import TrialConfig, TrialFn
-from optstab.diagnosis.warmup_tuner import tune_warmup
+from optstab.diagnosis.store import TrialRecord, TrialStore
+from optstab.diagnosis.sweep import (PathLike, SweepResult, _check_learning_rates,
+                                     check_metric_names, check_ranking, learning_rate_sweep,
+                                     run_trials)
+from optstab.diagnosis.trial import TrialConfig, TrialFn, fix_support
+from optstab.diagnosis.verdict import decide_verdict, unstable_learning_rate
 
-__all__ = ["diagnose", "unstable_learning_rate"]
+__all__ = ["diagnose", "unstable_learning_rate", "Checks"]
 
 
-def unstable_learning_rate(
-    sweep: SweepResult, runs: Sequence[ConfirmationRun] = ()
-) -> Optional[tuple[float, str]]:
-  """FAQ S4's unstable_base_learning_rate: the smallest rate above lr* seen unstable.
+@dataclasses.dataclass(frozen=True)
+class Checks:
+  """The confirmation checks after the sweep (validated at construction).
 
-  Candidates: the sweep's unstable rates above lr* (infeasible, or labelled
-  anything but stable: failed-to-train included), and every confirmation run
-  above lr* that is infeasible or not stable (e.g. the short check at 2 x lr*
-  going unstable early even if it recovers).
-
-  Args:
-    sweep: the learning-rate sweep.
-    runs: confirmation runs (``rates_above_best``, ``short_check``, ``long_check``).
-
-  Returns:
-    ``(rate, where it was seen)``, or ``None`` if no rate above lr* was unstable.
+  Attributes:
+    above_count: how many grid rates just above lr* to look at.
+    short_factor: the short check's multiple of lr* (playbook: 2).
+    short_steps: the short check's length (playbook: about 500), cut to the
+      long checks' length when longer: a short check is never the longer one.
+    short_eval_every: the short check's evaluation cadence (``None``: the
+      sweep's; its training loss is looked at every step either way).
+    long_factors: the long checks' multiples of lr* (playbook: 5 and 10);
+      ``()`` skips them.
+    long_steps: the long checks' length (default: the sweep's).
   """
-  best = sweep.best_learning_rate
-  if best is None:
-    return None
-  found = []
-  if sweep.unstable_learning_rate is not None:
-    trial = next(t for t in sweep.trials if t.learning_rate == sweep.unstable_learning_rate)
-    found.append((trial.learning_rate, f"in the sweep: {trial.headline}"
-                  + ("" if trial.feasible else ", infeasible")))
-  for run in runs:
-    if run.learning_rate > best and run.unstable:
-      found.append((run.learning_rate, f"{run.name} at {run.factor:.3g} x lr*: {run.label}"
-                    + ("" if run.feasible else ", infeasible")))
-  return min(found, key=lambda f: f[0]) if found else None
+
+  above_count: int = 2
+  short_factor: float = 2.0
+  short_steps: int = 500
+  short_eval_every: Optional[int] = None
+  long_factors: tuple[float, ...] = (5.0, 10.0)
+  long_steps: Optional[int] = None
+
+  def __post_init__(self):
+    _validation.check_positive_int("above_count", self.above_count)
+    _validation.check_positive("short_factor", self.short_factor)
+    _validation.check_positive_int("short_steps", self.short_steps)
+    if self.short_eval_every is not None:
+      _validation.check_positive_int("short_eval_every", self.short_eval_every)
+    factors = tuple(_validation.check_sequence("long_factors", self.long_factors))
+    for i, factor in enumerate(factors):
+      _validation.check_positive(f"long_factors[{i}]", factor)
+    object.__setattr__(self, "long_factors", tuple(float(f) for f in factors))
+    if self.long_steps is not None:
+      _validation.check_positive_int("long_steps", self.long_steps)
+
+  def lengths(self, sweep_steps: int) -> tuple[int, int, str]:
+    """``(short check steps, long check steps, why)`` for a sweep of ``sweep_steps`` steps."""
+    long = self.long_steps if self.long_steps is not None else sweep_steps
+    if self.short_steps <= long:
+      return self.short_steps, long, (f"the short check runs {self.short_steps} steps, the long "
+                                      f"checks {long}")
+    return long, long, (f"the short check runs {long} steps, not {self.short_steps}: a short check "
+                        f"is never longer than the long checks ({long} steps)")
 
 
-def _check_diagnose_args(learning_rates, num_steps, base_config, metric, mode, reduce, rule,
-                         thresholds, above_count, short_check_factor, short_check_steps,
-                         long_check_factors, long_check_steps, max_train_steps, warmup_factors,
-                         warmup_candidates) -> tuple[int, tuple[float, ...], tuple[Any, ...]]:
-  """Every check of ``diagnose``'s arguments that needs no trial.
+class _Runner:
+  """The only part of the procedure that talks to the executor: one batch per round."""
 
-  Returns the sweep's ``num_steps`` and the factor and candidate sequences as tuples.
-  """
-  _check_learning_rates(learning_rates)
+  def __init__(self, train_fn, store, executor, progress, budget, trial_timeout=None):
+    self.train_fn, self.store, self.executor = train_fn, store, executor
+    self.progress, self.budget, self.trial_timeout = progress, budget, trial_timeout
+    self.rounds: list[PlannedRound] = []
+    self.stopped = False  # a round was dropped: every later one is too
+
+  def fits(self, steps: int) -> bool:
+    used = sum(r.steps for r in self.rounds if r.ran)
+    return self.budget is None or used + steps <= self.budget
+
+  def run(self, name: str, configs: Sequence[TrialConfig]) -> Optional[list[TrialRecord]]:
+    steps = sum(c.total_steps for c in {c.key(): c for c in configs}.values())
+    if self.stopped or not self.fits(steps):
+      self.stopped = True
+      self.rounds.append(PlannedRound(name, len(configs), steps, ran=False))
+      return None
+    self.rounds.append(PlannedRound(name, len(configs), steps))
+    kwargs = {} if self.trial_timeout is None else {"trial_timeout": self.trial_timeout}
+    return run_trials(self.train_fn, list(configs), store=self.store, progress=self.progress,
+                      desc=name, executor=self.executor, **kwargs)
+
+
+def _search_family(runner: _Runner, sweep: SweepResult, family: FixFamily,
+                   ladder: FixLadder) -> FixResult:
+  """Plans, runs and judges one rung of the ladder."""
+  trials: list[fix_ladder.FixTrial] = []
+  baselines: dict[int, float] = {}
+  for i, configs in enumerate(fix_ladder.search_rounds(sweep, family)):
+    records = runner.run(f"{family.name}: search", configs)
+    if records is None:
+      if not trials:
+        return FixResult(family, fix_ladder.DROPPED, "the budget left no room for its search")
+      break
+    fixes_by_key = {fix.apply(sweep.best.config).key(): fix for fix in family.fixes}
+    for record in records:
+      fix = fixes_by_key.get(record.config.replace(learning_rate=sweep.best.learning_rate).key())
+      if fix is None:  # lr* for a longer budget: the warmup search's equal-budget baseline
+        baselines[record.config.total_steps] = fix_ladder.judge_trial(
+            sweep, family.fixes[0], record).value
+      else:
+        trials.append(fix_ladder.judge_trial(sweep, fix, record))
+    if family.kind == fix_ladder.WARMUP and fix_ladder.round_succeeded(
+        sweep, trials, baselines, ladder):
+      break
+  chosen = fix_ladder.choose(sweep, family, trials, baselines, ladder)
+  comparison = None
+  if chosen is not None:
+    configs = fix_ladder.verification_configs(sweep, chosen, ladder)
+    records = runner.run(f"{family.name}: {ladder.seeds} seeds", configs)
+    if records is None:
+      return FixResult(family, fix_ladder.DROPPED, (
+          f"searched ({len(trials)} trials), but the budget left no room to verify it on "
+          f"{ladder.seeds} seeds"), tuple(trials), chosen)
+    comparison = fix_ladder.compare_seeds(sweep, chosen, records, ladder)
+  return fix_ladder.judge_fix(sweep, family, trials, chosen, comparison, ladder)
+
+
+def _run_ladder(runner: _Runner, sweep: SweepResult, families: Sequence[FixFamily],
+                ladder: FixLadder) -> tuple[FixResult, ...]:
+  results: list[FixResult] = []
+  for family in families:
+    helped = next((r for r in results if r.helps), None)
+    if family.status is not None:
+      results.append(FixResult(family, family.status, family.reason))
+    elif helped is not None and not ladder.try_all:
+      results.append(FixResult(family, fix_ladder.NOT_TRIED,
+                               f"an earlier fix ({helped.family.name}) helped"))
+    else:
+      results.append(_search_family(runner, sweep, family, ladder))
+  return tuple(results)
+
+
+def _ladder_upper_bound(sweep: SweepResult, families: Sequence[FixFamily],
+                        ladder: FixLadder) -> tuple[int, int]:
+  """The most trials and steps the ladder could run (every round of every searched rung)."""
+  trials = steps = 0
+  for family in families:
+    if family.status is not None:
+      continue
+    rounds = fix_ladder.search_rounds(sweep, family)
+    trials += sum(len(r) for r in rounds) + 2 * ladder.seeds
+    steps += sum(c.total_steps for r in rounds for c in r)
+    steps += 2 * ladder.seeds * max(c.total_steps for r in rounds for c in r)
+  return trials, steps
+
+
+def _check_args(learning_rates, num_steps, base_config, metric, mode, reduce, rule, thresholds,
+                trivial_loss, checks, fixes, budget) -> tuple[list[float], TrialConfig]:
+  """Every check of ``diagnose``'s arguments that needs no trial; returns the grid and base config."""
+  rates = _check_learning_rates(learning_rates)
   if base_config is None:
     if num_steps is None:
       raise ValueError("diagnose needs num_steps or base_config; got neither.")
+    _validation.check_positive_int("num_steps", num_steps)
+    base_config = TrialConfig(learning_rate=rates[0], num_steps=num_steps)
   elif not isinstance(base_config, TrialConfig):
     raise ValueError(f"base_config must be a TrialConfig or None; got {base_config!r}.")
-  if num_steps is not None:
+  elif num_steps is not None:
     _validation.check_positive_int("num_steps", num_steps)
+    base_config = base_config.replace(num_steps=num_steps)
   check_ranking(metric, mode, reduce, rule)
   if thresholds is not None and not isinstance(thresholds, DetectorThresholds):
     raise ValueError(f"thresholds must be a DetectorThresholds or None; got {thresholds!r}.")
-  _validation.check_positive_int("above_count", above_count)
-  _validation.check_positive("short_check_factor", short_check_factor)
-  _validation.check_positive_int("short_check_steps", short_check_steps)
-  long_check_factors = tuple(_validation.check_sequence("long_check_factors", long_check_factors))
-  for i, factor in enumerate(long_check_factors):
-    _validation.check_positive(f"long_check_factors[{i}]", factor)
-  if long_check_steps is not None:
-    _validation.check_positive_int("long_check_steps", long_check_steps)
-  if max_train_steps is not None:
-    _validation.check_positive_int("max_train_steps", max_train_steps)
-  warmup_factors = _validation.check_sequence("warmup_factors", warmup_factors, allow_empty=False)
-  for i, factor in enumerate(warmup_factors):
-    # The FAQ's base rates are (at least 10x) above the unstable rate.
-    _validation.check_in_range(f"warmup_factors[{i}]", factor, 1.0, math.inf, low_inclusive=False)
-  warmup_candidates = tuple(_validation.check_sequence("warmup_candidates", warmup_candidates,
-                                                       allow_empty=False))
-  for i, candidate in enumerate(warmup_candidates):
-    _validation.check_positive_int(f"warmup_candidates[{i}]", candidate)
-  sweep_steps = num_steps if num_steps is not None else base_config.num_steps
-  return sweep_steps, long_check_factors, warmup_candidates
+  if trivial_loss is not None:
+    _validation.check_in_range("trivial_loss", trivial_loss, -math.inf, math.inf)
+  if not isinstance(checks, Checks):
+    raise ValueError(f"checks must be a Checks or None; got {checks!r}.")
+  if fixes is not None and not isinstance(fixes, FixLadder):
+    raise ValueError(f"fixes must be a FixLadder, or None to skip the fix ladder; got {fixes!r}.")
+  sweep_steps = len(rates) * base_config.total_steps
+  short, long, _ = checks.lengths(base_config.num_steps)
+  check_steps = short + len(checks.long_factors) * long
+  if budget is not None:
+    _validation.check_positive_int("budget", budget)
+    if budget < sweep_steps + check_steps:
+      raise ValueError(f"budget must be an integer >= {sweep_steps + check_steps} (the sweep "
+                       f"needs {sweep_steps} training steps and the checks {check_steps}); got "
+                       f"{budget!r}.")
+  return rates, base_config
 
 
 def diagnose(
@@ -139,143 +233,113 @@ def diagnose(
     reduce: str = "final",
     rule: Optional[FeasibilityRule] = None,
     thresholds: Optional[DetectorThresholds] = None,
-    above_count: int = 2,
-    short_check_factor: float = 2.0,
-    short_check_steps: int = 500,
-    long_check_factors: Sequence[float] = (5.0, 10.0),
-    long_check_steps: Optional[int] = None,
-    tune_warmup_when_unstable: bool = True,
-    max_train_steps: Optional[int] = None,
-    warmup_factors: Sequence[float] = (10.0,),
-    warmup_candidates: Sequence[int] = (10, 1000, 10000, 100000),
-    progress: bool = True,
     trivial_loss: Optional[float] = None,
-    short_check_eval_every: Optional[int] = None,
-    warmup_match_tolerance: float = 0.02,
+    checks: Optional[Checks] = None,
+    fixes: Optional[FixLadder] = FixLadder(),
+    budget: Optional[int] = None,
     executor: Optional[Executor] = None,
+    progress: bool = True,
+    log: Optional[Callable[[str], None]] = print,
 ) -> Diagnosis:
-  """Runs the FAQ's instability diagnosis and writes the report into ``out_dir``.
+  """Runs the playbook's instability diagnosis, finds a fix that works, writes the report.
 
   Args:
-    train_fn: the user's training function (``TrialFn``).
+    train_fn: the user's training function (``TrialFn``). The fixes it can
+      apply beyond warmup are read from its ``fix_support`` attribute
+      (``optstab.diagnosis.with_fix_support``); without one, only warmup is
+      tried and the report says which fixes it could not try.
     learning_rates: the sweep grid (e.g. ``log_grid(1e-4, 1.0, 13)``).
     num_steps: steps per sweep trial (or give ``base_config``).
     out_dir: output folder: trial store, report and figures.
     base_config: the ``TrialConfig`` every trial copies (all but the rate).
     metric, mode, reduce: how lr* is chosen (see ``learning_rate_sweep``).
+      Fixes are compared on this metric's best-checkpoint value.
     rule: the ``FeasibilityRule`` (default ``FeasibilityRule()``).
     thresholds: the ``DetectorThresholds`` (default ``DetectorThresholds()``).
-    above_count: how many rates above lr* to examine.
-    short_check_factor: the short check's multiple of lr* (FAQ: 2).
-    short_check_steps: the short check's length (FAQ: about 500).
-    long_check_factors: the long checks' multiples of lr* (FAQ: 5 and 10); ``()``
-      skips them.
-    long_check_steps: the long checks' length (default: the sweep's).
-    tune_warmup_when_unstable: run the S4 warmup search when instability is
-      found and some rate above lr* was unstable.
-    max_train_steps: the budget for the warmup search. Default: the sweep's
-      ``num_steps``; if no warmup candidate fits 10% of that, the search is
-      skipped and the report says so (an explicit value that fits none raises).
-    warmup_factors: base rates as multiples of the unstable rate (FAQ: 10).
-    warmup_candidates: warmup lengths to consider (capped at 10% of
-      ``max_train_steps``).
-    progress: show progress bars.
     trivial_loss: the loss of a model that learned nothing (e.g.
       ``math.log(num_classes)``, the unigram entropy): runs stalled there are
       failed-to-train. Default: each run's own initial level.
-    short_check_eval_every: the short check's evaluation cadence: ``None``
-      (default) the sweep's, 1 every step.
-    warmup_match_tolerance: the warmup "matches" lr* within this fraction of
-      lr*'s best-checkpoint metric (or its evaluation noise, if larger).
-    executor: a ``concurrent.futures.Executor`` every step's trials run on
-      (``optstab.diagnosis.default_executor()`` fits the machine); ``None``:
-      in turn in this process. Only this process writes ``out_dir``.
+    checks: the confirmation checks (default ``Checks()``).
+    fixes: the fix ladder's settings (default ``FixLadder()``); ``None``
+      diagnoses without trying fixes.
+    budget: the most training steps (summed over trials) to spend; the
+      ladder's later rounds are dropped first, and the report says which. The
+      sweep and the checks must fit.
+    executor: a ``concurrent.futures.Executor`` each round's trials run on at
+      once (``optstab.diagnosis.default_executor()`` fits the machine);
+      ``None``: in turn in this process. Only this process writes ``out_dir``.
+    progress: show progress bars.
+    log: where the plan and its cost go before training (default ``print``;
+      ``None``: nowhere).
 
   Returns:
     The ``Diagnosis``, with ``files`` naming what was written.
 
-  What is checked when: every argument, before any trial runs: the grid
-  (a sequence of distinct rates > 0), every step count, factor and
-  candidate, ``warmup_factors`` (each > 1) and ``warmup_candidates`` (integers
-  >= 1) even when no warmup search may follow, ``mode``, ``reduce``, the types
-  of ``base_config``, ``rule`` and ``thresholds``, and that ``out_dir`` can
-  be written (the store opens it for appending). The names ``metric`` and
-  ``rule.metric_thresholds`` refer to what the training function reports, so
-  they are checked against the first trial result there is: a stored one when
-  resuming (before any trial runs), else the sweep's first trial, before the
-  other trials run (that trial is kept in the store).
+  Every argument is checked before any trial runs, and that ``out_dir`` can
+  be written. The names ``metric`` and ``rule.metric_thresholds`` refer to what
+  the training function reports, so they are checked against the first result
+  there is: a stored one when resuming, else the sweep's first trial.
 
   Raises:
-    ValueError: on bad input (empty grid, non-positive rates or steps, a warmup
-      budget too small for every candidate...), before any trial runs; for an
-      unknown metric name, after at most one trial.
+    ValueError: on bad input, before any trial runs; for an unknown metric
+      name, after at most one trial.
     OSError: when ``out_dir`` cannot be written, before any trial runs.
   """
-  sweep_steps, long_check_factors, warmup_candidates = _check_diagnose_args(
-      learning_rates, num_steps, base_config, metric, mode, reduce, rule, thresholds, above_count,
-      short_check_factor, short_check_steps, long_check_factors, long_check_steps,
-      max_train_steps, warmup_factors, warmup_candidates)
-  if short_check_eval_every is not None:
-    _validation.check_positive_int("short_check_eval_every", short_check_eval_every)
-  if trivial_loss is not None:
-    _validation.check_in_range("trivial_loss", trivial_loss, -math.inf, math.inf)
-  _validation.check_non_negative("warmup_match_tolerance", warmup_match_tolerance)
-  warmup_skipped = None
-  if tune_warmup_when_unstable:
-    if max_train_steps is not None:
-      # Fail fast, before any trial, on a budget no warmup candidate fits.
-      schedules.warmup_sweep_grid(max_train_steps, warmup_candidates)
-    else:
-      max_train_steps = sweep_steps
-      try:
-        schedules.warmup_sweep_grid(max_train_steps, warmup_candidates)
-      except ValueError as e:
-        warmup_skipped = (f"No warmup search: the default budget max_train_steps = num_steps = "
-                          f"{sweep_steps} is too short for the warmup candidates ({e}). Pass "
-                          "max_train_steps (your real training budget) to search.")
+  checks = Checks() if checks is None else checks
+  rates, base_config = _check_args(learning_rates, num_steps, base_config, metric, mode, reduce,
+                                   rule, thresholds, trivial_loss, checks, fixes, budget)
+  support = fix_support(train_fn)
   thresholds = DetectorThresholds() if thresholds is None else thresholds
   store = TrialStore(out_dir)
   stored = next((r.result for r in store.records() if r.result is not None), None)
   if stored is not None:
     check_metric_names(stored, metric, rule)
+  short_steps, long_steps, lengths_why = checks.lengths(base_config.num_steps)
+  say = log if log is not None else (lambda _: None)
+  say(f"optstab.diagnose plan: sweep {len(rates)} rates x {base_config.total_steps} steps; "
+      f"checks: {lengths_why}; then, if instability limits lr*, the fix ladder "
+      f"({', '.join(fixes.kinds) if fixes is not None else 'off'})"
+      + (f"; budget {budget} training steps" if budget is not None else "") + ".")
+  runner = _Runner(train_fn, store, executor, progress, budget)
+  runner.rounds.append(PlannedRound("learning-rate sweep", len(rates),
+                                    len(rates) * base_config.total_steps))
   sweep = learning_rate_sweep(
-      train_fn, learning_rates, num_steps, base_config=base_config, metric=metric, mode=mode,
-      reduce=reduce, rule=rule, store=store, progress=progress, trivial_loss=trivial_loss,
-      thresholds=thresholds, executor=executor,
-  )
+      train_fn, rates, base_config=base_config, metric=metric, mode=mode, reduce=reduce,
+      rule=rule, store=store, progress=progress, trivial_loss=trivial_loss,
+      thresholds=thresholds, executor=executor)
   if sweep.best is None:
-    return write_report(make_diagnosis(sweep), out_dir)
-  above = rates_above_best(sweep, count=above_count)
-  # The short and long checks are independent: one batch keeps every worker of a
-  # parallel executor busy; the checks below then find their runs in the store.
-  checks = [short_check_config(sweep, factor=short_check_factor, num_steps=short_check_steps,
-                               eval_every=short_check_eval_every)]
-  if tuple(long_check_factors):
-    checks += long_check_configs(sweep, factors=long_check_factors, num_steps=long_check_steps)
-  run_trials(train_fn, checks, store=store, progress=progress, desc="confirmation runs",
-             executor=executor)
-  short = short_check(train_fn, sweep, factor=short_check_factor, num_steps=short_check_steps,
-                      eval_every=short_check_eval_every, store=store, progress=progress, executor=executor)
-  longs = ()
-  if tuple(long_check_factors):
-    longs = long_check(train_fn, sweep, factors=long_check_factors, num_steps=long_check_steps,
-                       store=store, progress=progress, executor=executor)
-  preliminary = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs)
-  notes = []
-  warmup = None
-  unstable = unstable_learning_rate(sweep, (*above, short, *longs))
-  if tune_warmup_when_unstable and preliminary.verdict != STABLE:
-    if warmup_skipped is not None:
-      notes.append(warmup_skipped)
-    elif unstable is not None:
+    return write_report(make_diagnosis(sweep, plan=Plan(budget, tuple(runner.rounds))), out_dir)
+
+  above = rates_above_best(sweep, count=checks.above_count)
+  configs = [short_check_config(sweep, factor=checks.short_factor, num_steps=short_steps,
+                                eval_every=checks.short_eval_every)]
+  if checks.long_factors:
+    configs += long_check_configs(sweep, factors=checks.long_factors, num_steps=long_steps)
+  records = runner.run("confirmation checks", configs)
+  short = judge_short_check(sweep, records[0], checks.short_factor)
+  longs = judge_long_checks(sweep, records[1:], checks.long_factors) if checks.long_factors else ()
+  runs: tuple[ConfirmationRun, ...] = (*above, short, *longs)
+  verdict = decide_verdict(sweep, runs)
+
+  notes = [f"Check lengths: {lengths_why}."]
+  results: tuple[FixResult, ...] = ()
+  unstable = unstable_learning_rate(sweep, runs)
+  if verdict != STABLE and fixes is not None:
+    if unstable is None:
+      notes.append("No fix was searched: no rate above lr* was unstable, so there is no "
+                   "unstable rate for a fix to raise.")
+    else:
       rate, where = unstable
-      notes.append(f"unstable_base_learning_rate = {rate:.4g}, the smallest rate above lr* found "
-                   f"unstable ({where}); the warmup search starts from it.")
-      warmup = tune_warmup(
-          train_fn, rate, max_train_steps, baseline=sweep, factors=warmup_factors,
-          candidates=warmup_candidates, match_tolerance=warmup_match_tolerance, store=store,
-          progress=progress, executor=executor,
-      )
+      notes.append(f"The fixes were tried from the smallest rate above lr* found unstable, "
+                   f"{rate:.4g} ({where}), at {', '.join(f'{f:g}' for f in fixes.rate_factors)} "
+                   "x that rate.")
+      families = fix_ladder.plan_families(sweep, verdict, rate, support, fixes)
+      trials, steps = _ladder_upper_bound(sweep, families, fixes)
+      say(f"optstab.diagnose: instability found ({verdict}); the fix ladder runs at most "
+          f"{trials} trials, {steps} training steps.")
+      results = _run_ladder(runner, sweep, families, fixes)
+  plan = Plan(budget, tuple(runner.rounds))
   diagnosis = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs,
-                             warmup=warmup, notes=tuple(notes))
+                             fixes=results, notes=tuple(notes), plan=plan, verdict=verdict,
+                             clip_percentile=90.0 if fixes is None else fixes.clip_percentile)
   return write_report(diagnosis, out_dir)

@@ -1,18 +1,13 @@
-"""The diagnosis report: plain-language findings with evidence, as markdown, JSON and PNGs.
+"""The diagnosis report: the procedure's decisions rendered as markdown, JSON and PNGs.
 
-``make_diagnosis`` turns the outcome of the FAQ's procedure (a sweep, the
-confirmation runs, an optional warmup search) into a ``Diagnosis``: a verdict
-and a list of findings, each a sentence that cites its numbers (rates, steps,
-ratios) with the same numbers as structured evidence. ``write_report`` writes
-``diagnosis.md``, ``diagnosis.json`` and the figures (via ``optstab.plots``,
-which takes plain arrays) into an output folder.
-
-Verdicts: ``"stable"`` (no evidence of instability), ``"early-unstable"``,
-``"mid-training-unstable"``, ``"unstable"`` (lr* sits at the edge of
-feasibility, or a run above lr* diverged or failed to train, but no run showed
-which kind), ``"no-feasible-rate"``. A run's label is never restated in other
-words: every sentence about a run is its ``describe()`` (label first, then its
-evidence and feasibility), so sentences cannot contradict the label.
+``make_diagnosis`` turns the outcome of the procedure (a sweep, the
+confirmation runs, the fix ladder's results, the verdict) into a
+``Diagnosis``: the verdict, a fix table and a list of findings, each a
+sentence that cites its numbers with the same numbers as structured evidence.
+Nothing is decided here: labels, verdicts and fix verdicts come in as data. A
+run's label is never restated in other words: every sentence about a run is
+its ``describe()``, so sentences cannot contradict the label.
+``write_report`` writes ``diagnosis.md``, ``diagnosis.json`` and the figures.
 """
 
 from __future__ import annotations
@@ -26,21 +21,16 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from optstab import clipping, plots
+from optstab.diagnosis import fixes as fix_ladder
 from optstab.diagnosis.confirm import ConfirmationRun
-from optstab.diagnosis.detectors import (
-    DIVERGED,
-    EARLY_UNSTABLE,
-    FAILED_TO_TRAIN,
-    MID_TRAINING_UNSTABLE,
-    STABLE,
-)
+from optstab.diagnosis.detectors import EARLY_UNSTABLE, MID_TRAINING_UNSTABLE, STABLE
+from optstab.diagnosis.fixes import FixResult
+from optstab.diagnosis.plan import Plan
 from optstab.diagnosis.sweep import PathLike, SweepResult
 from optstab.diagnosis.trial import to_jsonable
-from optstab.diagnosis.warmup_tuner import WarmupTuningResult
+from optstab.diagnosis.verdict import UNSTABLE, VERDICTS, decide_verdict
 
 __all__ = ["Finding", "Diagnosis", "make_diagnosis", "write_report", "VERDICTS"]
-
-VERDICTS = (STABLE, EARLY_UNSTABLE, MID_TRAINING_UNSTABLE, "unstable", "no-feasible-rate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,16 +47,20 @@ class Finding:
 
 @dataclasses.dataclass(frozen=True)
 class Diagnosis:
-  """The outcome of the FAQ's instability diagnosis.
+  """The outcome of the playbook's instability diagnosis.
 
   Attributes:
     verdict: one of ``VERDICTS``.
     findings: the findings, in reading order.
     sweep: the learning-rate sweep.
     above_best: the sweep's curves at the rates just above lr*, labelled.
-    short_check: the ~500-step run at 2 x lr* evaluating every step.
+    short_check: the short run at 2 x lr*, its loss looked at every step.
     long_checks: the runs at 5 x and 10 x lr*.
-    warmup: the warmup search, if one ran.
+    fixes: the fix ladder's rows, in the ladder's order (``recommendation``:
+      the first that helps).
+    plan: the rounds that ran, and any dropped for the budget.
+    clip_percentile: the percentile of lr*'s gradient norms quoted as the
+      clipping threshold.
     files: name -> path of every file ``write_report`` wrote.
   """
 
@@ -76,25 +70,59 @@ class Diagnosis:
   above_best: tuple[ConfirmationRun, ...] = ()
   short_check: Optional[ConfirmationRun] = None
   long_checks: tuple[ConfirmationRun, ...] = ()
-  warmup: Optional[WarmupTuningResult] = None
+  fixes: tuple[FixResult, ...] = ()
+  plan: Optional[Plan] = None
+  clip_percentile: float = 90.0
   files: dict[str, str] = dataclasses.field(default_factory=dict)
 
+  @property
+  def recommendation(self) -> Optional[FixResult]:
+    """The first fix of the ladder that helps, or ``None``."""
+    return next((f for f in self.fixes if f.helps), None)
+
   def to_dict(self) -> dict[str, Any]:
+    rec = self.recommendation
     return to_jsonable({
         "verdict": self.verdict,
+        "recommendation": None if rec is None else rec.family.name,
         "findings": [f.to_dict() for f in self.findings],
         "sweep": self.sweep.to_dict(),
         "above_best": [r.to_dict() for r in self.above_best],
         "short_check": None if self.short_check is None else self.short_check.to_dict(),
         "long_checks": [r.to_dict() for r in self.long_checks],
-        "warmup": None if self.warmup is None else self.warmup.to_dict(),
+        "fixes": [f.to_dict() for f in self.fixes],
+        "plan": None if self.plan is None else self.plan.to_dict(),
         "files": {k: os.path.basename(v) for k, v in self.files.items()},
     })
+
+  def fix_table(self) -> list[str]:
+    """The fix table as markdown lines (empty when no fix was considered)."""
+    if not self.fixes:
+      return []
+    metric = f"best {self.sweep.metric}"
+    lines = ["| fix | rates tried | highest rate that trains | "
+             f"{metric}: fix vs lr* for equal steps (seeds) | verdict |",
+             "|---|---|---|---|---|"]
+    for f in self.fixes:
+      rates = ", ".join(f"{r:.3g}" for r in f.rates_tried) or "-"
+      top = "-" if f.highest_training_rate is None else f"{f.highest_training_rate:.3g}"
+      c = f.comparison
+      values = "-" if c is None else (
+          f"{c.fix_mean:.4g} vs {c.baseline_mean:.4g} ({len(c.seeds)} seeds, noise {c.noise:.2g})")
+      lines.append(f"| {f.family.name} | {rates} | {top} | {values} | **{f.status}**: {f.reason} |")
+    best = self.sweep.best
+    if best is not None:
+      lines.append(f"| lower learning rate (last resort) | - | {best.learning_rate:.3g} (lr*) | - | "
+                   "the fallback: train at lr*, which the sweep found best |")
+    return lines
 
   def to_markdown(self) -> str:
     lines = ["# Optimization-instability diagnosis", "", f"**Verdict: {self.verdict}.**", ""]
     for finding in self.findings:
       lines += [f"- **{finding.topic}.** {finding.text}"]
+    table = self.fix_table()
+    if table:
+      lines += ["", "## Fixes tried", ""] + table
     figures = [(k, v) for k, v in self.files.items() if v.endswith(".png")]
     if figures:
       lines += ["", "## Figures", ""]
@@ -127,47 +155,32 @@ def _runs(*groups) -> list[ConfirmationRun]:
   return out
 
 
-def _verdict(sweep: SweepResult, runs: list[ConfirmationRun]) -> str:
-  if sweep.best is None:
-    return "no-feasible-rate"
-
-  def shows(run, kind, flag):
-    # A diverged or failed run still tells which kind of instability it showed.
-    d = run.diagnosis
-    return run.label == kind or (run.label in (DIVERGED, FAILED_TO_TRAIN) and d is not None
-                                 and getattr(d, flag))
-
-  if any(shows(r, EARLY_UNSTABLE, "early_unstable") for r in runs):
-    return EARLY_UNSTABLE
-  if any(shows(r, MID_TRAINING_UNSTABLE, "mid_training_unstable") for r in runs):
-    return MID_TRAINING_UNSTABLE
-  if sweep.at_edge_of_feasibility or any(r.unstable for r in runs):
-    return "unstable"
-  return STABLE
-
-
 def make_diagnosis(
     sweep: SweepResult,
     *,
     above_best: tuple[ConfirmationRun, ...] = (),
     short_check: Optional[ConfirmationRun] = None,
     long_checks: tuple[ConfirmationRun, ...] = (),
-    warmup: Optional[WarmupTuningResult] = None,
+    fixes: Sequence[FixResult] = (),
     clip_percentile: float = 90.0,
     notes: Sequence[str] = (),
+    plan: Optional[Plan] = None,
+    verdict: Optional[str] = None,
 ) -> Diagnosis:
-  """Builds the verdict and the findings from the procedure's results.
+  """Renders the procedure's results as a verdict, a fix table and findings.
 
   Args:
     sweep: the learning-rate sweep.
     above_best: ``rates_above_best``'s runs.
-    short_check: ``short_check``'s run.
-    long_checks: ``long_check``'s runs.
-    warmup: ``tune_warmup``'s result.
-    clip_percentile: percentile of lr*'s gradient norms suggested as clipping
-      threshold (FAQ S5: 90).
+    short_check: the short check's run.
+    long_checks: the long checks' runs.
+    fixes: the fix ladder's results, in the ladder's order.
+    clip_percentile: percentile of lr*'s gradient norms quoted as the
+      clipping threshold (playbook: 90).
     notes: extra sentences (e.g. why a step was skipped), listed before the
       next steps.
+    plan: the rounds that ran and those dropped for the budget.
+    verdict: the procedure's verdict (default: ``decide_verdict`` of the runs).
 
   Returns:
     A ``Diagnosis`` (``files`` empty until ``write_report``).
@@ -206,14 +219,14 @@ def make_diagnosis(
     ))
   best = sweep.best
   runs = _runs(above_best, short_check, long_checks)
-  verdict = _verdict(sweep, runs)
+  verdict = decide_verdict(sweep, runs) if verdict is None else verdict
   if best is None:
     findings.append(Finding(
         "No feasible rate",
         "Every trial was infeasible: even the smallest rate diverged or raised. Extend the grid "
         "downward, and check the training function on a tiny rate first.",
     ))
-    return Diagnosis(verdict, tuple(findings), sweep)
+    return Diagnosis(verdict, tuple(findings), sweep, plan=plan, clip_percentile=clip_percentile)
   metric = f"{'final' if sweep.reduce == 'final' else 'best'} {sweep.metric}"
   findings.append(Finding(
       "Best learning rate",
@@ -281,90 +294,80 @@ def make_diagnosis(
                              "num_outliers": len(outliers)}))
   for note in notes:
     findings.append(Finding("Note", note))
-  if warmup is not None:
-    findings.extend(_warmup_findings(warmup, base))
-  steps = {
-      STABLE: "No instability found at the rates tried: no fix is needed.",
-      EARLY_UNSTABLE: "Early instability: try, in the FAQ's order, learning-rate warmup, then "
-                      "gradient clipping, then another optimizer (e.g. Adam), then architecture "
-                      "best practices (residual connections, normalization as x + Norm(f(x)), "
-                      "zero-initialized residual branches); lower the learning rate only as a "
-                      "last resort.",
-      MID_TRAINING_UNSTABLE: "Mid-training instability: try gradient clipping first (threshold at "
-                             "the 90th percentile of the norm), then another optimizer, then "
-                             "architecture best practices; lower the learning rate last.",
-      "unstable": "lr* is limited by instability: try warmup, then gradient clipping, then another "
-                  "optimizer and architecture best practices; lower the learning rate last.",
-  }
-  text = steps[verdict]
-  if warmup is not None and warmup.recommendation is None and verdict != STABLE:
-    if warmup.warmup_steps is None:
-      why = ("no warmup tried trained at the higher base rates (warmup fixes instability caused "
-             "by high curvature early in training, not a curvature that stays high)")
-    elif warmup.comparisons:
-      c = warmup.comparisons[0]
-      why = (f"the warmup that trained, prepended to lr*'s schedule, {c.outcome.replace('worse', 'did worse than')}"
-             f"{'' if c.outcome != 'does not train' else ' at full length, unlike'} the "
-             f"baseline (best {c.metric} {c.run_value:.4g} vs {c.baseline_value:.4g})")
-    else:
-      why = "the warmup that trained was not compared with the baseline"
-    text = (f"Warmup did not help: {why}. "
-            + text.replace("learning-rate warmup, then gradient clipping", "gradient clipping")
-            .replace("try warmup, then gradient clipping", "try gradient clipping"))
-  elif warmup is not None and warmup.recommendation is not None and verdict != STABLE:
-    rec = warmup.recommendation
-    text = (f"Use the warmup: {rec.warmup_steps} steps at base rate {rec.base_learning_rate:.4g} "
-            f"({rec.outcome} the baseline). If instability remains, " + text[0].lower() + text[1:])
-  findings.append(Finding("Next steps", text))
-  return Diagnosis(verdict, tuple(findings), sweep, tuple(above_best), short_check,
-                   tuple(long_checks), warmup)
-
-
-def _warmup_findings(warmup: WarmupTuningResult, base) -> list[Finding]:
-  findings = []
-  for search in warmup.searches:
-    head = (f"At base rate {search.base_learning_rate:.4g} ({search.factor:g} x the unstable rate "
-            f"{warmup.unstable_base_learning_rate:.4g}; each trial is W warmup steps then 2 W at "
-            "the constant base rate)")
-    found = search.shortest_training_trial
-    if found is not None:
-      text = (f"{head}, the shortest warmup that trains is {found.warmup_steps} steps "
-              f"({found.trial.describe()}).")
-    else:
-      text = (f"{head}, no warmup tried ({', '.join(str(w) for w in warmup.grid)} steps) "
-              "trains.")
-    shorter = [t for t in search.trials if not t.trains
-               and (found is None or t.warmup_steps < found.warmup_steps)]
-    text += "".join(f" Warmup {t.warmup_steps}: {t.trial.describe()}." for t in shorter[:4])
-    findings.append(Finding("Warmup search", text, search.to_dict()))
-  for comparison in warmup.comparisons:
-    findings.append(Finding("Warmup vs baseline", comparison.describe() + ".",
-                            comparison.to_dict()))
-  rec = warmup.recommendation
-  if rec is not None:
-    text = (f"Recommended: prepend {rec.warmup_steps} warmup steps to the baseline schedule "
-            f"(optstab.prepend_warmup; the {base.num_steps}-step baseline becomes "
-            f"{base.num_steps + rec.warmup_steps} steps) at base rate {rec.base_learning_rate:.4g}: "
-            f"it {rec.outcome} the baseline by best-checkpoint selection.")
-    if warmup.advice:
-      text += f" {warmup.advice}"
-    findings.append(Finding("Warmup result", text, {"warmup_steps": rec.warmup_steps,
-                                                    "base_learning_rate": rec.base_learning_rate,
-                                                    "outcome": rec.outcome,
-                                                    "advice": warmup.advice}))
-  elif warmup.warmup_steps is not None and not warmup.comparisons:
+  if plan is not None and plan.dropped:
     findings.append(Finding(
-        "Warmup result",
-        f"{warmup.warmup_steps} warmup steps train at base rate {warmup.base_learning_rate:.4g}, "
-        "but were not compared with the baseline (no baseline sweep was given), so nothing is "
-        "recommended yet: prepend them to the baseline's schedule and compare with "
-        "best-checkpoint selection."))
-  else:
-    why = ("no warmup tried trains at the higher base rates" if warmup.warmup_steps is None else
-           "prepended to the baseline's schedule, the warmup that trains does not beat or match "
-           "the baseline at lr*")
-    findings.append(Finding("Warmup result", f"Warmup did not help: {why}."))
+        "Budget",
+        f"{plan.steps_run} training steps ran within the budget of {plan.budget}; dropped: "
+        + "; ".join(r.describe() for r in plan.dropped) + ".",
+        plan.to_dict()))
+  findings.extend(_fix_findings(fixes, best))
+  findings.append(Finding("Next steps", _next_steps(verdict, fixes, best)))
+  return Diagnosis(verdict, tuple(findings), sweep, tuple(above_best), short_check,
+                   tuple(long_checks), tuple(fixes), plan, clip_percentile)
+
+
+_LADDER_ADVICE = {
+    EARLY_UNSTABLE: "Early instability: the playbook's fixes, in order, are learning-rate warmup, "
+                    "gradient clipping, another optimizer (e.g. Adam), then architecture best "
+                    "practices (residual connections, normalization as x + Norm(f(x)), "
+                    "zero-initialized residual branches); lower the learning rate only as a last "
+                    "resort.",
+    MID_TRAINING_UNSTABLE: "Mid-training instability: the playbook's fixes, in order, are gradient "
+                           "clipping (threshold at the 90th percentile of the norm), another "
+                           "optimizer, then architecture best practices; lower the learning rate "
+                           "last.",
+    UNSTABLE: "lr* is limited by instability: the playbook's fixes, in order, are warmup, gradient "
+              "clipping, another optimizer and architecture best practices; lower the learning "
+              "rate last.",
+}
+
+
+def _fix_findings(fixes: Sequence[FixResult], best) -> list[Finding]:
+  findings = []
+  for f in fixes:
+    text = f"{f.family.name}: {f.status}: {f.reason}."
+    c = f.comparison
+    if f.family.kind == fix_ladder.WARMUP and c is not None and f.chosen is not None:
+      text += (f" The playbook's own comparison, which gives warmup its extra steps: "
+               f"{f.chosen.config.total_steps} steps with warmup reach best {c.metric} "
+               f"{c.fix_values[0]:.4g} against {c.playbook_baseline_value:.4g} for lr* at its "
+               f"{best.config.total_steps}-step budget (seed {c.seeds[0]}).")
+    fraction = None if f.chosen is None else f.chosen.clip_fraction
+    if fraction is not None:
+      text += f" The clipped run clipped {fraction:.0%} of its steps."
+    findings.append(Finding("Fix", text, f.to_dict()))
   return findings
+
+
+def _how_to_apply(rec: FixResult) -> str:
+  """The recommended fix as something to do, with its numbers."""
+  config, kind = rec.chosen.config, rec.family.kind
+  at = f"train at {config.learning_rate:.4g}"
+  if kind == fix_ladder.WARMUP:
+    return f"prepend {config.warmup_steps} warmup steps (optstab.prepend_warmup) and {at}"
+  if kind == fix_ladder.CLIPPING:
+    return f"clip the global gradient norm at {config.clip_norm:.3g} (optax.clip_by_global_norm) and {at}"
+  if kind == fix_ladder.SKIP_SPIKES:
+    return f"wrap the optimizer in optstab.skip_spikes and {at}"
+  if kind == fix_ladder.OPTIMIZER:
+    return f"switch to {config.optimizer} and {at}"
+  return (f"switch the model to {rec.chosen.fix.name} "
+          f"({dict(rec.chosen.fix.changes.get('extra', {}))}) and {at}")
+
+
+def _next_steps(verdict: str, fixes: Sequence[FixResult], best) -> str:
+  if verdict == STABLE:
+    return "No instability found at the rates tried: no fix is needed."
+  rec = next((f for f in fixes if f.helps), None)
+  if rec is not None:
+    return f"Use {rec.family.name}: {_how_to_apply(rec)}. It {rec.status}: {rec.reason}."
+  advice = _LADDER_ADVICE.get(verdict, "")
+  if not fixes:
+    return advice
+  tried = [f for f in fixes if f.status == fix_ladder.DOES_NOT_HELP]
+  return (("No fix tried helped (" + "; ".join(f"{f.family.name}: {f.reason}" for f in tried)
+           + "). " if tried else "No fix could be tried. ")
+          + f"Train at lr* = {best.learning_rate:.4g}, or try what was not tried. " + advice)
 
 
 def _plot_all(d: Diagnosis, out_dir: str) -> dict[str, str]:
@@ -400,32 +403,22 @@ def _plot_all(d: Diagnosis, out_dir: str) -> dict[str, str]:
         title="Training loss at " + " and ".join(f"{r.factor:g} x" for r in d.long_checks) + " lr*")
   norms = best.result.grad_norms
   if np.isfinite(norms).any():
-    threshold = clipping.clip_threshold(norms[np.isfinite(norms)], 90.0)
+    threshold = clipping.clip_threshold(norms[np.isfinite(norms)], d.clip_percentile)
     files["gradient norm at lr*"] = plots.plot_grad_norms(
         norms, os.path.join(out_dir, "grad_norms.png"), threshold=threshold,
         steps=np.arange(1, norms.size + 1), title=f"Unclipped gradient norm at lr* = {best.learning_rate:.3g}")
     files["gradient norm histogram at lr*"] = plots.plot_grad_norm_histogram(
         norms, os.path.join(out_dir, "grad_norm_histogram.png"), threshold=threshold)
-  if d.warmup is not None:
-    for search in d.warmup.searches:
-      done = [t for t in search.trials if t.record.result is not None]
-      if not done:
-        continue
-      name = f"warmup sweep at {search.base_learning_rate:.3g}"
-      files[name] = plots.plot_warmup_sweep(
-          [t.warmup_steps for t in done], [t.record.result.train_loss for t in done],
-          [t.trains for t in done],
-          os.path.join(out_dir, f"warmup_sweep_{search.factor:g}x.png"),
-          base_learning_rate=search.base_learning_rate, labels=[t.label for t in done])
-    ran = [c for c in d.warmup.comparisons if c.run.result is not None]
-    if ran:
-      compared = {f"baseline: lr* = {best.learning_rate:.3g}": best.result.train_loss}
-      for c in ran:
-        compared[f"{c.warmup_steps} warmup steps, base {c.base_learning_rate:.3g} ({c.outcome})"] = (
-            c.run.result.train_loss)
-      files["warmup vs baseline"] = plots.plot_loss_curves(
-          compared, os.path.join(out_dir, "warmup_vs_baseline_loss.png"),
-          title="Warmup prepended to the baseline's schedule, against the baseline")
+  searched = [f for f in d.fixes if f.trials]
+  if searched:
+    curves = {f"lr* = {best.learning_rate:.3g} (sweep)": best.result.train_loss}
+    for f in searched:
+      shown = f.chosen if f.chosen is not None else max(f.trials, key=lambda t: t.learning_rate)
+      if shown.result is not None:
+        curves[f"{shown.fix.name}, lr {shown.learning_rate:.3g}: {f.status}"] = shown.result.train_loss
+    files["fixes"] = plots.plot_loss_curves(
+        curves, os.path.join(out_dir, "fixes_loss.png"),
+        title="Training loss with each fix tried (the verified run, else the highest rate)")
   return files
 
 

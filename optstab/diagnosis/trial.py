@@ -20,13 +20,14 @@ import dataclasses
 import json
 import math
 import numbers
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
 from optstab import _validation
 
-__all__ = ["TrialConfig", "TrialResult", "TrialFn", "SCHEDULES", "to_jsonable"]
+__all__ = ["TrialConfig", "TrialResult", "TrialFn", "SCHEDULES", "to_jsonable", "FixSupport",
+           "fix_support", "with_fix_support", "FIX_FIELDS", "RATE_DIGITS"]
 
 def to_jsonable(value: Any) -> Any:
   """``value`` with NumPy scalars and arrays made Python, NaN/Inf made ``None``.
@@ -53,6 +54,16 @@ def to_jsonable(value: Any) -> Any:
 #: Base (post-warmup) schedule shapes a ``TrialConfig`` can name.
 SCHEDULES = ("constant", "cosine", "linear")
 
+#: ``TrialConfig`` fields that ask the training function for a fix, with the
+#: value that asks for none. They are left out of ``to_dict`` (and so of
+#: ``key``) at that value, so trials stored before these fields existed resume.
+FIX_FIELDS = {"clip_norm": None, "optimizer": None, "skip_spikes": False}
+
+#: Significant digits of the learning rate in ``TrialConfig.key()``: rates that
+#: differ only in float rounding (``10 * 0.031622776601683794`` and the grid's
+#: ``0.31622776601683794``) are one trial.
+RATE_DIGITS = 10
+
 
 @dataclasses.dataclass(frozen=True)
 class TrialConfig:
@@ -69,12 +80,20 @@ class TrialConfig:
       early-instability check asks). The last step is always evaluated.
     seed: random seed for initialization and data order.
     extra: any other JSON-serializable knobs of the user's workload (model
-      variant, clipping percentile, ...). Part of the trial's identity.
+      variant, clipping percentile, ...). Part of the trial's identity. An
+      architecture fix (``FixSupport.architectures``) is a change of ``extra``.
       Checked and normalised at construction, so a trial that could not be
       stored never runs: keys must be strings; NumPy scalars become Python
       numbers, tuples and arrays lists, nested mappings sorted dicts; NaN,
       Inf and other objects raise ``ValueError`` naming the entry (e.g.
       ``extra['dropout']``).
+    clip_norm: a fix: clip the global gradient norm to this value before the
+      optimizer (``optax.clip_by_global_norm``); ``None``, no clipping. The
+      training function must support it (``FixSupport.clipping``).
+    optimizer: a fix: train with this optimizer instead of the function's own
+      (one of ``FixSupport.optimizers``); ``None``, the function's own.
+    skip_spikes: a fix: wrap the optimizer in ``optstab.skip_spikes``, which
+      skips steps whose gradient norm or loss spikes (``FixSupport.skip_spikes``).
   """
 
   learning_rate: float
@@ -84,6 +103,9 @@ class TrialConfig:
   eval_every: int = 100
   seed: int = 0
   extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  clip_norm: Optional[float] = None
+  optimizer: Optional[str] = None
+  skip_spikes: bool = False
 
   def __post_init__(self):
     _validation.check_positive("learning_rate", self.learning_rate)
@@ -97,6 +119,19 @@ class TrialConfig:
     if not isinstance(self.extra, Mapping):
       raise ValueError(f"extra must be a mapping of str keys to JSON values; got {self.extra!r}.")
     object.__setattr__(self, "extra", _validation.check_json_value("extra", self.extra))
+    if self.clip_norm is not None:
+      _validation.check_positive("clip_norm", self.clip_norm)
+      object.__setattr__(self, "clip_norm", float(self.clip_norm))
+    if self.optimizer is not None and (not isinstance(self.optimizer, str) or not self.optimizer):
+      raise ValueError(f"optimizer must be None or an optimizer's name; got {self.optimizer!r}.")
+    if not isinstance(self.skip_spikes, (bool, np.bool_)):
+      raise ValueError(f"skip_spikes must be True or False; got {self.skip_spikes!r}.")
+    object.__setattr__(self, "skip_spikes", bool(self.skip_spikes))
+
+  @property
+  def fixes(self) -> dict[str, Any]:
+    """The fixes this trial asks for: ``FIX_FIELDS`` not at their no-fix value."""
+    return {k: getattr(self, k) for k, none in FIX_FIELDS.items() if getattr(self, k) != none}
 
   @property
   def total_steps(self) -> int:
@@ -130,15 +165,26 @@ class TrialConfig:
     return dataclasses.replace(self, **changes)
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    """The fields as a dict; the fix fields only where they ask for a fix."""
+    data = dataclasses.asdict(self)
+    for name, none in FIX_FIELDS.items():
+      if data[name] == none:
+        del data[name]
+    return data
 
   @classmethod
   def from_dict(cls, data: Mapping[str, Any]) -> "TrialConfig":
     return cls(**data)
 
   def key(self) -> str:
-    """A stable identity string, used to resume sweeps."""
-    return json.dumps(self.to_dict(), sort_keys=True)
+    """A stable identity string, used to resume sweeps and to match trials.
+
+    The learning rate counts to ``RATE_DIGITS`` significant digits, so rates
+    that mean the same (up to float rounding) are the same trial.
+    """
+    data = self.to_dict()
+    data["learning_rate"] = float(f"{self.learning_rate:.{RATE_DIGITS}g}")
+    return json.dumps(data, sort_keys=True)
 
 
 @dataclasses.dataclass
@@ -215,3 +261,98 @@ class TrialFn(Protocol):
   """A user's training function."""
 
   def __call__(self, config: TrialConfig) -> TrialResult: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class FixSupport:
+  """Which fixes a training function can apply when a ``TrialConfig`` asks.
+
+  Warmup (``TrialConfig.warmup_steps``) and a lower learning rate are part of
+  every trial's schedule, so every training function supports them. The
+  others are changes the function must make to its own optimizer or model;
+  ``diagnose`` tries only the ones declared here and says in its report which
+  it could not try.
+
+  Attributes:
+    clipping: honours ``TrialConfig.clip_norm`` (clip the global gradient norm
+      before the optimizer).
+    optimizers: names accepted in ``TrialConfig.optimizer`` (e.g. ``("adam",)``
+      for a function that trains with momentum by default).
+    architectures: name -> ``TrialConfig.extra`` entries that switch the model
+      to a variant the playbook recommends (e.g. ``{"pre-LN": {"norm_position":
+      "pre"}}``, a ReZero variant).
+    skip_spikes: honours ``TrialConfig.skip_spikes``.
+  """
+
+  clipping: bool = False
+  optimizers: tuple[str, ...] = ()
+  architectures: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+  skip_spikes: bool = False
+
+  def __post_init__(self):
+    object.__setattr__(self, "clipping", bool(self.clipping))
+    object.__setattr__(self, "skip_spikes", bool(self.skip_spikes))
+    optimizers = tuple(_validation.check_sequence("optimizers", self.optimizers))
+    for i, name in enumerate(optimizers):
+      if not isinstance(name, str) or not name:
+        raise ValueError(f"optimizers[{i}] must be an optimizer's name; got {name!r}.")
+    object.__setattr__(self, "optimizers", optimizers)
+    if not isinstance(self.architectures, Mapping):
+      raise ValueError(f"architectures must map a name to TrialConfig.extra entries; got "
+                       f"{self.architectures!r}.")
+    checked = {}
+    for name, extra in self.architectures.items():
+      if not isinstance(name, str) or not isinstance(extra, Mapping) or not extra:
+        raise ValueError(f"architectures must map a name to a non-empty mapping of "
+                         f"TrialConfig.extra entries; got {name!r}: {extra!r}.")
+      checked[name] = _validation.check_json_value(f"architectures[{name!r}]", extra)
+    object.__setattr__(self, "architectures", checked)
+
+  def unsupported(self, config: TrialConfig) -> list[str]:
+    """The fixes ``config`` asks for that this support does not cover."""
+    missing = []
+    if config.clip_norm is not None and not self.clipping:
+      missing.append(f"clip_norm={config.clip_norm:g}")
+    if config.optimizer is not None and config.optimizer not in self.optimizers:
+      missing.append(f"optimizer={config.optimizer!r}")
+    if config.skip_spikes and not self.skip_spikes:
+      missing.append("skip_spikes=True")
+    return missing
+
+
+def fix_support(train_fn: Any) -> FixSupport:
+  """What ``train_fn`` declares it supports (its ``fix_support`` attribute), else warmup only."""
+  support = getattr(train_fn, "fix_support", None)
+  if support is None:
+    return FixSupport()
+  if not isinstance(support, FixSupport):
+    raise ValueError(f"train_fn.fix_support must be a FixSupport; got {support!r}.")
+  return support
+
+
+@dataclasses.dataclass(frozen=True)
+class FixAwareTrialFn:
+  """A training function with its declared ``FixSupport`` (picklable if ``fn`` is)."""
+
+  fn: Callable[[TrialConfig], TrialResult]
+  fix_support: FixSupport
+
+  def __call__(self, config: TrialConfig) -> TrialResult:
+    return self.fn(config)
+
+
+def with_fix_support(train_fn: Callable[[TrialConfig], TrialResult], *, clipping: bool = False,
+                     optimizers: Sequence[str] = (),
+                     architectures: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                     skip_spikes: bool = False) -> FixAwareTrialFn:
+  """Declares which fixes ``train_fn`` applies, so ``diagnose`` can try them.
+
+  Example:
+    >>> def train(config):  # applies config.clip_norm and config.optimizer
+    ...   ...
+    >>> train_fn = with_fix_support(train, clipping=True, optimizers=("adam",))
+    >>> train_fn.fix_support.optimizers
+    ('adam',)
+  """
+  support = FixSupport(clipping, tuple(optimizers), dict(architectures or {}), skip_spikes)
+  return FixAwareTrialFn(train_fn, support)

@@ -31,6 +31,7 @@ from jax.sharding import Mesh
 import optstab
 from optstab import _validation
 from optstab import runner
+from optstab.diagnosis.trial import FixSupport, TrialConfig
 from optstab.transformer import data as corpus_data
 from optstab.transformer.model import Transformer, TransformerConfig, create_model
 
@@ -52,6 +53,9 @@ MODEL_KEYS = ("norm_position", "depth", "width", "num_heads", "ff_width", "compu
 #: ``TrialConfig.extra`` keys that change the training setup.
 SETUP_KEYS = ("b1", "b2", "eps")
 
+#: Optimizer names a ``TrainSetup`` accepts (both take ``b1``, ``b2``, ``eps``).
+OPTIMIZERS = ("adam", "nadam")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainSetup:
@@ -61,6 +65,10 @@ class TrainSetup:
     model: the model's shape (its ``vocab_size`` must be the corpus's).
     batch_size: sequences per global batch (split over the ``'data'`` mesh).
     b1, b2, eps: Adam's hyperparameters.
+    optimizer: one of ``OPTIMIZERS``: ``"adam"`` (the original Transformer's)
+      or ``"nadam"`` (the diagnosis's optimizer fix).
+    clip_norm: clip the global gradient norm to this value before the
+      optimizer (the diagnosis's clipping fix); ``None``, no clipping.
     eval_sequences: validation windows evaluated (evenly spaced, fixed).
     fetch_every: fetch on-device metrics every this many steps.
     eval_batch_size: windows per evaluation batch.
@@ -71,6 +79,8 @@ class TrainSetup:
   b1: float = 0.9
   b2: float = 0.98
   eps: float = 1e-9
+  optimizer: str = "adam"
+  clip_norm: Optional[float] = None
   eval_sequences: int = 256
   fetch_every: int = 50
   eval_batch_size: int = 256
@@ -80,6 +90,9 @@ class TrainSetup:
     _validation.check_in_range("b1", self.b1, 0.0, 1.0, high_inclusive=False)
     _validation.check_in_range("b2", self.b2, 0.0, 1.0, high_inclusive=False)
     _validation.check_non_negative("eps", self.eps)
+    _validation.check_one_of("optimizer", self.optimizer, OPTIMIZERS)
+    if self.clip_norm is not None:
+      _validation.check_positive("clip_norm", self.clip_norm)
     for name in ("eval_sequences", "fetch_every", "eval_batch_size"):
       _validation.check_positive_int(name, getattr(self, name))
 
@@ -96,10 +109,28 @@ class TrainSetup:
     return self.replace(model=model, **{k: extra[k] for k in SETUP_KEYS if k in extra})
 
 
+  def with_fixes(self, config: TrialConfig) -> "TrainSetup":
+    """This setup with the fixes a trial asks for (``TrialConfig.clip_norm``, ``.optimizer``)."""
+    return self.replace(optimizer=config.optimizer or self.optimizer,
+                        clip_norm=config.clip_norm if config.clip_norm is not None else self.clip_norm)
+
+  def fix_support(self) -> FixSupport:
+    """The fixes ``with_fixes`` applies: clipping, the other optimizer, and Pre-LN for a Post-LN model."""
+    variants = {"Pre-LN": {"norm_position": "pre"}} if self.model.norm_position == "post" else {}
+    return FixSupport(clipping=True, optimizers=tuple(o for o in OPTIMIZERS if o != self.optimizer),
+                      architectures=variants)
+
+
 def make_optimizer(setup: TrainSetup) -> optax.GradientTransformation:
-  """Adam(b1, b2, eps) with its learning rate injected per step (:func:`optstab.runner.injectable_learning_rate`)."""
-  return runner.injectable_learning_rate(
-      functools.partial(optstab.adam, b1=setup.b1, b2=setup.b2, eps=setup.eps))
+  """``[clip_by_global_norm] -> optimizer(b1, b2, eps)``, its learning rate injected per step.
+
+  The rate is set every step through :func:`optstab.runner.injectable_learning_rate`.
+  """
+  optimizer = optstab.adam if setup.optimizer == "adam" else optstab.nadam
+  inner = runner.injectable_learning_rate(
+      functools.partial(optimizer, b1=setup.b1, b2=setup.b2, eps=setup.eps))
+  clip = runner.clip_by_norm(setup.clip_norm)
+  return optax.chain(*clip, inner) if clip else inner
 
 
 def init_state(setup: TrainSetup, seed: int) -> tuple[nnx.GraphDef, runner.TrainState]:

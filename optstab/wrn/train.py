@@ -45,7 +45,7 @@ from jax.sharding import Mesh
 import optstab
 from optstab import _validation
 from optstab import runner
-from optstab.diagnosis.trial import TrialConfig, TrialResult
+from optstab.diagnosis.trial import FixSupport, TrialConfig, TrialResult
 from optstab.runner import data_mesh as data_mesh
 from optstab.runner import maybe_initialize_distributed as maybe_initialize_distributed
 from optstab.wrn import data as wrn_data
@@ -101,6 +101,9 @@ class TrainSetup:
       clipping until then). The experiment sets it to the percentile of an
       unclipped run's norms, the FAQ's recipe, so the earliest steps (where
       early instability lives) are clipped too.
+    clip_norm: clip the global gradient norm to this value before the
+      optimizer (the diagnosis's clipping fix, a threshold taken from an
+      unclipped run's norms); ``None``, no such clipping.
     telemetry: chain optstab's gradient-norm telemetry transformation (an
       on-device record of every unclipped norm), as a user would.
     compute_dtype: ``"float32"`` or ``"bfloat16"`` activations/matmuls
@@ -121,6 +124,7 @@ class TrainSetup:
   clip_window: int = 100
   clip_min_history: int = 10
   clip_initial_threshold: Optional[float] = None
+  clip_norm: Optional[float] = None
   telemetry: bool = False
   compute_dtype: str = "float32"
   augment: bool = False
@@ -138,6 +142,8 @@ class TrainSetup:
     _validation.check_positive_int("clip_min_history", self.clip_min_history)
     if self.clip_initial_threshold is not None:
       _validation.check_positive("clip_initial_threshold", self.clip_initial_threshold)
+    if self.clip_norm is not None:
+      _validation.check_positive("clip_norm", self.clip_norm)
     _validation.check_one_of("compute_dtype", self.compute_dtype, ("float32", "bfloat16"))
     _validation.check_positive_int("fetch_every", self.fetch_every)
     _validation.check_positive_int("eval_batch_size", self.eval_batch_size)
@@ -156,6 +162,16 @@ class TrainSetup:
       raise ValueError(f"unknown TrialConfig.extra keys {sorted(unknown)}; allowed: "
                        f"{sorted(MODEL_KEYS + SETUP_KEYS + ('variant',))}.")
     return self.replace(model=dataclasses.replace(self.model, **model_changes), **setup_changes)
+
+
+  def with_fixes(self, config: TrialConfig) -> "TrainSetup":
+    """This setup with the fixes a trial asks for (``TrialConfig.clip_norm``, ``.optimizer``)."""
+    return self.replace(optimizer=config.optimizer or self.optimizer,
+                        clip_norm=config.clip_norm if config.clip_norm is not None else self.clip_norm)
+
+  def fix_support(self) -> FixSupport:
+    """The fixes ``with_fixes`` applies: clipping, and Adam for the momentum optimizers."""
+    return FixSupport(clipping=True, optimizers=() if self.optimizer == "adam" else ("adam",))
 
 
 def model_config_for(setup: TrainSetup) -> WideResNetConfig:
@@ -182,7 +198,8 @@ def _base_optimizer(name: str, momentum: float) -> Callable[..., optax.GradientT
 def make_optimizer(setup: TrainSetup) -> optax.GradientTransformation:
   """The setup's gradient transformation, with an injectable learning rate.
 
-  ``[record_grad_norm] -> [percentile_clip] -> inject_hyperparams(optimizer)``; the
+  ``[record_grad_norm] -> [percentile_clip] -> [clip_by_global_norm] ->
+  inject_hyperparams(optimizer)``; the
   learning rate lives in ``opt_state[-1].hyperparams["learning_rate"]`` and
   the train step overwrites it every step with the schedule's value.
   """
@@ -194,6 +211,7 @@ def make_optimizer(setup: TrainSetup) -> optax.GradientTransformation:
         percentile=setup.clip_percentile, window_size=setup.clip_window,
         min_history=min(setup.clip_min_history, setup.clip_window),
         initial_threshold=setup.clip_initial_threshold))
+  parts += runner.clip_by_norm(setup.clip_norm)
   parts.append(runner.injectable_learning_rate(_base_optimizer(setup.optimizer, setup.momentum)))
   return optax.chain(*parts)
 
