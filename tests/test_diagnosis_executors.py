@@ -24,6 +24,7 @@ import pytest
 
 import optstab
 from optstab.diagnosis import (
+    Checks,
     SINGLE_THREADED_ENV,
     WORKER_CRASHED,
     InProcessExecutor,
@@ -202,8 +203,7 @@ def test_a_function_workers_cannot_load_is_rejected_before_any_trial(tmp_path):
 
 
 def test_diagnose_on_a_thread_pool_equals_sequential(tmp_path):
-  kwargs = dict(num_steps=40, short_check_steps=20, progress=False, max_train_steps=400,
-                warmup_candidates=(10, 20))
+  kwargs = dict(num_steps=40, checks=Checks(short_steps=20), progress=False, log=None)
   grid = GRID[:6]
   sequential = diagnose(numpy_trial, grid, out_dir=tmp_path / "seq", **kwargs)
   with cf.ThreadPoolExecutor(3) as pool:
@@ -235,9 +235,8 @@ class RecordingPool(cf.ThreadPoolExecutor):
 
 def test_diagnose_sends_the_short_and_long_checks_in_one_batch(tmp_path):
   with RecordingPool(3) as pool:
-    diagnosis = diagnose(numpy_trial, GRID[:6], num_steps=40, short_check_steps=20,
-                         progress=False, tune_warmup_when_unstable=False, out_dir=tmp_path,
-                         executor=pool)
+    diagnosis = diagnose(numpy_trial, GRID[:6], num_steps=40, checks=Checks(short_steps=20),
+                         progress=False, fixes=None, out_dir=tmp_path, executor=pool, log=None)
   best = diagnosis.sweep.best_learning_rate
   checks = [f * best for f in (2.0, 5.0, 10.0)]
   order = [(kind, i) for i, (kind, lr) in enumerate(pool.events) if np.isclose(checks, lr).any()]

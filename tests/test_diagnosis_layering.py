@@ -20,14 +20,17 @@ ALLOWED = {
     "store": {"trial"},
     "feasibility": {"trial"},
     "detectors": set(),
+    "plan": set(),
     "executors": {"trial", "store"},
     "sweep": {"trial", "store", "feasibility", "detectors", "executors"},
     "confirm": {"trial", "store", "feasibility", "sweep", "detectors", "executors"},
     "warmup_tuner": {"trial", "store", "feasibility", "sweep", "detectors", "executors"},
-    "report": {"trial", "store", "feasibility", "sweep", "detectors", "confirm", "warmup_tuner",
-               "executors"},
-    "procedure": {"trial", "store", "feasibility", "sweep", "detectors", "confirm",
-                  "warmup_tuner", "report", "executors"},
+    "verdict": {"sweep", "confirm", "detectors"},
+    "fixes": {"trial", "store", "sweep", "detectors"},
+    "report": {"trial", "store", "feasibility", "sweep", "detectors", "confirm", "fixes", "plan",
+               "verdict", "executors"},
+    "procedure": {"trial", "store", "feasibility", "sweep", "detectors", "confirm", "fixes",
+                  "plan", "verdict", "report", "executors"},
 }
 
 

@@ -35,9 +35,12 @@ def _schedule_values(config: TrialConfig) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _train(loss_name: str, total_steps: int, rates: jax.Array, init: jax.Array):
+def _train(loss_name: str, total_steps: int, rates: jax.Array, init: jax.Array,
+           clip_norm: jax.Array = jnp.inf):
   loss_fn = _LOSSES[loss_name]
-  tx = optstab.sgd(lambda count: rates[jnp.minimum(count, total_steps - 1)])
+  # clip_norm is an input (inf: no clipping), so clipped trials share the compiled scan.
+  tx = optax.chain(optax.clip_by_global_norm(clip_norm),
+                   optstab.sgd(lambda count: rates[jnp.minimum(count, total_steps - 1)]))
   state = tx.init(init)
 
   def step(carry, _):
@@ -83,10 +86,16 @@ def quadratic_trial(config: TrialConfig) -> TrialResult:
 
 
 def early_instability_trial(config: TrialConfig) -> TrialResult:
-  """SGD on the shrinking-curvature problem from (w, v) = (1, 1)."""
+  """SGD on the shrinking-curvature problem from (w, v) = (1, 1); applies ``config.clip_norm``."""
   init = jnp.array([1.0, 1.0])
-  out = _train("early", config.total_steps, _schedule_values(config), init)
+  clip = jnp.inf if config.clip_norm is None else config.clip_norm
+  out = _train("early", config.total_steps, _schedule_values(config), init, jnp.float32(clip))
   return _result(config, *out)
+
+
+#: The same problem, declaring that it applies the clipping fix.
+early_instability_trial_with_clipping = optstab.with_fix_support(early_instability_trial,
+                                                                  clipping=True)
 
 
 def noisy_numpy_trial(config: TrialConfig) -> TrialResult:

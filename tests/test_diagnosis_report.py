@@ -25,54 +25,6 @@ def _is_png(path):
     return f.read(8) == PNG_MAGIC
 
 
-def test_diagnose_finds_the_early_instability_and_the_warmup(tmp_path):
-  d = diagnose(early_instability_trial, log_grid(1e-3, 1.0, 13), 300, out_dir=tmp_path,
-               max_train_steps=3000, warmup_candidates=(1, 3, 10, 30, 100, 300), progress=False)
-  assert d.verdict == EARLY_UNSTABLE
-  assert d.sweep.best_learning_rate == pytest.approx(0.01)
-  assert d.warmup is not None and d.warmup.warmup_steps == 30
-  assert d.warmup.base_learning_rate == pytest.approx(10 * 10 ** -1.5)
-  assert any("unstable_base_learning_rate = 0.03162" in f.text
-             and "in the sweep: diverged, infeasible" in f.text for f in d.findings)
-  topics = [f.topic for f in d.findings]
-  assert topics[:2] == ["Sweep", "Best learning rate"]
-  assert topics[-4:] == ["Warmup search", "Warmup vs baseline", "Warmup result", "Next steps"]
-  text = " ".join(f.text for f in d.findings)
-  assert "lr* = 0.01" in text and "the shortest warmup that trains is 30 steps (stable:" in text
-  assert re.search(r"At 0\.03162: diverged: the loss became NaN/Inf at step \d+", text)
-  # S4 in full: prepended to the 300-step baseline, compared, recommended.
-  (comparison,) = d.warmup.comparisons
-  assert comparison.run.config.total_steps == 330 and d.warmup.recommendation is comparison
-  result = next(f for f in d.findings if f.topic == "Warmup result")
-  assert result.text.startswith("Recommended: prepend 30 warmup steps") and "330 steps" in result.text
-  assert d.findings[-1].text.startswith("Use the warmup: 30 steps at base rate 0.3162")
-  # Files: markdown, JSON, the figures, all where files says.
-  for name in ("learning-rate sweep", "rates above lr*", "short check, every step", "long checks",
-               "gradient norm at lr*", "gradient norm histogram at lr*", "warmup vs baseline",
-               "markdown", "json"):
-    assert os.path.exists(d.files[name]), name
-  pngs = [p for p in d.files.values() if p.endswith(".png")]
-  assert len(pngs) == 8 and all(_is_png(p) for p in pngs)
-  with open(d.files["json"], encoding="utf-8") as f:
-    data = json.load(f)
-  assert data["verdict"] == EARLY_UNSTABLE and data["warmup"]["warmup_steps"] == 30
-  assert data["sweep"]["best_learning_rate"] == pytest.approx(0.01)
-  assert data["findings"][0]["evidence"]["feasible"] == d.sweep.feasible.tolist()
-  with open(d.files["markdown"], encoding="utf-8") as f:
-    md = f.read()
-  assert "**Verdict: early-unstable.**" in md and "![learning-rate sweep](sweep.png)" in md
-  # Every trial is in the store, once: 13 sweep rates, the short check, the
-  # 5 x long check (10 x lr* = 0.1 is a grid rate: reused), 6 warmups, the comparison.
-  store = optstab.diagnosis.TrialStore(tmp_path)
-  assert len(store) == 13 + 1 + 1 + 6 + 1 and store.ignored_lines == 0
-  # The short check evaluated at the sweep's cadence, not every step.
-  assert d.short_check.config.eval_every == d.sweep.base_config.eval_every
-  # No sentence about a run contradicts its label.
-  for run in (*d.above_best, d.short_check, *d.long_checks):
-    assert run.trial.describe().startswith(run.trial.headline)
-    assert not (run.label != "stable" and "no loss spike" in run.describe())
-
-
 def test_unstable_rate_comes_from_the_confirmation_runs_too():
   from test_diagnosis_confirm import synthetic_trial  # pylint: disable=import-outside-toplevel
   from optstab.diagnosis import learning_rate_sweep, short_check, unstable_learning_rate
@@ -90,27 +42,18 @@ def test_unstable_rate_comes_from_the_confirmation_runs_too():
   assert rate == pytest.approx(0.15) and "short check" in where and "early-unstable" in where
 
 
-def test_diagnose_stable_workload_skips_warmup(tmp_path):
+def test_diagnose_stable_workload_skips_the_fixes(tmp_path):
   d = diagnose(noisy_numpy_trial, [0.01, 0.03, 0.1], 200, out_dir=tmp_path, progress=False,
-               long_check_factors=(2.0,))
-  assert d.verdict == "stable" and d.warmup is None
+               log=None, checks=optstab.Checks(long_factors=(2.0,)))
+  assert d.verdict == "stable" and d.fixes == ()
   assert d.sweep.at_grid_top
   assert any(f.topic == "Grid too small" for f in d.findings)
   assert d.findings[-1].text.startswith("No instability found")
 
 
 def test_diagnose_no_feasible_rate(tmp_path):
-  d = diagnose(noisy_numpy_trial, [3.0, 4.0], 50, out_dir=tmp_path, progress=False)
+  d = diagnose(noisy_numpy_trial, [3.0, 4.0], 50, out_dir=tmp_path, progress=False, log=None)
   assert d.verdict == "no-feasible-rate" and os.path.exists(d.files["markdown"])
-
-
-def test_short_default_budget_skips_the_warmup_search_and_says_why(tmp_path):
-  # 50 steps: no default warmup candidate (10, 1000, ...) fits 10% of 50.
-  d = diagnose(noisy_numpy_trial, [0.5, 1.0, 2.5], 50, out_dir=tmp_path, progress=False,
-               short_check_steps=50, long_check_factors=())
-  assert d.verdict != "stable" and d.warmup is None
-  (note,) = [f for f in d.findings if f.topic == "Note"]
-  assert "No warmup search" in note.text and "max_train_steps" in note.text
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -118,12 +61,14 @@ def test_short_default_budget_skips_the_warmup_search_and_says_why(tmp_path):
     ({"learning_rates": [0.1, -0.1]}, r"learning_rates\[1\]"),
     ({"num_steps": 0}, "num_steps"),
     ({"num_steps": None}, "num_steps or base_config"),
-    ({"short_check_steps": 0}, "short_check_steps"),
-    ({"max_train_steps": 50}, "max_train_steps"),
+    ({"checks": {"short_steps": 10}}, "checks must be a Checks"),
+    ({"fixes": (10,)}, "fixes must be a FixLadder"),
+    ({"budget": 0}, "budget"),
+    ({"budget": 100}, r"budget must be an integer >= 500 \(the sweep needs 200"),
 ])
 def test_diagnose_bad_input_fails_before_any_trial(tmp_path, kwargs, match):
   calls = []
-  args = {"learning_rates": [0.1, 0.2], "num_steps": 100}
+  args = {"learning_rates": [0.1, 0.2], "num_steps": 100, "log": None}
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     diagnose(lambda c: calls.append(c), out_dir=tmp_path, progress=False, **args)
@@ -184,12 +129,16 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
 def test_report_says_warmup_did_not_help_when_it_loses_to_lr_star(tmp_path):
   from test_diagnosis_warmup import _warmup_trains_but_generalizes_worse  # pylint: disable=import-outside-toplevel
   d = diagnose(_warmup_trains_but_generalizes_worse, [0.003, 0.01, 0.03, 0.1], 400, out_dir=tmp_path,
-               max_train_steps=4000, warmup_candidates=(3, 10, 30), progress=False)
-  assert d.warmup.warmup_steps == 10 and d.warmup.recommendation is None
-  texts = {f.topic: f.text for f in d.findings}
-  assert "worse than the baseline, so warmup did not help" in texts["Warmup vs baseline"]
-  assert texts["Warmup result"].startswith("Warmup did not help")
-  assert d.findings[-1].text.startswith(
-      "Warmup did not help: the warmup that trained, prepended to lr*'s schedule, did worse than "
-      "the baseline (best loss 0.3 vs 0.1)")
-  assert "Recommended" not in " ".join(texts.values())
+               progress=False, log=None, fixes=optstab.FixLadder(kinds=("warmup",)))
+  (warmup,) = d.fixes
+  assert warmup.status == "does not help" and d.recommendation is None
+  # Warmups of >= 10 steps (12, 40, 120 of 4, 12, 40, 120) train at every rate tried, but
+  # the metric is worse than lr*'s 0.1 for the same steps at each: the search backs off to
+  # 1 x the unstable rate and verifies the best there, the shortest warmup.
+  assert warmup.chosen.learning_rate == pytest.approx(0.1)
+  assert warmup.rates_tried == pytest.approx((0.1, 0.15, 0.2, 0.3, 0.5, 1.0))
+  assert warmup.reason.startswith("12 warmup steps at 0.1: best loss 0.2 vs lr*'s 0.1 for the "
+                                  "same 412 steps")
+  assert warmup.reason.endswith("worse beyond the seed noise")
+  assert d.findings[-1].text.startswith("No fix tried helped (warmup: 12 warmup steps at 0.1")
+  assert "Use " not in d.findings[-1].text

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+import optstab
 from optstab.diagnosis import TrialStore
 from optstab.transformer import cli, experiment
 from optstab.transformer import train as transformer_train
@@ -76,7 +77,9 @@ def test_cli_tiny_end_to_end_then_interrupted_run_resumes_to_the_same_results(tm
       calls.append(config.key())
       return fn(config)
 
-    return wrapped
+    return optstab.with_fix_support(wrapped, clipping=fn.fix_support.clipping,
+                                    optimizers=fn.fix_support.optimizers,
+                                    architectures=fn.fix_support.architectures)
 
   monkeypatch.setattr(transformer_train, "make_trial_fn",
                       lambda *a, **k: counting(*a, limit=3, **k))

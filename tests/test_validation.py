@@ -96,21 +96,19 @@ def _diagnose(tmp_path, calls, **kwargs):
     return noisy_numpy_trial(config)
 
   args = {"learning_rates": [0.1, 0.2, 0.4], "num_steps": 50, "out_dir": tmp_path,
-          "progress": False, **kwargs}
+          "progress": False, "log": None, **kwargs}
   return diagnose(trial, **args)
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"warmup_factors": (0.5,)}, r"warmup_factors\[0\] must be a finite real number in \(1, inf\)"),
-    ({"warmup_factors": 10.0}, "warmup_factors must be a sequence"),
-    ({"long_check_factors": (-1,)}, r"long_check_factors\[0\] must be"),
-    ({"warmup_candidates": (-5,)}, r"warmup_candidates\[0\] must be an integer >= 1"),
+    ({"checks": 3}, "checks must be a Checks"),
+    ({"fixes": {"seeds": 2}}, "fixes must be a FixLadder"),
     ({"learning_rates": 0.1}, "learning_rates must be a sequence"),
     ({"metric": 3}, "metric must be the name"),
     ({"mode": "lowest"}, "mode must be"),
     ({"rule": {"max_loss_ratio": 3}}, "rule must be a FeasibilityRule"),
     ({"thresholds": 3.0}, "thresholds must be a DetectorThresholds"),
-    ({"max_train_steps": 0}, "max_train_steps"),
+    ({"budget": 0}, "budget"),
     ({"base_config": {"learning_rate": 0.1}}, "base_config must be a TrialConfig"),
 ])
 def test_diagnose_refuses_before_any_trial(tmp_path, kwargs, match):

@@ -531,8 +531,11 @@ def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
     tried += f" with {', '.join(str(f.changes['warmup_steps']) for f in family.fixes)} warmup steps"
   if chosen is None or comparison is None:
     labels = sorted({t.label for t in trials})
+    clipped = [t.clip_fraction for t in trials if t.clip_fraction is not None]
+    also = (f"; they clipped {min(clipped):.0%} to {max(clipped):.0%} of their steps"
+            if clipped else "")
     return FixResult(family, DOES_NOT_HELP, f"no run trained at {tried} (labels: "
-                     f"{', '.join(labels)})", **common)
+                     f"{', '.join(labels)}){also}", **common)
   c = comparison
   at = (f"{chosen.fix.name} at {chosen.learning_rate:.3g}" if family.kind == WARMUP
         else f"at {chosen.learning_rate:.3g}")

@@ -51,7 +51,7 @@ from optstab.diagnosis.detectors import (
 from optstab.diagnosis import executors
 from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
 from optstab.diagnosis.store import RecordView, TrialRecord, TrialStore
-from optstab.diagnosis.trial import TrialConfig, TrialFn, TrialResult
+from optstab.diagnosis.trial import TrialConfig, TrialFn, TrialResult, fix_support
 
 __all__ = [
     "log_grid",
@@ -161,7 +161,10 @@ def run_trials(
   """Runs each configuration once, durably recording each as it finishes.
 
   Trials already in the store are not run again (nor is a configuration given
-  twice). A trial that raises (any ``Exception``), or returns something that is
+  twice; rates equal to 10 significant digits are one configuration). A
+  configuration that asks for a fix the training function does not declare
+  (``TrialConfig.clip_norm``, ``.optimizer``, ``.skip_spikes``; see
+  ``with_fix_support``) is refused before any trial runs. A trial that raises (any ``Exception``), or returns something that is
   not a ``TrialResult`` of its own configuration, is recorded with the error,
   and the next trial runs; so is a trial that kills its worker process.
 
@@ -185,9 +188,15 @@ def run_trials(
   """
   if store is None and out_dir is not None:
     store = TrialStore(out_dir)
+  support = fix_support(train_fn)
   for config in configs:
     if not isinstance(config, TrialConfig):
       raise TypeError(f"configs must hold TrialConfig objects; got {type(config).__name__}.")
+    unsupported = support.unsupported(config)
+    if unsupported:
+      raise ValueError(f"configs ask for fixes the training function does not declare "
+                       f"({', '.join(unsupported)}); declare them with "
+                       f"optstab.with_fix_support(train_fn, ...) if it applies them.")
   records: dict[str, TrialRecord] = {}
   missing: dict[str, TrialConfig] = {}
   for config in configs:

@@ -53,7 +53,9 @@ import numpy as np
 
 from optstab import plots, runner
 from optstab.diagnosis import (
+    Checks,
     FeasibilityRule,
+    FixLadder,
     SweepResult,
     TrialConfig,
     TrialStore,
@@ -268,11 +270,11 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
       _seed_store(store, folder)
       diagnoses[name] = diagnose(
           trial_fn, lrs, base_config=_config(preset, norm, 0), out_dir=folder, metric="loss",
-          rule=RULE, short_check_steps=preset.short_check_steps,
-          long_check_factors=preset.long_check_factors,
-          max_train_steps=preset.warmup_max_train_steps,
-          warmup_candidates=preset.warmup_candidates, progress=progress, executor=executor,
-          trivial_loss=text.unigram_entropy)
+          rule=RULE, checks=Checks(short_steps=preset.short_check_steps,
+                                   long_factors=preset.long_check_factors),
+          fixes=FixLadder(kinds=preset.fix_kinds, rate_factors=preset.fix_rate_factors,
+                          warmup_candidates=preset.warmup_candidates), progress=progress,
+          executor=executor, trivial_loss=text.unigram_entropy, log=None)
 
   trivial = {
       "train_unigram_entropy": text.unigram_entropy,
@@ -289,14 +291,16 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
 
 
 def _diagnosis_summary(d, out_dir: str) -> dict[str, Any]:
+  rec = d.recommendation
   return {
       "verdict": d.verdict,
       "best_learning_rate": d.sweep.best_learning_rate,
-      "warmup_search_ran": d.warmup is not None,
-      "warmup_found": None if d.warmup is None else d.warmup.warmup_steps,
-      # Points to warmup only when the S4 comparison recommends one (it beats or
-      # matches lr*), not when the search merely ran.
-      "points_to_warmup": d.warmup is not None and d.warmup.recommendation is not None,
+      "fixes": [{"fix": f.family.name, "kind": f.family.kind, "status": f.status,
+                 "reason": f.reason} for f in d.fixes],
+      "recommendation": None if rec is None else {
+          "fix": rec.family.name, "kind": rec.family.kind, "reason": rec.reason,
+          "learning_rate": rec.chosen.learning_rate,
+          "warmup_steps": rec.chosen.config.warmup_steps},
       "findings": [f"{f.topic}: {f.text}" for f in d.findings],
       "files": {k: os.path.relpath(v, out_dir) for k, v in d.files.items()},
   }
@@ -623,15 +627,16 @@ def verdicts(s: dict[str, Any]) -> list[str]:
                  f": optstab.diagnose on Post-LN finds the instability (verdict "
                  f"`{post['verdict']}`).")
       if post["verdict"] != "stable":
-        search = ("its S4 warmup search did not run" if not post["warmup_search_ran"] else
-                  f"its S4 warmup search (at 10 x the unstable rate) recommends "
-                  f"{post['warmup_found']} warmup steps" if post["points_to_warmup"] else
-                  "its S4 warmup search, at 10 x the unstable rate within the preset's budget, "
-                  "found no warmup that trains and beats lr*, so it does not recommend one "
-                  "(Figure 6 shows warmup working at a smaller multiple of the rate)")
-        out.append(("REPRODUCED" if post["points_to_warmup"] else "NOT reproduced")
-                   + f": optstab.diagnose points to warmup on Post-LN ({search}).")
+        rec = post["recommendation"]
+        found = (f"it recommends {rec['fix']}: {rec['reason']}" if rec is not None else
+                 "it recommends no fix: " + ("; ".join(f"{f['fix']}: {f['status']} ({f['reason']})"
+                                             for f in post["fixes"]) or "no fix was searched"))
+        out.append(("REPRODUCED" if rec is not None and rec["kind"] == "warmup" else
+                    "NOT reproduced") + f": optstab.diagnose points to warmup on Post-LN ({found})."
+                   )
     if pre is not None:
+      rec = pre["recommendation"]
       out.append(("REPRODUCED" if pre["verdict"] == "stable" else "NOT reproduced") +
-                 f": optstab.diagnose raises no alarm on Pre-LN (verdict `{pre['verdict']}`).")
+                 f": optstab.diagnose raises no alarm on Pre-LN (verdict `{pre['verdict']}`"
+                 + ("" if rec is None else f"; it recommends {rec['fix']}") + ").")
   return out

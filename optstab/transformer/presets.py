@@ -71,7 +71,10 @@ class Preset:
     figure6_warmups: the Figure 6 warmup lengths (0 = none).
     long_check_factors: Figure 7b's multiples of Post-LN's lr*.
     short_check_steps: the diagnosis's short check length.
-    warmup_candidates, warmup_max_train_steps: the diagnosis's warmup search.
+    warmup_candidates: the diagnosis's warmup lengths (those up to 10% of
+      ``num_steps``; denser fractions of it when fewer than three fit).
+    fix_kinds, fix_rate_factors: the diagnosis's fix ladder: which fixes it
+      tries, at which multiples of the unstable rate (``optstab.FixLadder``).
     eval_every: evaluation cadence.
     eval_sequences: validation windows per evaluation.
     seed: the seed of every trial.
@@ -96,7 +99,8 @@ class Preset:
   long_check_factors: tuple[float, ...] = (5.0, 10.0)
   short_check_steps: int = 200
   warmup_candidates: tuple[int, ...] = (10, 30, 100)
-  warmup_max_train_steps: int = 1000
+  fix_kinds: tuple[str, ...] = ("warmup", "clipping", "skip spikes", "optimizer", "architecture")
+  fix_rate_factors: tuple[float, ...] = (10.0, 5.0, 3.0, 2.0, 1.5, 1.0)
   eval_every: int = 100
   eval_sequences: int = 128
   seed: int = 0
@@ -104,7 +108,7 @@ class Preset:
 
   def __post_init__(self):
     for name in ("seq_len", "depth", "width", "num_heads", "batch_size", "num_steps",
-                 "short_check_steps", "warmup_max_train_steps", "eval_every", "eval_sequences"):
+                 "short_check_steps", "eval_every", "eval_sequences"):
       _validation.check_positive_int(name, getattr(self, name))
     _validation.check_positive_int("warmup_steps", self.warmup_steps, minimum=0)
     _validation.check_positive_int("seed", self.seed, minimum=0)
@@ -137,7 +141,8 @@ PRESETS: dict[str, Preset] = {
         seq_len=16, depth=2, width=16, num_heads=2, batch_size=8, num_steps=12,
         learning_rates=(1e-3, 1e-2), warmup_steps=4, figure6_learning_rate=1e-2,
         figure6_warmups=(0, 4, 8), long_check_factors=(5.0,), short_check_steps=6,
-        warmup_candidates=(2, 4), warmup_max_train_steps=40, eval_every=6, eval_sequences=16,
+        warmup_candidates=(2, 4), fix_kinds=("warmup", "clipping"), fix_rate_factors=(2.0,),
+        eval_every=6, eval_sequences=16,
     ),
     "quick": Preset(
         name="quick",
@@ -153,7 +158,7 @@ PRESETS: dict[str, Preset] = {
         learning_rates=(1e-4, 1.8e-4, 3.2e-4, 5.6e-4, 1e-3, 1.8e-3, 3.2e-3, 5.6e-3),
         warmup_steps=1000, figure6_learning_rate=5.6e-4,
         figure6_warmups=(0, 100, 400, 1000, 4000), short_check_steps=500,
-        warmup_candidates=(10, 100, 1000), warmup_max_train_steps=10000,
+        warmup_candidates=(10, 100, 1000),
         eval_every=250, eval_sequences=512,
     ),
 }
