@@ -197,7 +197,9 @@ def skip_spikes(
   ``record_skipped=True`` a skipped step's finite values enter too. When the
   :math:`N`-th consecutive skip is followed by a finite step, that step is
   accepted and the windows are re-seeded with its values alone. The module
-  docstring gives the reasons (warmup, level shifts, robustness).
+  docstring gives the reasons (warmup, level shifts, robustness). A window of
+  (mostly, for the median) identical values has zero spread: any larger value
+  is then an outlier, until a re-seed.
 
   How to use it: wrap the optimizer (clipping included, if any) and pass the
   loss to ``update``; the guard forwards every extra argument to ``inner``::
