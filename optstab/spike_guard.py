@@ -38,8 +38,8 @@ accepted steps at the new level. Non-finite steps are never accepted.
 *Adaptive, robust thresholds.* A median and MAD move by at most one order
 statistic per outlier in the window, where a mean and standard deviation jump
 with it; and the norm's distribution is heavy-tailed, so a mean + k std
-threshold is loose. The failure mode is the same as :func:`percentile_clip`'s:
-a slow drift (a norm growing a little every step) moves the window with it and
+threshold is loose. The failure mode is the same as
+:func:`optstab.percentile_clip`'s: a slow drift (a norm growing a little every step) moves the window with it and
 is never flagged; the guard is for spikes, not for slow divergence.
 
 The spike score in the state (``spike_score``) is the fraction of the last
@@ -65,8 +65,6 @@ from optstab.telemetry import global_norm
 __all__ = [
     "skip_spikes",
     "SkipSpikesState",
-    "RULES",
-    "MAD_TO_STD",
 ]
 
 #: The outlier rules :func:`skip_spikes` knows.
@@ -99,7 +97,8 @@ class SkipSpikesState(NamedTuple):
     guard_grad_norm: float32, the gradient norm of the last step.
     guard_loss: float32, the loss of the last step (0 when none was given).
     norm_threshold: float32, the norm above which the last step was an outlier
-      (:data:`optstab.clipping.NO_THRESHOLD` while none is in force).
+      (the largest float32, as in ``optstab.percentile_clip``'s state, while none
+      is in force).
     loss_threshold: the same for the loss.
     skipped: bool, whether the last step was skipped.
     total_skipped: int32, steps skipped so far.
