@@ -39,8 +39,9 @@ accepted steps at the new level. Non-finite steps are never accepted.
 statistic per outlier in the window, where a mean and standard deviation jump
 with it; and the norm's distribution is heavy-tailed, so a mean + k std
 threshold is loose. The failure mode is the same as
-:func:`optstab.percentile_clip`'s: a slow drift (a norm growing a little every step) moves the window with it and
-is never flagged; the guard is for spikes, not for slow divergence.
+:func:`optstab.percentile_clip`'s: a slow drift (a norm growing a little every
+step) moves the window with it and is never flagged; the guard is for spikes,
+not for slow divergence.
 
 The spike score in the state (``spike_score``) is the fraction of the last
 ``window_size`` steps flagged as outliers by the rule (skipped, or accepted by a
