@@ -217,8 +217,10 @@ def skip_spikes(
 
   Memory and cost: three ``window_size`` buffers (1.5 KB for the default
   128), a sort of each window per step under the robust rule, one global-norm
-  reduction, and one select per state leaf, which XLA fuses into the inner
-  update (``benchmarks/spike_guard.py`` measures the overhead).
+  reduction (shared with ``record_grad_norm`` or a clipper in the same chain)
+  and one select per update and state leaf. On CPU, XLA does not fuse the
+  state selects into the optimizer's update, so a stateful optimizer pays
+  another pass over its state (``benchmarks/spike_guard.py`` measures it).
 
   *MaxText's* ``skip_step_on_spikes(inner, interval=128, scaling_factor=6)``
   makes the same decisions as ``skip_spikes(inner, threshold=6.0,
