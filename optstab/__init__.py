@@ -35,6 +35,10 @@ from optstab.clipping import clip_by_global_norm as clip_by_global_norm
 from optstab.clipping import clip_threshold as clip_threshold
 from optstab.clipping import percentile_clip as percentile_clip
 
+# --- spike guard (S2, S5) ---
+from optstab.spike_guard import SkipSpikesState as SkipSpikesState
+from optstab.spike_guard import skip_spikes as skip_spikes
+
 # --- telemetry ---
 from optstab.telemetry import ClippingSummary as ClippingSummary
 from optstab.telemetry import GradNormLogState as GradNormLogState

@@ -6,6 +6,10 @@ arguments to ``update``, handles complex parameters, and gives the same
 updates and the same state structure under ``optax.inject_hyperparams``.
 Sharding stability over 8 devices is checked by tests/test_sharding_optimizers.py
 (a subprocess, so the device count does not leak into these tests).
+
+The same checks run with each optimizer wrapped in ``optstab.skip_spikes``
+(``guarded``): the guard must not stop any of them from converging, change a
+dtype or add a compilation.
 """
 
 import chex
@@ -30,8 +34,12 @@ HYPERPARAMS = {
 }
 
 
-def _make(name, learning_rate, **overrides):
-  return getattr(optstab, name)(learning_rate, **{**HYPERPARAMS[name], **overrides})
+def _make(name, learning_rate, guarded=False, **overrides):
+  tx = getattr(optstab, name)(learning_rate, **{**HYPERPARAMS[name], **overrides})
+  return optstab.skip_spikes(tx) if guarded else tx
+
+
+GUARDED = pytest.mark.parametrize("guarded", [False, True], ids=["plain", "guarded"])
 
 
 def _minimize(tx, loss, params, num_steps, conj=False):
@@ -57,11 +65,12 @@ PARABOLA_RATES = {"sgd": 0.1, "momentum": 0.02, "nesterov": 0.02, "rmsprop": 0.0
                   "adam": 0.05, "nadam": 0.05}
 
 
+@GUARDED
 @pytest.mark.parametrize("name", NAMES)
-def test_converges_on_a_parabola(name):
+def test_converges_on_a_parabola(name, guarded):
   target = jnp.array([1.0, -2.0, 0.5])
   loss = lambda p: jnp.sum((p - target) ** 2)  # pylint: disable=unnecessary-lambda-assignment
-  params = _minimize(_make(name, PARABOLA_RATES[name]), loss, jnp.zeros(3), 2000)
+  params = _minimize(_make(name, PARABOLA_RATES[name], guarded), loss, jnp.zeros(3), 2000)
   assert float(loss(params)) < 1e-6, (name, params)
 
 
@@ -69,12 +78,13 @@ ROSENBROCK_RATES = {"sgd": 1e-3, "momentum": 2e-4, "nesterov": 2e-4, "rmsprop": 
                     "adam": 1e-2, "nadam": 1e-2}
 
 
+@GUARDED
 @pytest.mark.parametrize("name", NAMES)
-def test_converges_on_rosenbrock(name):
+def test_converges_on_rosenbrock(name, guarded):
   def rosenbrock(p):
     return (1.0 - p[0]) ** 2 + 100.0 * (p[1] - p[0] ** 2) ** 2
 
-  params = _minimize(_make(name, ROSENBROCK_RATES[name]), rosenbrock, jnp.array([-0.5, 1.5]),
+  params = _minimize(_make(name, ROSENBROCK_RATES[name], guarded), rosenbrock, jnp.array([-0.5, 1.5]),
                      20_000)
   np.testing.assert_allclose(np.asarray(params), [1.0, 1.0], atol=1e-2, err_msg=name)
 
@@ -83,13 +93,14 @@ def test_converges_on_rosenbrock(name):
 COMPLEX_RATES = dict(PARABOLA_RATES, rmsprop=0.02)
 
 
+@GUARDED
 @pytest.mark.parametrize("name", NAMES)
-def test_complex_parameters_converge(name):
+def test_complex_parameters_converge(name, guarded):
   # adam, nadam and rmsprop once squared g instead of |g|^2 = g conj(g) and
   # stalled at a loss near 9.4 here.
   target = jnp.array([1.0 + 2.0j, -3.0 + 0.5j, 0.25j], jnp.complex64)
   loss = lambda z: jnp.sum(jnp.abs(z - target) ** 2)  # pylint: disable=unnecessary-lambda-assignment
-  params = _minimize(_make(name, COMPLEX_RATES[name]), loss, jnp.zeros(3, jnp.complex64), 2000,
+  params = _minimize(_make(name, COMPLEX_RATES[name], guarded), loss, jnp.zeros(3, jnp.complex64), 2000,
                      conj=True)
   assert params.dtype == jnp.complex64
   assert float(loss(params)) < 1e-6, (name, params)
@@ -121,9 +132,10 @@ def test_complex_updates_equal_optax(ours, theirs):
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
-def test_dtypes_kept_and_compiled_once(name, dtype):
+@GUARDED
+def test_dtypes_kept_and_compiled_once(name, dtype, guarded):
   params = {"w": jnp.ones([4, 3], dtype), "b": jnp.zeros([3], dtype)}
-  tx = _make(name, lambda step: 0.1 / (1.0 + step))  # a schedule: the count is in the state too
+  tx = _make(name, lambda step: 0.1 / (1.0 + step), guarded)  # a schedule: the count is in the state too
   state = tx.init(params)
 
   @jax.jit
@@ -142,9 +154,10 @@ def test_dtypes_kept_and_compiled_once(name, dtype):
     assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == init_types, name
 
 
+@GUARDED
 @pytest.mark.parametrize("name", NAMES)
-def test_extra_args_accepted(name):
-  tx = _make(name, 0.1)
+def test_extra_args_accepted(name, guarded):
+  tx = _make(name, 0.1, guarded)
   assert isinstance(tx, optax.GradientTransformationExtraArgs), name
   params = jnp.ones(3)
   state = tx.init(params)
