@@ -1,4 +1,4 @@
-"""Gradient clipping by global norm (FAQ S5), with a fixed or a percentile threshold.
+"""Gradient clipping by global norm (the FAQ's "Gradient clipping"), with a fixed or a percentile threshold.
 
 The FAQ's rule: if :math:`\\|g\\| > \\lambda` then :math:`g' = \\lambda g / \\|g\\|`,
 with :math:`\\|g\\|` the L2 norm of the *whole* gradient (all parameters
@@ -23,7 +23,7 @@ does *not* clip until it has ``min_history`` finite norms: the 90th percentile
 of a handful of samples is noise, and in an early-unstable run those first
 samples are precisely the outliers (the FAQ's Figure 9 starts near 1e5 and
 settles near 2-4), so a threshold estimated from them would not bind anyway.
-Early instability is what warmup (S4) is for; the two compose (warmup keeps
+Early instability is what warmup is for; the two compose (warmup keeps
 the first updates small while the window fills).
 
 *Adaptive thresholds.* :func:`percentile_clip` is optstab's adaptive
@@ -74,7 +74,7 @@ clip_by_global_norm = optax.clip_by_global_norm
 
 
 def clip_threshold(norms: Any, percentile: float = 90.0) -> float:
-  """The clipping threshold :math:`\\lambda` from a log of unclipped norms (FAQ S5).
+  """The clipping threshold :math:`\\lambda` from a log of unclipped norms (the FAQ's recipe).
 
   The FAQ chooses :math:`\\lambda` at the 90th percentile of the gradient
   norms; the percentile is computed as ``numpy.percentile(finite_norms,
@@ -199,7 +199,7 @@ def percentile_clip(
     initial_threshold: float | None = None,
     max_threshold: float | None = None,
 ) -> optax.GradientTransformation:
-  r"""Clips by global norm at a percentile of recent unclipped norms (FAQ S5).
+  r"""Clips by global norm at a percentile of recent unclipped norms (the FAQ's recipe).
 
   At step :math:`t`, with :math:`H_t` the last ``window_size`` *finite,
   non-zero* unclipped global norms before step :math:`t` (step :math:`t`'s own

@@ -27,7 +27,7 @@ def _save(fig: Figure, path: PathLike) -> str:
   fig.savefig(path, dpi=120, bbox_inches="tight")
   return path
 
-# --- gradient norms (telemetry, S5) ---
+# --- gradient norms (telemetry, the FAQ's "Gradient clipping") ---
 
 
 def _checked_norms(norms) -> "np.ndarray":
@@ -54,7 +54,7 @@ def _thresholds_in_force(threshold) -> np.ndarray:
 
 def plot_grad_norms(norms, path: PathLike, *, threshold=None, steps=None,
                     title: str = "Unclipped gradient norm") -> str:
-  """FAQ S5 default plot 1: unclipped global gradient norm vs step, log-y.
+  """The FAQ's first default plot: unclipped global gradient norm vs step, log-y.
 
   Args:
     norms: 1-D array of unclipped norms, one per step (NaN/Inf steps are
@@ -97,7 +97,7 @@ def plot_grad_norms(norms, path: PathLike, *, threshold=None, steps=None,
 
 def plot_grad_norm_histogram(norms, path: PathLike, *, threshold=None, bins: int = 50,
                              title: str = "Gradient norms over all steps") -> str:
-  """FAQ S5 default plot 2: histogram of unclipped norms over all steps.
+  """The FAQ's second default plot: histogram of unclipped norms over all steps.
 
   Bins are logarithmically spaced (norms span orders of magnitude early in
   training); NaN/Inf norms are left out and counted in the legend.
@@ -139,7 +139,7 @@ def plot_grad_norm_histogram(norms, path: PathLike, *, threshold=None, bins: int
   return _save(fig, path)
 # --- end gradient norms ---
 
-# --- sweeps and diagnosis (S2, S4) ---
+# --- sweeps and diagnosis (identifying unstable workloads, warmup) ---
 
 
 def _curve(values) -> "np.ndarray":
@@ -229,7 +229,7 @@ def plot_learning_rate_sweep(learning_rates, metric_values, feasible, path: Path
 
 def plot_loss_curves(curves, path: PathLike, *, title: str = "Training loss",
                      log_x: bool = False, log_y: bool = True, ylabel: str = "training loss") -> str:
-  """Training-loss curves (e.g. rates just above lr*, FAQ S2 / Figure 7b).
+  """Training-loss curves (e.g. rates just above lr*, the playbook's Figure 7b).
 
   Args:
     curves: mapping label -> 1-D per-step loss (entry ``i`` is step ``i + 1``).
@@ -382,7 +382,7 @@ def plot_warmup_sweep(warmup_steps, curves, stable, path: PathLike, *, base_lear
   return _save(fig, path)
 # --- end sweeps and diagnosis ---
 
-# --- WideResNet figures (S6) ---
+# --- WideResNet figures ---
 
 
 def plot_stride_error_vs_learning_rate(curves, path: PathLike, *,
@@ -462,7 +462,7 @@ def plot_stride_grad_norms(curves, thresholds, path: PathLike, *, learning_rate=
   return _save(fig, path)
 # --- end WideResNet figures ---
 
-# --- Transformer figures (S6) ---
+# --- Transformer figures ---
 
 
 def plot_loss_vs_learning_rate(curves, path: PathLike, *, reference=None,

@@ -1,6 +1,6 @@
-"""The playbook's Post-LN vs Pre-LN warmup experiment (spec S6): Figures 6, 7 and 8, and a diagnosis.
+"""The playbook's Post-LN vs Pre-LN warmup experiment: Figures 6, 7 and 8, and a diagnosis.
 
-The rule (FAQ S3 fix 5, S4). A Post-LN Transformer, LN(x + f(x)), needs a
+The rule (the FAQ's fix 5 and its "Learning rate warmup"). A Post-LN Transformer, LN(x + f(x)), needs a
 long learning-rate warmup; warmup raises the best learning rate, more for
 Post-LN than for Pre-LN, x + f(LN(x)). Published (Figure 8): best rates
 Post-LN ~1e-4, Post-LN + warmup ~4.6e-4, Pre-LN ~1.3e-3, Pre-LN + warmup
@@ -294,7 +294,7 @@ def _diagnosis_summary(d, out_dir: str) -> dict[str, Any]:
       "best_learning_rate": d.sweep.best_learning_rate,
       "warmup_search_ran": d.warmup is not None,
       "warmup_found": None if d.warmup is None else d.warmup.warmup_steps,
-      # Points to warmup only when the S4 comparison recommends one (it beats or
+      # Points to warmup only when the warmup comparison recommends one (it beats or
       # matches lr*), not when the search merely ran.
       "points_to_warmup": d.warmup is not None and d.warmup.recommendation is not None,
       "findings": [f"{f.topic}: {f.text}" for f in d.findings],
@@ -623,10 +623,10 @@ def verdicts(s: dict[str, Any]) -> list[str]:
                  f": optstab.diagnose on Post-LN finds the instability (verdict "
                  f"`{post['verdict']}`).")
       if post["verdict"] != "stable":
-        search = ("its S4 warmup search did not run" if not post["warmup_search_ran"] else
-                  f"its S4 warmup search (at 10 x the unstable rate) recommends "
+        search = ("its warmup search did not run" if not post["warmup_search_ran"] else
+                  f"its warmup search (at 10 x the unstable rate) recommends "
                   f"{post['warmup_found']} warmup steps" if post["points_to_warmup"] else
-                  "its S4 warmup search, at 10 x the unstable rate within the preset's budget, "
+                  "its warmup search, at 10 x the unstable rate within the preset's budget, "
                   "found no warmup that trains and beats lr*, so it does not recommend one "
                   "(Figure 6 shows warmup working at a smaller multiple of the rate)")
         out.append(("REPRODUCED" if post["points_to_warmup"] else "NOT reproduced")
