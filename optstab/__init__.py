@@ -33,6 +33,7 @@ from optstab.schedules import warmup_sweep_grid as warmup_sweep_grid
 from optstab.clipping import PercentileClipState as PercentileClipState
 from optstab.clipping import clip_by_global_norm as clip_by_global_norm
 from optstab.clipping import clip_threshold as clip_threshold
+from optstab.clipping import thresholds_in_force as thresholds_in_force
 from optstab.clipping import percentile_clip as percentile_clip
 
 # --- telemetry ---
