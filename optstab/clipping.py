@@ -109,7 +109,7 @@ def clip_threshold(norms: Any, percentile: float = 90.0) -> float:
 def thresholds_in_force(norms: Any, percentile: float = 90.0, *, window_size: int = 1000,
                         min_history: int | None = None,
                         initial_threshold: float | None = None) -> np.ndarray:
-  """The threshold :func:`percentile_clip` applied at each step, replayed from its norm log.
+  r"""The threshold :func:`percentile_clip` applied at each step, replayed from its norm log.
 
   For a plot of an adaptive threshold as it adapted: entry ``t`` is
   :math:`\lambda_t` of :func:`percentile_clip` (the percentile of the last

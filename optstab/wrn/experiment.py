@@ -452,7 +452,11 @@ def _write_outputs(preset: Preset, out_dir: str, sweeps, clip_records, unstable,
     if rec.result is not None:
       label = f"percentile clip p{p:g}"
       norm_curves[label] = rec.result.grad_norms
-      thresholds[label] = rec.config.extra["clip_initial_threshold"]
+      # The threshold in force at each step: the initial one, then the window's percentile.
+      thresholds[label] = clipping.thresholds_in_force(
+          rec.result.grad_norms, p, window_size=preset.clip_window,
+          min_history=preset.clip_window,
+          initial_threshold=rec.config.extra["clip_initial_threshold"])
   files["fig9"] = plots.plot_stride_grad_norms(
       norm_curves, thresholds, os.path.join(out_dir, "fig9_grad_norms.png"),
       learning_rate=preset.high_learning_rate)
