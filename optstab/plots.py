@@ -114,6 +114,7 @@ def plot_grad_norms(norms, path: PathLike, *, threshold=None, steps=None,
     elif np.isfinite(thr).any():
       ax.step(x, thr, where="post", color="tab:orange", lw=1.0, label="threshold")
   ax.set_yscale("log")
+  _plain_log_ticks(ax)
   ax.set_xlabel("step")
   ax.set_ylabel("global gradient L2 norm")
   ax.set_title(title)
@@ -411,6 +412,7 @@ def plot_warmup_sweep(warmup_steps, curves, stable, path: PathLike, *, base_lear
   ax.set_xscale("log")
   if positive:
     ax.set_yscale("log")
+    _plain_log_ticks(ax)
   ax.set_xlabel("step")
   ax.set_ylabel("training loss")
   if base_learning_rate is not None:
@@ -502,6 +504,7 @@ def plot_stride_grad_norms(curves, thresholds, path: PathLike, *, learning_rate=
               label=f"{label}: threshold " + (f"{np.nanmin(thr):.3g} (did not adapt)" if fixed
                                               else "as it adapted"))
   ax.set_yscale("log")
+  _plain_log_ticks(ax)
   ax.set_xlabel("global step")
   ax.set_ylabel("gradient L2 norm (unclipped)")
   title = "Stride (1,1) WideResNet: gradient norm"
