@@ -69,11 +69,9 @@ myst_heading_anchors = 3
 html_theme = "furo"
 html_title = f"optstab {release}"
 html_static_path = ["_static"]
-html_theme_options = {
-    "source_repository": "https://github.com/optstab/optstab/",
-    "source_branch": "main",
-    "source_directory": "docs/",
-}
+# No source-repository links: the package has no public address yet, and the API pages are
+# generated at build time (docs/api/_generated is not in the repository).
+html_theme_options = {}
 
 # MathJax renders the equations in the reader's browser, from a CDN by default
 # (MathJax 4). To read the site offline, point this at a local MathJax 2, e.g.

@@ -7,7 +7,7 @@ the module that defines it and the FAQ section it implements. Figures live in
 
 __version__ = "0.1.0"
 
-# --- optimizers (S1) ---
+# --- optimizers (the FAQ's update rules) ---
 from optstab.optimizers import FaqRmsPropState as FaqRmsPropState
 from optstab.optimizers import ScaleByFaqAdamState as ScaleByFaqAdamState
 from optstab.optimizers import adam as adam
@@ -19,7 +19,7 @@ from optstab.optimizers import scale_by_faq_adam as scale_by_faq_adam
 from optstab.optimizers import scale_by_faq_nadam as scale_by_faq_nadam
 from optstab.optimizers import sgd as sgd
 
-# --- schedules (S4) ---
+# --- schedules (warmup) ---
 from optstab.schedules import post_warmup_steps_for as post_warmup_steps_for
 from optstab.schedules import schedule_values as schedule_values
 from optstab.schedules import prepend_warmup as prepend_warmup
@@ -29,10 +29,11 @@ from optstab.schedules import warmup_base_learning_rates as warmup_base_learning
 from optstab.schedules import warmup_length_advice as warmup_length_advice
 from optstab.schedules import warmup_sweep_grid as warmup_sweep_grid
 
-# --- clipping (S5) ---
+# --- clipping ---
 from optstab.clipping import PercentileClipState as PercentileClipState
 from optstab.clipping import clip_by_global_norm as clip_by_global_norm
 from optstab.clipping import clip_threshold as clip_threshold
+from optstab.clipping import thresholds_in_force as thresholds_in_force
 from optstab.clipping import percentile_clip as percentile_clip
 
 # --- spike guard (S2, S5) ---
@@ -49,7 +50,7 @@ from optstab.telemetry import recorded_grad_norms as recorded_grad_norms
 from optstab.telemetry import summarize_clip_state as summarize_clip_state
 from optstab.telemetry import summarize_clipping as summarize_clipping
 
-# --- diagnosis (S2) ---
+# --- diagnosis (identifying unstable workloads) ---
 from optstab.diagnosis import DIVERGED as DIVERGED
 from optstab.diagnosis import EARLY_UNSTABLE as EARLY_UNSTABLE
 from optstab.diagnosis import FAILED_TO_TRAIN as FAILED_TO_TRAIN

@@ -1,4 +1,4 @@
-"""Gradient clipping by global norm (FAQ S5), with a fixed or a percentile threshold.
+"""Gradient clipping by global norm (the FAQ's "Gradient clipping"), with a fixed or a percentile threshold.
 
 The FAQ's rule: if :math:`\\|g\\| > \\lambda` then :math:`g' = \\lambda g / \\|g\\|`,
 with :math:`\\|g\\|` the L2 norm of the *whole* gradient (all parameters
@@ -23,7 +23,7 @@ does *not* clip until it has ``min_history`` finite norms: the 90th percentile
 of a handful of samples is noise, and in an early-unstable run those first
 samples are precisely the outliers (the FAQ's Figure 9 starts near 1e5 and
 settles near 2-4), so a threshold estimated from them would not bind anyway.
-Early instability is what warmup (S4) is for; the two compose (warmup keeps
+Early instability is what warmup is for; the two compose (warmup keeps
 the first updates small while the window fills).
 
 *Adaptive thresholds.* :func:`percentile_clip` is optstab's adaptive
@@ -55,6 +55,7 @@ from optstab.telemetry import global_norm
 __all__ = [
     "clip_by_global_norm",
     "clip_threshold",
+    "thresholds_in_force",
     "percentile_clip",
     "PercentileClipState",
 ]
@@ -74,7 +75,7 @@ clip_by_global_norm = optax.clip_by_global_norm
 
 
 def clip_threshold(norms: Any, percentile: float = 90.0) -> float:
-  """The clipping threshold :math:`\\lambda` from a log of unclipped norms (FAQ S5).
+  """The clipping threshold :math:`\\lambda` from a log of unclipped norms (the FAQ's recipe).
 
   The FAQ chooses :math:`\\lambda` at the 90th percentile of the gradient
   norms; the percentile is computed as ``numpy.percentile(finite_norms,
@@ -103,6 +104,55 @@ def clip_threshold(norms: Any, percentile: float = 90.0) -> float:
   _validation.check_percentile("percentile", percentile)
   arr = _validation.check_norm_log("norms", norms)
   return float(np.percentile(arr[np.isfinite(arr)], float(percentile)))
+
+
+def thresholds_in_force(norms: Any, percentile: float = 90.0, *, window_size: int = 1000,
+                        min_history: int | None = None,
+                        initial_threshold: float | None = None) -> np.ndarray:
+  r"""The threshold :func:`percentile_clip` applied at each step, replayed from its norm log.
+
+  For a plot of an adaptive threshold as it adapted: entry ``t`` is
+  :math:`\lambda_t` of :func:`percentile_clip` (the percentile of the last
+  ``window_size`` finite, non-zero norms before step ``t``, once there are
+  ``min_history`` of them; ``initial_threshold``, or ``inf`` for none, before),
+  computed in float64 on the host, so it can differ from the device's float32
+  value in the last digits.
+
+  Args:
+    norms: 1-D unclipped global norms, one per step (what
+      :func:`optstab.record_grad_norm` logs).
+    percentile: in (0, 100] (default 90).
+    window_size: as in :func:`percentile_clip`, an integer >= 1.
+    min_history: as in :func:`percentile_clip`, in [1, window_size];
+      ``None`` means ``min(100, window_size)``.
+    initial_threshold: as in :func:`percentile_clip`.
+
+  Returns:
+    A float64 array, one threshold per step (``inf`` where none was in force).
+
+  Example:
+    >>> import optstab
+    >>> optstab.thresholds_in_force([1.0, 2.0, 3.0, 4.0], 50.0, window_size=2,
+    ...                             min_history=2, initial_threshold=10.0).tolist()
+    [10.0, 10.0, 1.5, 2.5]
+  """
+  _validation.check_percentile("percentile", percentile)
+  window = _as_int("window_size", window_size, minimum=1)
+  need = min(100, window) if min_history is None else _as_int("min_history", min_history,
+                                                               minimum=1)
+  if need > window:
+    raise ValueError(f"min_history must be in [1, window_size={window}]; got {min_history!r}.")
+  if initial_threshold is not None:
+    _validation.check_positive("initial_threshold", initial_threshold)
+  arr = _validation.check_norm_log("norms", norms)
+  start = np.inf if initial_threshold is None else float(initial_threshold)
+  out = np.empty(arr.size, np.float64)
+  history: list[float] = []
+  for t, norm in enumerate(arr):
+    out[t] = np.percentile(history, float(percentile)) if len(history) >= need else start
+    if np.isfinite(norm) and norm != 0:
+      history = (history + [float(norm)])[-window:]
+  return out
 
 
 class PercentileClipState(NamedTuple):
@@ -199,7 +249,7 @@ def percentile_clip(
     initial_threshold: float | None = None,
     max_threshold: float | None = None,
 ) -> optax.GradientTransformation:
-  r"""Clips by global norm at a percentile of recent unclipped norms (FAQ S5).
+  r"""Clips by global norm at a percentile of recent unclipped norms (the FAQ's recipe).
 
   At step :math:`t`, with :math:`H_t` the last ``window_size`` *finite,
   non-zero* unclipped global norms before step :math:`t` (step :math:`t`'s own

@@ -1,4 +1,4 @@
-r"""The playbook FAQ's six optimizers (spec S1) as exact optax transformations.
+r"""The playbook FAQ's six optimizers (its update rules) as exact optax transformations.
 
 Every optimizer here returns an :class:`optax.GradientTransformation` whose
 updates are :math:`\theta_{t+1} - \theta_t`, to be applied with

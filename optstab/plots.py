@@ -13,6 +13,7 @@ from typing import Mapping, Union
 # matplotlib.figure.Figure, not pyplot: no global state, no GUI backend needed,
 # so plotting works the same headless, in CI and in a notebook.
 from matplotlib.figure import Figure
+from matplotlib import ticker
 import numpy as np
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -27,7 +28,33 @@ def _save(fig: Figure, path: PathLike) -> str:
   fig.savefig(path, dpi=120, bbox_inches="tight")
   return path
 
-# --- gradient norms (telemetry, S5) ---
+
+def _plain_log_ticks(ax) -> None:
+  """A log y axis that reads: plain tick labels ("3.5", not "3.5x10^0") and no minor labels;
+  a linear axis where the data span less than a decade (a log scale shows nothing more there,
+  and its ticks would crowd or be missing)."""
+  low, high = ax.get_ylim()
+  if low > 0 and high / low < 10:
+    ax.set_yscale("linear")
+    return
+  ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+#: Line styles and markers cycled over curves, so that curves that coincide stay distinguishable.
+_LINE_STYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "v", "D", "P")
+
+
+def _same_as(items, i) -> "str | None":
+  """The label of an earlier curve identical to curve ``i`` (NaNs equal), if any."""
+  label, values = items[i]
+  for other, earlier in items[:i]:
+    if earlier.shape == values.shape and np.array_equal(earlier, values, equal_nan=True):
+      return other
+  return None
+
+# --- gradient norms (telemetry, the FAQ's "Gradient clipping") ---
 
 
 def _checked_norms(norms) -> "np.ndarray":
@@ -54,7 +81,7 @@ def _thresholds_in_force(threshold) -> np.ndarray:
 
 def plot_grad_norms(norms, path: PathLike, *, threshold=None, steps=None,
                     title: str = "Unclipped gradient norm") -> str:
-  """FAQ S5 default plot 1: unclipped global gradient norm vs step, log-y.
+  """The FAQ's first default plot: unclipped global gradient norm vs step, log-y.
 
   Args:
     norms: 1-D array of unclipped norms, one per step (NaN/Inf steps are
@@ -87,6 +114,7 @@ def plot_grad_norms(norms, path: PathLike, *, threshold=None, steps=None,
     elif np.isfinite(thr).any():
       ax.step(x, thr, where="post", color="tab:orange", lw=1.0, label="threshold")
   ax.set_yscale("log")
+  _plain_log_ticks(ax)
   ax.set_xlabel("step")
   ax.set_ylabel("global gradient L2 norm")
   ax.set_title(title)
@@ -97,7 +125,7 @@ def plot_grad_norms(norms, path: PathLike, *, threshold=None, steps=None,
 
 def plot_grad_norm_histogram(norms, path: PathLike, *, threshold=None, bins: int = 50,
                              title: str = "Gradient norms over all steps") -> str:
-  """FAQ S5 default plot 2: histogram of unclipped norms over all steps.
+  """The FAQ's second default plot: histogram of unclipped norms over all steps.
 
   Bins are logarithmically spaced (norms span orders of magnitude early in
   training); NaN/Inf norms are left out and counted in the legend.
@@ -139,7 +167,7 @@ def plot_grad_norm_histogram(norms, path: PathLike, *, threshold=None, bins: int
   return _save(fig, path)
 # --- end gradient norms ---
 
-# --- sweeps and diagnosis (S2, S4) ---
+# --- sweeps and diagnosis (identifying unstable workloads, warmup) ---
 
 
 def _curve(values) -> "np.ndarray":
@@ -229,7 +257,7 @@ def plot_learning_rate_sweep(learning_rates, metric_values, feasible, path: Path
 
 def plot_loss_curves(curves, path: PathLike, *, title: str = "Training loss",
                      log_x: bool = False, log_y: bool = True, ylabel: str = "training loss") -> str:
-  """Training-loss curves (e.g. rates just above lr*, FAQ S2 / Figure 7b).
+  """Training-loss curves (e.g. rates just above lr*, the playbook's Figure 7b).
 
   Args:
     curves: mapping label -> 1-D per-step loss (entry ``i`` is step ``i + 1``).
@@ -246,19 +274,25 @@ def plot_loss_curves(curves, path: PathLike, *, title: str = "Training loss",
   items = [(str(k), _curve(v)) for k, v in dict(curves).items()]
   if not items:
     raise ValueError("curves must hold at least one curve; got none.")
-  fig = Figure(figsize=(7, 4.5))
+  fig = Figure(figsize=(7, 4.5), layout="constrained")
   ax = fig.add_subplot()
   positive = True
   for i, (label, values) in enumerate(items):
     steps = np.arange(1, values.size + 1)
     color = f"C{i % 10}"
-    ax.plot(steps, np.where(np.isfinite(values), values, np.nan), lw=1, color=color,
-            label=label)
+    same = _same_as(items, i)
+    if same is not None:
+      label += f" (identical to {same})"
+    # A line style and sparse markers per curve: curves that lie on each other stay visible.
+    ax.plot(steps, np.where(np.isfinite(values), values, np.nan), lw=1.2, color=color,
+            ls=_LINE_STYLES[i % len(_LINE_STYLES)], marker=_MARKERS[i % len(_MARKERS)],
+            ms=5, mfc="none", markevery=(i % 4, max(1, values.size // 8)), label=label)
     _mark_blowup(ax, steps, values, color)
     finite = values[np.isfinite(values)]
     positive = positive and bool((finite > 0).all())
   if log_y and positive:
     ax.set_yscale("log")
+    _plain_log_ticks(ax)
   if log_x:
     ax.set_xscale("log")
   ax.set_xlabel("step")
@@ -299,7 +333,8 @@ def plot_every_step_loss(train_loss, path: PathLike, *, coarse_every: int = 100,
         "train_loss must hold non-empty curves and coarse_every, first_steps must be >= 1; "
         f"got {[v.size for _, v in items]} steps, coarse_every={coarse_every!r}, "
         f"first_steps={first_steps!r}.")
-  fig = Figure(figsize=(11, 4))
+  fig = Figure(figsize=(11, 4), layout="constrained")
+  fig.get_layout_engine().set(wspace=0.08)  # the panels' edge tick labels must not touch
   left, right = fig.subplots(1, 2)
   log_y = True
   shown_steps = 0
@@ -311,18 +346,23 @@ def plot_every_step_loss(train_loss, path: PathLike, *, coarse_every: int = 100,
     log_y = log_y and finite.size > 0 and bool((finite > 0).all())
     coarse = np.unique(np.append(np.arange(coarse_every, values.size + 1, coarse_every),
                                  values.size)) - 1
-    left.plot(steps[coarse], shown[coarse], "o-", color=color, label=label)
+    ls = _LINE_STYLES[i % len(_LINE_STYLES)]
+    left.plot(steps[coarse], shown[coarse], marker=_MARKERS[i % len(_MARKERS)], ls=ls,
+              color=color, label=label)
     k = min(int(first_steps), values.size)
     shown_steps = max(shown_steps, k)
-    right.plot(steps[:k], shown[:k], "o-", ms=3, color=color, label=label)
+    right.plot(steps[:k], shown[:k], marker=_MARKERS[i % len(_MARKERS)], ms=3, ls=ls,
+               color=color, label=label)
     _mark_blowup(right, steps[:k], values[:k], color)
   left.set_title(f"evaluated every {int(coarse_every)} steps")
   right.set_title(f"evaluated every step, first {shown_steps} steps")
   for ax in (left, right):
     if log_y:
       ax.set_yscale("log")
+      _plain_log_ticks(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
+    ax.set_xlim(left=0)
     ax.grid(True, which="both", alpha=0.3)
     if labelled:
       ax.legend(loc="best", fontsize="small")
@@ -372,6 +412,7 @@ def plot_warmup_sweep(warmup_steps, curves, stable, path: PathLike, *, base_lear
   ax.set_xscale("log")
   if positive:
     ax.set_yscale("log")
+    _plain_log_ticks(ax)
   ax.set_xlabel("step")
   ax.set_ylabel("training loss")
   if base_learning_rate is not None:
@@ -382,7 +423,7 @@ def plot_warmup_sweep(warmup_steps, curves, stable, path: PathLike, *, base_lear
   return _save(fig, path)
 # --- end sweeps and diagnosis ---
 
-# --- WideResNet figures (S6) ---
+# --- WideResNet figures ---
 
 
 def plot_stride_error_vs_learning_rate(curves, path: PathLike, *,
@@ -433,23 +474,37 @@ def plot_stride_grad_norms(curves, thresholds, path: PathLike, *, learning_rate=
 
   Args:
     curves: ``{label: per-step unclipped global gradient norm}``.
-    thresholds: ``{label: initial clipping threshold}`` (dotted lines, same colour).
+    thresholds: ``{label: clipping threshold}``, a number (a fixed threshold, a
+      dotted line in the curve's colour) or one per step (an adaptive one, e.g.
+      :func:`optstab.thresholds_in_force`, drawn as it adapted; ``inf`` where
+      none was in force).
     path: PNG file to write.
     learning_rate: the rate, for the title.
 
   Returns:
     ``path``.
   """
-  fig = Figure(figsize=(7, 4.5))
+  fig = Figure(figsize=(7, 4.5), layout="constrained")
   ax = fig.subplots()
-  for label, norms in curves.items():
+  for i, (label, norms) in enumerate(curves.items()):
     norms = np.asarray(norms, np.float64)
     line, = ax.plot(np.arange(1, norms.size + 1),
-                    np.where(np.isfinite(norms), norms, np.nan), label=label, lw=1)
-    if label in thresholds and thresholds[label] is not None:
-      ax.axhline(thresholds[label], ls=":", color=line.get_color(),
-                 label=f"{label}: initial threshold {thresholds[label]:.3g}")
+                    np.where(np.isfinite(norms), norms, np.nan), label=label, lw=1,
+                    ls=_LINE_STYLES[i % len(_LINE_STYLES)])
+    if thresholds.get(label) is None:
+      continue
+    thr = _thresholds_in_force(thresholds[label])
+    if thr.ndim == 0:
+      ax.axhline(float(thr), ls=":", color=line.get_color(),
+                 label=f"{label}: threshold {float(thr):.3g}")
+    elif np.isfinite(thr).any():
+      fixed = np.nanmin(thr) == np.nanmax(thr)
+      ax.step(np.arange(1, thr.size + 1), thr, where="post", ls=":", lw=1.5,
+              color=line.get_color(),
+              label=f"{label}: threshold " + (f"{np.nanmin(thr):.3g} (did not adapt)" if fixed
+                                              else "as it adapted"))
   ax.set_yscale("log")
+  _plain_log_ticks(ax)
   ax.set_xlabel("global step")
   ax.set_ylabel("gradient L2 norm (unclipped)")
   title = "Stride (1,1) WideResNet: gradient norm"
@@ -462,7 +517,7 @@ def plot_stride_grad_norms(curves, thresholds, path: PathLike, *, learning_rate=
   return _save(fig, path)
 # --- end WideResNet figures ---
 
-# --- Transformer figures (S6) ---
+# --- Transformer figures ---
 
 
 def plot_loss_vs_learning_rate(curves, path: PathLike, *, reference=None,
@@ -523,8 +578,10 @@ def plot_loss_vs_learning_rate(curves, path: PathLike, *, reference=None,
       any_bad = True
       ax.plot(lrs[bad], np.full(bad.sum(), edge), "x", color=color, ms=9, mew=2)
     if shown.any():
+      # Smaller for each later curve, so stars that fall on one point stay visible.
       j = int(np.argmin(np.where(shown, losses, np.inf)))
-      ax.plot([lrs[j]], [losses[j]], "*", color=color, ms=15, mec="black")
+      ax.plot([lrs[j]], [losses[j]], "*", color=color, ms=max(19 - 4 * i, 7), mec="black",
+              zorder=3 + i)
   # One legend entry per marker kind, not per curve.
   ax.plot([], [], "*", color="gray", ms=12, mec="black", label="best rate of each curve")
   if any_failed:

@@ -1,4 +1,4 @@
-"""Learning-rate warmup (FAQ S4) and the arithmetic of a warmup sweep.
+"""Learning-rate warmup (the FAQ's "Learning rate warmup") and the arithmetic of a warmup sweep.
 
 The FAQ's warmup ramps the learning rate linearly from 0 to a
 ``base_learning_rate`` over ``warmup_steps`` steps, then trains at that rate;
@@ -70,7 +70,7 @@ def _linear_ramp(peak: jax.typing.ArrayLike, warmup_steps: int) -> optax.Schedul
 
 
 def warmup(base_learning_rate: float, warmup_steps: int) -> optax.Schedule:
-  r"""Linear warmup from 0 to ``base_learning_rate``, then constant (FAQ S4).
+  r"""Linear warmup from 0 to ``base_learning_rate``, then constant (the FAQ's warmup).
 
   .. math::
 
@@ -118,7 +118,7 @@ def warmup(base_learning_rate: float, warmup_steps: int) -> optax.Schedule:
 
 
 def prepend_warmup(schedule: optax.Schedule | float, warmup_steps: int) -> optax.Schedule:
-  r"""Prepends a linear warmup to an existing schedule, shifting it (FAQ S4).
+  r"""Prepends a linear warmup to an existing schedule, shifting it (the FAQ's warmup).
 
   .. math::
 
@@ -188,7 +188,7 @@ def warmup_sweep_grid(
     candidates: Sequence[int] = (10, 1000, 10000, 100000),
     max_fraction: float = 0.1,
 ) -> tuple[int, ...]:
-  """The ``warmup_steps`` values to sweep (FAQ S4).
+  """The ``warmup_steps`` values to sweep (the FAQ's warmup recipe).
 
   The FAQ sweeps ``warmup_steps`` over orders of magnitude, e.g.
   ``[10, 1000, 10000, 100000]``, and the largest point must not exceed 10% of
@@ -232,7 +232,7 @@ def warmup_sweep_grid(
 
 
 def post_warmup_steps_for(warmup_steps: int, factor: float = 2) -> int:
-  """Steps to train at the constant base rate after warmup (FAQ S4).
+  """Steps to train at the constant base rate after warmup (the FAQ's warmup recipe).
 
   The FAQ: ``post_warmup_steps = 2 * warmup_steps`` is usually fine.
 
@@ -257,11 +257,11 @@ def warmup_base_learning_rates(
     unstable_base_learning_rate: float,
     factors: Sequence[float] = (10.0,),
 ) -> tuple[float, ...]:
-  """Base learning rates to try with warmup (FAQ S4).
+  """Base learning rates to try with warmup (the FAQ's warmup recipe).
 
   Warmup should give access to a base learning rate at least an order of
   magnitude above ``unstable_base_learning_rate`` (the rate at which the model
-  goes unstable, found with S2). The default tries 10x; pass
+  goes unstable, found with a learning-rate sweep). The default tries 10x; pass
   ``factors=(10.0, 100.0)`` to also try 100x (the FAQ: "100x is possible by
   re-running").
 
@@ -289,7 +289,7 @@ def warmup_base_learning_rates(
 def warmup_length_advice(
     warmup_steps: int, max_train_steps: int, max_fraction: float = 0.05
 ) -> str | None:
-  """Advice when stable training needs a long warmup (FAQ S4).
+  """Advice when stable training needs a long warmup (the FAQ's warmup recipe).
 
   If stable training needs ``warmup_steps`` above 5% of ``max_train_steps``,
   the FAQ says to increase ``max_train_steps``.

@@ -1,4 +1,5 @@
-"""Unclipped gradient-norm telemetry without a host sync per step (FAQ S2, S5).
+"""Unclipped gradient-norm telemetry without a host sync per step (the FAQ's
+"Identifying unstable workloads" and "Gradient clipping").
 
 The FAQ asks to log the L2 norm of the full (unclipped) gradient during
 training: the log shows outliers behind mid-training instability and tells how
@@ -16,7 +17,7 @@ aggressively to clip. Reading a scalar back to the host every step
   is logged completely with one transfer per ``capacity`` steps.
 * :func:`summarize_clipping` / :func:`summarize_clip_state` report the fraction
   of clipped updates and say plainly, above 50%, to lower the learning rate
-  instead (FAQ S5).
+  instead (the FAQ's "Gradient clipping").
 
 For the last norm alone, ``optax.snapshot("grad_norm", optax.tree.norm)`` is
 enough; and :func:`optstab.percentile_clip` already exposes ``grad_norm``,
@@ -82,7 +83,7 @@ _UNDERFLOW_RISK = float(np.finfo(np.float32).tiny / np.finfo(np.float32).eps)
 def global_norm(tree: Any) -> jax.Array:
   r"""The global L2 norm of a gradient pytree, accumulated in at least float32.
 
-  This is the norm the FAQ (S2, S5) says to log and clip by: every leaf of the
+  This is the norm the FAQ says to log and clip by: every leaf of the
   full loss gradient together.
 
   Like ``optax.tree.norm`` (complex leaves count ``|z|^2``), but bfloat16 /
@@ -375,13 +376,13 @@ class GradNormRecorder:
 
 
 _ADVICE = ("{pct:.3g}% of updates were clipped (more than 50%): clipping this aggressively "
-           "is a strange way to lower the learning rate (FAQ S5). Lower the learning rate "
+           "is a strange way to lower the learning rate (the FAQ's \"Gradient clipping\"). Lower the learning rate "
            "instead, or raise the clipping threshold.")
 
 
 @dataclasses.dataclass(frozen=True)
 class ClippingSummary:
-  """How much clipping a run did (FAQ S5).
+  """How much clipping a run did (the FAQ's "Gradient clipping").
 
   Attributes:
     num_steps: updates considered.

@@ -474,3 +474,28 @@ def test_bfloat16_params_need_float32_hyperparameters():
     _, state = jax.jit(tx.update)(jnp.full([2], n, jnp.bfloat16), state, params)
   want = np.percentile(np.float32([1.0, 2.0, 3.0]) * np.sqrt(np.float32(2)), 99.9)
   np.testing.assert_allclose(float(state.inner_state.threshold), want, rtol=1e-6)
+
+
+def test_thresholds_in_force_replays_percentile_clip_step_by_step():
+  """The host replay equals the threshold the transformation held at every step (float32 noise)."""
+  rng = np.random.default_rng(0)
+  norms = rng.lognormal(0.0, 1.0, 40)
+  norms[[3, 17]] = 0.0       # not recorded
+  norms[[8, 25]] = np.nan    # not recorded
+  kwargs = dict(window_size=7, min_history=4, initial_threshold=2.5)
+  tx = optstab.percentile_clip(80.0, **kwargs)
+  state = tx.init({"w": jnp.zeros(1)})
+  held = []
+  for n in norms:
+    _, state = tx.update({"w": jnp.array([n], jnp.float32)}, state)
+    held.append(float(optax.tree.get(state, "threshold")))
+  want = optstab.thresholds_in_force(norms.astype(np.float32), 80.0, **kwargs)
+  np.testing.assert_allclose(held, want, rtol=4 * np.finfo(np.float32).eps)
+  assert want[0] == 2.5 and np.isinf(optstab.thresholds_in_force([1.0], 90.0, window_size=3)[0])
+
+
+def test_thresholds_in_force_rejects_bad_arguments():
+  with pytest.raises(ValueError, match="min_history"):
+    optstab.thresholds_in_force([1.0], 90.0, window_size=2, min_history=3)
+  with pytest.raises(ValueError, match="percentile"):
+    optstab.thresholds_in_force([1.0], 0.0)

@@ -12,6 +12,7 @@ cores. One test per notebook, so ``pytest -n 2`` runs them in parallel.
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import re
@@ -28,8 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 COLABS = ROOT / "colabs"
 README = ROOT / "README.md"
 
-INSTALL_LINE = '%pip install -q "optstab[demo] @ git+https://github.com/optstab/optstab"'
-COLAB_URL = "https://colab.research.google.com/github/optstab/optstab/blob/main/colabs/{name}.ipynb"
+INSTALL_HEADER = "# ---- Install optstab: the one cell to edit ----"
+INSTALL_LINE = "%pip install -q {OPTSTAB_SOURCE}"
+INSTALL_GUIDE = ROOT / "docs" / "guide" / "install.md"
 
 # The CI-sized parameters of every notebook. A notebook in colabs/ without an
 # entry here fails `test_every_notebook_has_ci_parameters`.
@@ -128,9 +130,12 @@ def test_layout(name):
   assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
   first_code = next(c for c in nb.cells if c.cell_type == "code")
   src = first_code.source
+  assert src.startswith(INSTALL_HEADER + "\n")
+  assert re.search(r'^OPTSTAB_SOURCE = ""$', src, re.M), "the address is the user's to set"
   assert INSTALL_LINE in src
   # The install runs only where optstab is not importable (Colab), never in CI.
-  assert re.search(r"if importlib\.util\.find_spec\(\"optstab\"\) is None:\n\s+" + re.escape(INSTALL_LINE), src)
+  guarded = src.split('if importlib.util.find_spec("optstab") is None:\n', 1)
+  assert len(guarded) == 2 and INSTALL_LINE in guarded[1] and INSTALL_LINE not in guarded[0]
   assert "jax.default_backend()" in src and "jax.devices()" in src
   params = nb.cells[_parameters_index(nb)]
   overrides = CI_PARAMETERS[name]
@@ -142,7 +147,49 @@ def test_readme_links_every_notebook():
   text = README.read_text()
   section = text.split("<!-- colabs -->", 1)[1].split("<!-- end colabs -->", 1)[0]
   for name in _notebook_names():
-    assert COLAB_URL.format(name=name) in section, f"README colabs section lacks {name}"
+    assert f"](colabs/{name}.ipynb)" in section, f"README colabs section lacks {name}"
+
+
+def _guide_notebook_rows() -> dict[str, list[str]]:
+  """The install guide's notebook table: name -> its cells."""
+  text = INSTALL_GUIDE.read_text()
+  rows = {}
+  for line in text.split("## Notebooks", 1)[1].splitlines():
+    m = re.match(r"\| `(\w+)\.ipynb` \|(.*)\|$", line)
+    if m:
+      rows[m.group(1)] = [c.strip() for c in m.group(2).split("|")]
+  return rows
+
+
+def test_install_guide_states_the_install_cell():
+  text = INSTALL_GUIDE.read_text()
+  assert INSTALL_HEADER in text and INSTALL_LINE in text and "`OPTSTAB_SOURCE`" in text
+  assert sorted(_guide_notebook_rows()) == _notebook_names()
+
+
+@pytest.mark.parametrize("name", sorted(CI_PARAMETERS))
+def test_auto_preset_is_the_one_the_guide_names(name):
+  """``preset_name = "auto"`` resolves to the preset the install guide's table names, a
+  minutes-long one; every other preset the guide lists is opt-in and named with its cost."""
+  nb = _read(name)
+  code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+  auto_cell, opt_in = _guide_notebook_rows()[name][:2]
+  if 'preset_name = "auto"' not in code:
+    assert auto_cell == "none" and opt_in == "none"
+    return
+  # The one place the notebook resolves "auto": a plain assignment, whatever the backend.
+  found = re.findall(r'if preset_name == "auto":\n\s+preset_name = "([\w-]+)"', code)
+  assert len(found) == 1, "auto must resolve to one named preset, not one per backend"
+  assert auto_cell.startswith(f"`{found[0]}`: minutes"), (auto_cell, found)
+  module = {"stride_instability": "optstab.wrn.presets",
+            "postln_warmup": "optstab.transformer.presets"}[name]
+  presets = importlib.import_module(module)
+  assert "minutes" in presets.get_preset(found[0]).description
+  # Each opt-in preset is named, with its cost, in the parameters cell too.
+  params = nb.cells[_parameters_index(nb)].source
+  for preset in re.findall(r"`([\w-]+)`", opt_in):
+    presets.get_preset(preset)  # a real preset
+    assert f'"{preset}"' in params, f"the parameters cell does not name the opt-in {preset!r}"
 
 
 @pytest.mark.parametrize("name", sorted(CI_PARAMETERS))

@@ -145,7 +145,7 @@ def _module_page(module: types.ModuleType, objects: dict[str, PublicObject],
   groups: dict[str, list[PublicObject]] = {}
   for obj in own:
     groups.setdefault(_home(obj, name), []).append(obj)
-  # Groups in the order the package imports them (optstab: S1, S4, S5, telemetry, S2).
+  # Groups in the order the package imports them (optstab: optimizers, warmup, clipping, telemetry, diagnosis).
   order = list(vars(module))
   first = {h: min(order.index(o.canonical.rpartition(".")[2]) for o in members) for h, members in groups.items()}
   for home in sorted(groups, key=lambda h: (h != name, first[h])):

@@ -1,4 +1,5 @@
-"""Diagnosing optimization instability, as the playbook FAQ prescribes (S2, S4)."""
+"""Diagnosing optimization instability, as the playbook FAQ prescribes ("Identifying unstable workloads",
+"Learning rate warmup")."""
 
 from optstab.diagnosis.trial import (
     SCHEDULES,

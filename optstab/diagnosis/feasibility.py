@@ -1,4 +1,4 @@
-"""Which trials are infeasible: the FAQ's "NaNs or abnormally high loss" (S2).
+"""Which trials are infeasible: the FAQ's "NaNs or abnormally high loss".
 
 The playbook's hyperparameter-axis plot (Figure 7a) marks a trial infeasible
 when it produces NaNs or an abnormally high loss. ``FeasibilityRule`` makes

@@ -1,4 +1,4 @@
-"""Learning-rate sweeps: find lr*, label every trial, spot the edge (S2).
+"""Learning-rate sweeps: find lr*, label every trial, spot the edge.
 
 The FAQ's procedure starts with a learning-rate sweep: train at each rate of a
 grid (log-spaced by default, ``log_grid``), mark the trials that produce NaNs
@@ -513,7 +513,7 @@ class SweepResult:
 
   @property
   def unstable_learning_rate(self) -> Optional[float]:
-    """The smallest unstable rate above lr* (FAQ S4's unstable_base_learning_rate)."""
+    """The smallest unstable rate above lr* (the FAQ's unstable_base_learning_rate)."""
     i = self.best_index
     if i is None:
       return None

@@ -1,4 +1,4 @@
-"""The Post-LN vs Pre-LN Transformer demo (spec S6, Figures 6, 7 and 8): model, data, training, experiment.
+"""The Post-LN vs Pre-LN Transformer demo (the playbook's Figures 6, 7 and 8): model, data, training, experiment.
 
 ``model`` and ``data`` are re-exported here; ``train``, ``experiment``,
 ``presets`` and ``cli`` are imported from their own modules

@@ -1,6 +1,6 @@
-"""The playbook's Post-LN vs Pre-LN warmup experiment (spec S6): Figures 6, 7 and 8, and a diagnosis.
+"""The playbook's Post-LN vs Pre-LN warmup experiment: Figures 6, 7 and 8, and a diagnosis.
 
-The rule (FAQ S3 fix 5, S4). A Post-LN Transformer, LN(x + f(x)), needs a
+The rule (the FAQ's fix 5 and its "Learning rate warmup"). A Post-LN Transformer, LN(x + f(x)), needs a
 long learning-rate warmup; warmup raises the best learning rate, more for
 Post-LN than for Pre-LN, x + f(LN(x)). Published (Figure 8): best rates
 Post-LN ~1e-4, Post-LN + warmup ~4.6e-4, Pre-LN ~1.3e-3, Pre-LN + warmup

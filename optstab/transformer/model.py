@@ -1,7 +1,7 @@
 """A decoder-only Transformer in ``flax.nnx`` with the layer norm in one of three places.
 
-The rule (FAQ S3, fix 5; the playbook's Figures 6 and 8). Where the layer
-norm sits in a residual block decides how the first updates move the output:
+The rule (fix 5 of the FAQ's "Potential fixes for common instability patterns":
+normalize last in the residual; the playbook's Figures 6 and 8). Where the layer norm sits in a residual block decides how the first updates move the output:
 
 * ``"post"`` (the original Transformer, Post-LN): :math:`x_{l+1} = \\mathrm{LN}(x_l + f(x_l))`.
   Every block's output is renormalized, so the gradient reaching the early

@@ -42,7 +42,7 @@ CURVES = (
     ("pre_ln_warmup", "pre", True),
 )
 
-#: The published values (spec S6 and the issue, read from the playbook's figures).
+#: The published values (read from the playbook's figures).
 PUBLISHED = {
     "figure6_warmups": [1, 1000, 4000, 10000, 40000],
     "figure6_peak_learning_rate": 5e-4,
@@ -146,7 +146,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "quick": Preset(
         name="quick",
-        description="CPU, offline, ~9 core-minutes: 6 layers, width 64, seq 32, batch 16, 400 steps "
+        description="CPU, offline, a few minutes on 2 cores (measured in the guide): 6 layers, width 64, seq 32, batch 16, 400 steps "
                     "on the Python standard library's sources",
     ),
     "gpu": Preset(

@@ -1,4 +1,4 @@
-"""The WideResNet stride-instability demo (spec S6): model, data, training, experiment.
+"""The WideResNet stride-instability demo (the playbook's Figures 4, 5 and 9): model, data, training, experiment.
 
 ``model`` and ``data`` are re-exported here; ``train``, ``experiment`` and
 ``cli`` are imported from their own modules (``optstab.wrn.train`` ...), so

@@ -1,4 +1,4 @@
-"""The playbook's stride-instability experiment (spec S6): Figures 4, 5, 9 and a mitigation table.
+"""The playbook's stride-instability experiment: Figures 4, 5, 9 and a mitigation table.
 
 ``run_experiment(preset, out_dir)`` trains, with the diagnosis toolkit:
 
@@ -6,7 +6,7 @@
    for four curves: the standard WideResNet and the one with a single group's
    stride changed from (2,2) to (1,1), each without and with linear warmup
    prepended to the cosine decay (``TrialConfig.warmup_steps``; such runs train
-   warmup + ``num_steps`` steps, S4's prepend, and the report says so).
+   warmup + ``num_steps`` steps, the FAQ's warmup prepended, and the report says so).
    Infeasible trials are marked by the toolkit's ``FeasibilityRule`` (NaN/Inf,
    or a training loss above 10x the initial one at any step); lr* is the
    feasible rate with the lowest final test error; every run is labelled by
@@ -19,10 +19,11 @@
 3. **Figure 9** -- the unclipped gradient norm of the changed model at the
    high rate, without clipping and with ``optstab.percentile_clip`` at the
    preset's percentiles: the threshold is that percentile of the unclipped
-   run's norms (FAQ S5's recipe), fixed for the first ``clip_window`` steps
+   run's norms (the FAQ's "Gradient clipping" recipe), fixed for the first ``clip_window`` steps
    (the whole run in the small presets), then the percentile of the last
    ``clip_window`` norms.
-4. **Mitigations** -- the changed model at the high rate with each FAQ S3 fix:
+4. **Mitigations** -- the changed model at the high rate with each of the FAQ's
+   "Potential fixes for common instability patterns":
    warmup, percentile clipping, Adam, x + Norm(f(x)), zero-initialised residual
    branches, the global-average-pool head, and the lower rate lr*.
 
@@ -347,7 +348,7 @@ def _summarize(preset: Preset, sweeps: dict[str, SweepResult], unstable: TrialRe
   for name, sweep in sweeps.items():
     trials = [_run_summary(t, preset.fig5_steps) for t in sweep.trials]
     best = sweep.best
-    # Instability is judged above lr* (FAQ S2): a run under-trained at a low
+    # Instability is judged above lr* (the FAQ's "Identifying unstable workloads"): a run under-trained at a low
     # rate is slow, not unstable.
     unstable_from = sweep.unstable_learning_rate
     fig4[name] = {
@@ -451,7 +452,11 @@ def _write_outputs(preset: Preset, out_dir: str, sweeps, clip_records, unstable,
     if rec.result is not None:
       label = f"percentile clip p{p:g}"
       norm_curves[label] = rec.result.grad_norms
-      thresholds[label] = rec.config.extra["clip_initial_threshold"]
+      # The threshold in force at each step: the initial one, then the window's percentile.
+      thresholds[label] = clipping.thresholds_in_force(
+          rec.result.grad_norms, p, window_size=preset.clip_window,
+          min_history=preset.clip_window,
+          initial_threshold=rec.config.extra["clip_initial_threshold"])
   files["fig9"] = plots.plot_stride_grad_norms(
       norm_curves, thresholds, os.path.join(out_dir, "fig9_grad_norms.png"),
       learning_rate=preset.high_learning_rate)
@@ -512,7 +517,7 @@ def render_report(s: dict[str, Any]) -> str:
       "Final test error; in brackets the run's label when not stable (`classify_run` with "
       "the sweep's context: the trivial loss log(10) and lr*'s final training loss; "
       "infeasible by the rule above). Runs with warmup train warmup + "
-      f"{p['num_steps']} steps (S4: the warmup is prepended), the others {p['num_steps']}.",
+      f"{p['num_steps']} steps (the FAQ's warmup is prepended), the others {p['num_steps']}.",
       "",
       "| learning rate | " + " | ".join(_pretty(k) for k in f4) + " |",
       "|---|" + "---|" * len(f4),
@@ -523,7 +528,7 @@ def render_report(s: dict[str, Any]) -> str:
       t = f4[k]["trials"][i]
       cell = _pct(t.get("final_test_error"))
       if not t["feasible"] or t.get("label") not in (None, STABLE):
-        cell += f" ({_headline(t)})"
+        cell += f": {_headline(t)}"
       cells.append(cell)
     lines.append(f"| {lr:g} | " + " | ".join(cells) + " |")
   lines += [
@@ -537,11 +542,9 @@ def render_report(s: dict[str, Any]) -> str:
       f"{_pct(pub['changed_best_error_rate'])} | {_fmt(chg['best_learning_rate'], 'g')} / "
       f"{_pct(chg['best_test_error'])} |",
       f"| stride (1,1): unstable from lr | ~{pub['changed_unstable_from']} | "
-      f"{_fmt(chg['unstable_from'], 'g', 'none on the grid')} (infeasible from "
-      f"{_fmt(chg['infeasible_from'], 'g', 'none')}) |",
+      f"{_edge(chg)} |",
       f"| standard: unstable from lr | none up to 1 | "
-      f"{_fmt(std['unstable_from'], 'g', 'none on the grid')} (infeasible from "
-      f"{_fmt(std['infeasible_from'], 'g', 'none')}) |",
+      f"{_edge(std)} |",
   ]
   if warm_key in f4:
     w = f4[warm_key]
@@ -577,7 +580,7 @@ def render_report(s: dict[str, Any]) -> str:
                  f"{_pct(d.get('final_test_error'))} | {_fmt(d.get('early_peak_loss'))} |")
   advice = [d["clipping_advice"] for d in f9.values() if d.get("clipping_advice")]
   if advice:
-    lines += ["", f"FAQ S5 check: {advice[0]}"]
+    lines += ["", f"Clipping check (the FAQ's \"Gradient clipping\"): {advice[0]}"]
   lines += [
       "",
       f"## Mitigations for the stride (1,1) model at lr {p['high_learning_rate']:g}",
@@ -609,8 +612,16 @@ def _trial_at(sweep: dict[str, Any], lr: float) -> Optional[dict[str, Any]]:
 def _headline(t: dict[str, Any]) -> str:
   label = t.get("label") or "n/a"
   if label == EARLY_UNSTABLE:
-    label += " (then recovered)" if t.get("recovered") else " (did not recover)"
+    label += ", then recovered" if t.get("recovered") else ", did not recover"
   return label + ("" if t.get("feasible") else ", infeasible")
+
+
+def _edge(sweep: dict[str, Any]) -> str:
+  """A sweep's lowest unstable and lowest infeasible rate, as one table cell."""
+  unstable = _fmt(sweep["unstable_from"], "g", "none on the grid")
+  infeasible = sweep["infeasible_from"]
+  return unstable + ("; no rate infeasible" if infeasible is None
+                     else f"; infeasible from {infeasible:g}")
 
 
 def _parity_point(s: dict[str, Any]) -> Optional[tuple[float, int]]:
@@ -699,7 +710,7 @@ def _verdicts(s: dict[str, Any]) -> list[tuple[str, Optional[str], str]]:
                 f"trainable for the stride (1,1) model{why}: test error "
                 f"{_pct(t.get('final_test_error'))} with warmup ({_headline(t)}) vs "
                 f"{_pct(base.get('final_test_error'))} without ({_headline(base)}). Budgets "
-                f"differ by the warmup, as S4 prescribes: {t['total_steps']} steps with "
+                f"differ by the warmup, as the FAQ's warmup recipe prescribes: {t['total_steps']} steps with "
                 f"warmup ({p['warmup_steps']} + {p['num_steps']}), {base['total_steps']} without."))
   f5 = s["figure5"]
   c, d = f5["stride_1x1"], f5["standard"]

@@ -1,8 +1,9 @@
 """WideResNet (Zagoruyko & Komodakis, 2016) in ``flax.nnx``, with configurable group strides.
 
-This is the model of the playbook's stride experiment (spec S6, "The reference
+This is the model of the playbook's stride experiment (Figures 4, 5 and 9; "The reference
 model for the stride experiment"): init2winit's ``wide_resnet.py`` rewritten for
-``flax.nnx``, plus the two architecture fixes of FAQ S3 (5: normalize last in the
+``flax.nnx``, plus the two architecture fixes of the FAQ's
+"Potential fixes for common instability patterns" (5: normalize last in the
 residual branch; 6: zero-initialised residual branches) as options.
 
 Architecture (defaults = the reference model)::
@@ -141,10 +142,10 @@ class WideResNetConfig:
     head: ``"pool8"`` (reference: 8x8 average pool with stride 1, flatten,
       Dense) or ``"global_pool"`` (mean over the spatial map, then Dense).
     block_norm: ``"pre_activation"`` (reference:
-      ``x + conv(ReLU(BN(conv(ReLU(BN(x))))))``) or ``"residual_norm"`` (FAQ S3
+      ``x + conv(ReLU(BN(conv(ReLU(BN(x))))))``) or ``"residual_norm"`` (the FAQ's
       fix 5, ``x + Norm(f(x))``: the same branch followed by one more batch norm
       as its last operation before the residual add).
-    zero_init_residual: FAQ S3 fix 6 (ReZero-style). Zero-initialise the last
+    zero_init_residual: the FAQ's fix 6 (ReZero-style). Zero-initialise the last
       layer of every residual branch: the second conv's kernel for
       ``"pre_activation"``, the final norm's scale for ``"residual_norm"``. Each
       block then starts as its shortcut (the identity when shapes match).
@@ -315,7 +316,7 @@ class WideResNetBlock(nnx.Module):
 
 
 class WideResNet(nnx.Module):
-  """WideResNet with configurable group strides (spec S6).
+  """WideResNet with configurable group strides (the playbook's stride experiment).
 
   Args:
     config: the :class:`WideResNetConfig`.

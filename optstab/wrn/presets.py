@@ -1,4 +1,4 @@
-"""Presets of the stride-instability experiment (spec S6), from seconds to hours.
+"""Presets of the stride-instability experiment (Figures 4, 5 and 9), from seconds to hours.
 
 A ``Preset`` fixes everything the experiment runs: data, model, training
 budget, the learning-rate grid of Figure 4, the warmup length, the high rate
@@ -34,18 +34,18 @@ from optstab import _validation
 __all__ = ["Preset", "PRESETS", "MITIGATIONS", "PUBLISHED", "get_preset"]
 
 #: Mitigations the table can try on the unstable variant at the high rate
-#: (FAQ S3 order), each a change to the unstable trial.
+#: (in the order of the FAQ's "Potential fixes for common instability patterns"), each a change to the unstable trial.
 MITIGATIONS = (
-    "warmup",            # S3.1 / S4: linear warmup prepended to the schedule
-    "clip",              # S3.2 / S5: optstab.percentile_clip
-    "adam",              # S3.3: Adam instead of Nesterov momentum
-    "residual_norm",     # S3.5: x + Norm(f(x))
-    "zero_init",         # S3.6: zero-initialised residual branches
+    "warmup",            # fix 1: linear warmup prepended to the schedule
+    "clip",              # fix 2: optstab.percentile_clip
+    "adam",              # fix 3: Adam instead of Nesterov momentum
+    "residual_norm",     # fix 5: x + Norm(f(x))
+    "zero_init",         # fix 6: zero-initialised residual branches
     "global_pool",       # the head fix: average over the whole map (Dense input 64k whatever the strides)
-    "lower_lr",          # S3.7: the changed model's own best rate from the sweep
+    "lower_lr",          # fix 7: the changed model's own best rate from the sweep
 )
 
-#: The published Figure 4/5 values (spec S6, read from the playbook's images).
+#: The published Figure 4/5 values (read from the playbook's images).
 PUBLISHED = {
     "standard_best_learning_rate": 0.2,
     "standard_best_error_rate": 0.038,
@@ -185,7 +185,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "quick": Preset(
         name="quick",
-        description="CPU, offline, <= 5 min on 2 cores: WRN-10-1 on 16x16 digits, 100 steps, batch 64",
+        description="CPU, offline, a few minutes on 2 cores (measured in the guide): WRN-10-1 on 16x16 digits, 100 steps, batch 64",
         dataset="digits", image_size=16, depth=10, width=1,
         standard_strides=_DIGITS_STRIDES, changed_group=2,
         batch_size=64, num_steps=100, learning_rates=(0.01, 0.03, 0.1, 1.0), warmup_steps=20,
