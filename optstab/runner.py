@@ -58,6 +58,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from optstab import _validation
 from optstab import schedules
+from optstab import spike_guard
 from optstab.diagnosis.trial import FixSupport, TrialConfig, TrialResult
 
 __all__ = [
@@ -179,9 +180,12 @@ def set_learning_rate(opt_state: Any, learning_rate: Any) -> Any:
   """``opt_state`` with the injected learning rate replaced.
 
   ``opt_state`` is the state of :func:`injectable_learning_rate`'s
-  transformation, or of an ``optax.chain`` whose *last* element is one (the
-  rate is applied after clipping and telemetry).
+  transformation, of an ``optax.chain`` whose *last* element is one (the
+  rate is applied after clipping and telemetry), or of ``optstab.skip_spikes``
+  around either.
   """
+  if isinstance(opt_state, spike_guard.SkipSpikesState):  # optstab.skip_spikes around the optimizer
+    return opt_state._replace(inner_state=set_learning_rate(opt_state.inner_state, learning_rate))
   if hasattr(opt_state, "hyperparams"):
     hyperparams = dict(opt_state.hyperparams)
     old = hyperparams["learning_rate"]
@@ -473,13 +477,17 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def clip_by_norm(clip_norm: Optional[float]) -> list[optax.GradientTransformation]:
-  """``[optax.clip_by_global_norm(clip_norm)]``, or ``[]`` for ``None``: the clipping fix.
+def with_fixes(parts: list[optax.GradientTransformation], *, clip_norm: Optional[float] = None,
+               skip_spikes: bool = False) -> list[optax.GradientTransformation]:
+  """``parts`` (the optimizer, its learning rate injected last) with the diagnosis's fixes.
 
-  Chain it after any telemetry (which must see the unclipped gradient) and
-  before the optimizer.
+  The clipping fix, ``optax.clip_by_global_norm(clip_norm)``, goes first; the
+  step guard, ``optstab.skip_spikes``, wraps the whole, so that it sees the
+  gradient before any clipping. Chain telemetry (which must see the unclipped
+  gradient too) before the result. Without fixes, ``parts`` as they are.
   """
-  return [] if clip_norm is None else [optax.clip_by_global_norm(clip_norm)]
+  fixed = ([] if clip_norm is None else [optax.clip_by_global_norm(clip_norm)]) + list(parts)
+  return [spike_guard.skip_spikes(optax.chain(*fixed))] if skip_spikes else fixed
 
 
 def _describe(config: TrialConfig) -> str:

@@ -189,3 +189,31 @@ def test_trial_function_runs_in_a_spawned_worker_with_the_same_result():
   # differ between the processes (float32 rounding, ~1e-7 relative per sum).
   np.testing.assert_allclose(there.train_loss, here.train_loss, rtol=1e-5)
   np.testing.assert_allclose(there.eval_metrics["loss"], here.eval_metrics["loss"], rtol=1e-5)
+
+
+def test_a_run_whose_parameters_went_non_finite_stops_and_fills_in_nan():
+  drawn = []
+
+  def counted(setup, data):
+    workload = linear_workload(setup, data)
+    batches = workload.train_batches
+
+    def counting(seed):
+      for batch in batches(seed):
+        drawn.append(1)
+        yield batch
+
+    return dataclasses.replace(workload, train_batches=counting)
+
+  trial_fn = runner.TrialFunction(counted, LinearSetup(fetch_every=3), LinearData(),
+                                  progress=False)
+  result = trial_fn(TrialConfig(1e3, num_steps=60, eval_every=10))
+  first = int(np.argmax(~np.isfinite(result.train_loss)))
+  assert 0 < first < 30 and not np.isfinite(result.train_loss[first:]).any()
+  assert result.train_loss.shape == (60,) and np.isnan(result.grad_norms[-1])
+  assert np.isnan(result.eval_metrics["loss"][-1])
+  # It stopped at the first fetch after its parameters went non-finite, not at step 60
+  # (the prefetch thread draws a few batches ahead of the step).
+  assert len(drawn) <= first + 3 + 6 < 60
+  healthy = trial_fn(TrialConfig(1e-2, num_steps=60, eval_every=10))
+  assert np.all(np.isfinite(healthy.train_loss))

@@ -3,6 +3,7 @@
 import pickle
 
 import numpy as np
+import optax
 import pytest
 
 from optstab.diagnosis import TrialConfig
@@ -77,3 +78,24 @@ def test_setup_checks_extra_vocabulary_and_batch_size(corpus):
     train.workload(setup.replace(model=setup.model.replace(vocab_size=5)), corpus)
   with pytest.raises(ValueError, match="b2"):
     train.TrainSetup(setup.model, b2=1.0)
+
+
+def test_trial_fn_applies_the_diagnosis_fixes(corpus):
+  post = _setup(corpus).replace(model=_setup(corpus).model.replace(norm_position="post"))
+  trial_fn = train.make_trial_fn(post, corpus, progress=False)
+  support = trial_fn.fix_support
+  assert support.clipping and support.skip_spikes and support.optimizers == ("nadam",)
+  assert support.architectures == {"Pre-LN": {"norm_position": "pre"}}
+  config = TrialConfig(3e-3, num_steps=6, eval_every=6,
+                       extra={"variant": "post_ln", "norm_position": "post"})
+  plain = trial_fn(config)
+  # Each fix changes the run; each fixed run still trains for every step.
+  for fix in ({"clip_norm": 1e-3}, {"optimizer": "nadam"}, {"skip_spikes": True}):
+    fixed = trial_fn(config.replace(**fix))
+    assert np.all(np.isfinite(fixed.train_loss)), fix
+    assert not np.array_equal(fixed.train_loss[1:], plain.train_loss[1:]), fix
+  setup = _setup(corpus).with_fixes(config.replace(clip_norm=2.0, skip_spikes=True))
+  state = train.make_optimizer(setup).init({"w": np.zeros(3, np.float32)})
+  assert optax.tree.get(state, "total_skipped") == 0
+  # A Pre-LN model offers no architecture fix: it already is the variant.
+  assert _setup(corpus).fix_support().architectures == {}

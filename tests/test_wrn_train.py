@@ -3,7 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+
+import optstab
 
 from optstab.diagnosis import TrialConfig
 from optstab.wrn import data as wrn_data
@@ -102,3 +105,23 @@ def test_setup_validation_and_extra_overrides():
     train.TrainSetup(MODEL, optimizer="lamb")
   with pytest.raises(ValueError, match="batch_size"):
     train.TrainSetup(MODEL, batch_size=0)
+
+
+def test_setup_applies_the_diagnosis_fixes():
+  setup = train.TrainSetup(MODEL, telemetry=True)
+  support = setup.fix_support()
+  assert support.clipping and support.skip_spikes and support.optimizers == ("adam",)
+  assert train.TrainSetup(MODEL, optimizer="adam").fix_support().optimizers == ()
+  fixed = setup.with_fixes(TrialConfig(0.1, 5, clip_norm=1.5, optimizer="adam", skip_spikes=True))
+  assert (fixed.clip_norm, fixed.optimizer, fixed.skip_spikes) == (1.5, "adam", True)
+  assert setup.with_fixes(TrialConfig(0.1, 5)) == setup
+  # Telemetry first (the unclipped norm), then the guard around clipping and the optimizer;
+  # the injected learning rate is still found and set.
+  params = {"w": np.ones(3, np.float32)}
+  tx = train.make_optimizer(fixed)
+  state = tx.init(params)
+  state = optstab.runner.set_learning_rate(state, 0.5)
+  updates, state = tx.update({"w": np.full(3, 10.0, np.float32)}, state, params)
+  # Adam's first step moves each coordinate by the learning rate, whatever the clipping.
+  assert float(optstab.global_norm(updates)) == pytest.approx(0.5 * np.sqrt(3), rel=1e-4)
+  assert optax.tree.get(state, "total_skipped") == 0

@@ -69,6 +69,8 @@ class TrainSetup:
       or ``"nadam"`` (the diagnosis's optimizer fix).
     clip_norm: clip the global gradient norm to this value before the
       optimizer (the diagnosis's clipping fix); ``None``, no clipping.
+    skip_spikes: wrap the optimizer in ``optstab.skip_spikes`` (the
+      diagnosis's step-guard fix).
     eval_sequences: validation windows evaluated (evenly spaced, fixed).
     fetch_every: fetch on-device metrics every this many steps.
     eval_batch_size: windows per evaluation batch.
@@ -81,6 +83,7 @@ class TrainSetup:
   eps: float = 1e-9
   optimizer: str = "adam"
   clip_norm: Optional[float] = None
+  skip_spikes: bool = False
   eval_sequences: int = 256
   fetch_every: int = 50
   eval_batch_size: int = 256
@@ -112,25 +115,26 @@ class TrainSetup:
   def with_fixes(self, config: TrialConfig) -> "TrainSetup":
     """This setup with the fixes a trial asks for (``TrialConfig.clip_norm``, ``.optimizer``)."""
     return self.replace(optimizer=config.optimizer or self.optimizer,
-                        clip_norm=config.clip_norm if config.clip_norm is not None else self.clip_norm)
+                        clip_norm=config.clip_norm if config.clip_norm is not None else self.clip_norm,
+                        skip_spikes=config.skip_spikes or self.skip_spikes)
 
   def fix_support(self) -> FixSupport:
-    """The fixes ``with_fixes`` applies: clipping, the other optimizer, and Pre-LN for a Post-LN model."""
+    """The fixes ``with_fixes`` applies: clipping, the step guard, the other optimizer, Pre-LN for Post-LN."""
     variants = {"Pre-LN": {"norm_position": "pre"}} if self.model.norm_position == "post" else {}
-    return FixSupport(clipping=True, optimizers=tuple(o for o in OPTIMIZERS if o != self.optimizer),
-                      architectures=variants)
+    return FixSupport(clipping=True, skip_spikes=True, architectures=variants,
+                      optimizers=tuple(o for o in OPTIMIZERS if o != self.optimizer))
 
 
 def make_optimizer(setup: TrainSetup) -> optax.GradientTransformation:
-  """``[clip_by_global_norm] -> optimizer(b1, b2, eps)``, its learning rate injected per step.
+  """``[skip_spikes of: [clip_by_global_norm] -> optimizer(b1, b2, eps)]``, its rate injected per step.
 
   The rate is set every step through :func:`optstab.runner.injectable_learning_rate`.
   """
   optimizer = optstab.adam if setup.optimizer == "adam" else optstab.nadam
   inner = runner.injectable_learning_rate(
       functools.partial(optimizer, b1=setup.b1, b2=setup.b2, eps=setup.eps))
-  clip = runner.clip_by_norm(setup.clip_norm)
-  return optax.chain(*clip, inner) if clip else inner
+  parts = runner.with_fixes([inner], clip_norm=setup.clip_norm, skip_spikes=setup.skip_spikes)
+  return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
 def init_state(setup: TrainSetup, seed: int) -> tuple[nnx.GraphDef, runner.TrainState]:

@@ -104,6 +104,8 @@ class TrainSetup:
     clip_norm: clip the global gradient norm to this value before the
       optimizer (the diagnosis's clipping fix, a threshold taken from an
       unclipped run's norms); ``None``, no such clipping.
+    skip_spikes: wrap the optimizer in ``optstab.skip_spikes`` (the
+      diagnosis's step-guard fix).
     telemetry: chain optstab's gradient-norm telemetry transformation (an
       on-device record of every unclipped norm), as a user would.
     compute_dtype: ``"float32"`` or ``"bfloat16"`` activations/matmuls
@@ -125,6 +127,7 @@ class TrainSetup:
   clip_min_history: int = 10
   clip_initial_threshold: Optional[float] = None
   clip_norm: Optional[float] = None
+  skip_spikes: bool = False
   telemetry: bool = False
   compute_dtype: str = "float32"
   augment: bool = False
@@ -167,11 +170,13 @@ class TrainSetup:
   def with_fixes(self, config: TrialConfig) -> "TrainSetup":
     """This setup with the fixes a trial asks for (``TrialConfig.clip_norm``, ``.optimizer``)."""
     return self.replace(optimizer=config.optimizer or self.optimizer,
-                        clip_norm=config.clip_norm if config.clip_norm is not None else self.clip_norm)
+                        clip_norm=config.clip_norm if config.clip_norm is not None else self.clip_norm,
+                        skip_spikes=config.skip_spikes or self.skip_spikes)
 
   def fix_support(self) -> FixSupport:
-    """The fixes ``with_fixes`` applies: clipping, and Adam for the momentum optimizers."""
-    return FixSupport(clipping=True, optimizers=() if self.optimizer == "adam" else ("adam",))
+    """The fixes ``with_fixes`` applies: clipping, the step guard, Adam for the momentum optimizers."""
+    return FixSupport(clipping=True, skip_spikes=True,
+                      optimizers=() if self.optimizer == "adam" else ("adam",))
 
 
 def model_config_for(setup: TrainSetup) -> WideResNetConfig:
@@ -198,22 +203,23 @@ def _base_optimizer(name: str, momentum: float) -> Callable[..., optax.GradientT
 def make_optimizer(setup: TrainSetup) -> optax.GradientTransformation:
   """The setup's gradient transformation, with an injectable learning rate.
 
-  ``[record_grad_norm] -> [percentile_clip] -> [clip_by_global_norm] ->
-  inject_hyperparams(optimizer)``; the
+  ``[record_grad_norm] -> [skip_spikes of: [clip_by_global_norm] -> [percentile_clip]
+  -> inject_hyperparams(optimizer)]``; the
   learning rate lives in ``opt_state[-1].hyperparams["learning_rate"]`` and
   the train step overwrites it every step with the schedule's value.
   """
   parts = []
   if setup.telemetry:  # first: it must see the unclipped gradient
     parts.append(optstab.record_grad_norm())
+  body = []
   if setup.clip_percentile is not None:
-    parts.append(optstab.percentile_clip(
+    body.append(optstab.percentile_clip(
         percentile=setup.clip_percentile, window_size=setup.clip_window,
         min_history=min(setup.clip_min_history, setup.clip_window),
         initial_threshold=setup.clip_initial_threshold))
-  parts += runner.clip_by_norm(setup.clip_norm)
-  parts.append(runner.injectable_learning_rate(_base_optimizer(setup.optimizer, setup.momentum)))
-  return optax.chain(*parts)
+  body.append(runner.injectable_learning_rate(_base_optimizer(setup.optimizer, setup.momentum)))
+  return optax.chain(*parts, *runner.with_fixes(body, clip_norm=setup.clip_norm,
+                                                skip_spikes=setup.skip_spikes))
 
 
 # ----------------------------------------------------------------------------
