@@ -91,10 +91,10 @@ def test_store_holds_each_trial_once_and_a_rerun_runs_nothing(early):
   out, d = early
   store = TrialStore(out)
   # 13 sweep rates; the short check at 2 x lr*; the 5 x long check (10 x lr* = 0.1 is a
-  # grid rate: the same trial to 10 digits); warmup round: 4 lengths and lr* for each
-  # of the 4 totals; 2 seeds: the fix's second seed and lr*'s (its first is the round's);
-  # clipping: 6 rates (none trained: nothing to verify).
-  assert len(store) == 13 + 1 + 1 + 8 + 2 + 6 and store.ignored_lines == 0
+  # grid rate: the same trial to 10 digits); lr* on seed 1 (the seed noise); warmup round:
+  # 4 lengths and lr* for each of the 4 totals; 2 seeds: the fix's second seed and lr*'s
+  # (its first is the round's); clipping: 6 rates (none trained: nothing to verify).
+  assert len(store) == 13 + 1 + 1 + 1 + 8 + 2 + 6 and store.ignored_lines == 0
   calls = []
 
   def counting(config):
@@ -130,7 +130,8 @@ def test_a_budget_drops_the_ladder_and_the_report_says_so(early, tmp_path):
   assert warmup.status == fix_ladder.DROPPED and d.recommendation is None
   assert d.plan.dropped and d.plan.steps_run == need
   (budget,) = [f for f in d.findings if f.topic == "Budget"]
-  assert f"ran within the budget of {need + 100}; dropped: warmup: search" in budget.text
+  assert (f"ran within the budget of {need + 100}; dropped: lr* on more seeds: 1 trials, 300 "
+          "training steps; warmup: search") in budget.text
   with pytest.raises(ValueError, match=rf"budget must be an integer >= {need}"):
     diagnose(early_instability_trial, GRID, 300, out_dir=tmp_path, log=None, budget=need - 1)
 

@@ -44,6 +44,7 @@ __all__ = [
     "HELPS", "DOES_NOT_HELP", "NOT_SUPPORTED", "NOT_TRIED", "NOT_APPLICABLE", "DROPPED",
     "Fix", "FixLadder", "FixFamily", "FixTrial", "SeedComparison", "FixResult",
     "trains", "warmup_lengths", "plan_families", "search_rounds", "round_succeeded",
+    "noise_configs", "seed_noise",
     "choose", "verification_configs", "compare_seeds", "judge_fix",
 ]
 
@@ -101,8 +102,9 @@ class FixLadder:
     seeds: seeds the chosen fix and lr* are each trained on, to measure the
       seed noise (>= 2).
     try_all: try every fix even after one helps (a fuller table, at more cost).
-    match_tolerance: during the search, before the seed noise is known, a
-      trial "matches" lr* within this fraction of lr*'s metric.
+    match_tolerance: during the search, a trial "matches" lr* within this
+      fraction of lr*'s metric, or within lr*'s spread over ``seeds`` seeds
+      if larger.
   """
 
   kinds: tuple[str, ...] = FIX_KINDS
@@ -334,12 +336,27 @@ def _gain(mode: str, value: float, reference: float) -> float:
   return reference - value if mode == "min" else value - reference
 
 
-def _matches(sweep: SweepResult, value: float, reference: float, tolerance: float) -> bool:
+def _matches(sweep: SweepResult, value: float, reference: float, ladder: FixLadder,
+             noise: float) -> bool:
+  """``value`` is no worse than ``reference`` beyond ``match_tolerance`` or the seed noise."""
   if not math.isfinite(value):
     return False
   if not math.isfinite(reference):
     return True
-  return _gain(sweep.mode, value, reference) >= -tolerance * abs(reference)
+  margin = max(ladder.match_tolerance * abs(reference), noise)
+  return _gain(sweep.mode, value, reference) >= -margin
+
+
+def noise_configs(sweep: SweepResult, ladder: FixLadder) -> list[TrialConfig]:
+  """lr*'s configuration on the other seeds: its spread is the search's seed noise."""
+  base = sweep.best.config
+  return [base.replace(seed=base.seed + k) for k in range(1, ladder.seeds)]
+
+
+def seed_noise(sweep: SweepResult, records: Sequence[TrialRecord]) -> float:
+  """The range of lr*'s best-checkpoint metric over its seeds (the sweep's and ``records``)."""
+  values = [_value(sweep, sweep.best)] + [_value(sweep, sweep.judge(r)) for r in records]
+  return _range(values)
 
 
 def baseline_value(sweep: SweepResult, baselines: Mapping[int, float], total_steps: int) -> float:
@@ -350,15 +367,19 @@ def baseline_value(sweep: SweepResult, baselines: Mapping[int, float], total_ste
 
 
 def round_succeeded(sweep: SweepResult, trials: Sequence[FixTrial],
-                    baselines: Mapping[int, float], ladder: FixLadder) -> bool:
-  """Some trial trains and matches lr* for its total steps (within ``match_tolerance``)."""
+                    baselines: Mapping[int, float], ladder: FixLadder, noise: float) -> bool:
+  """Some trial trains and matches lr* for its total steps (within the tolerance or ``noise``)."""
   return any(t.trains and _matches(sweep, t.value, baseline_value(
-      sweep, baselines, t.config.total_steps), ladder.match_tolerance) for t in trials)
+      sweep, baselines, t.config.total_steps), ladder, noise) for t in trials)
 
 
 def choose(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
-           baselines: Mapping[int, float], ladder: FixLadder) -> Optional[FixTrial]:
+           baselines: Mapping[int, float], ladder: FixLadder,
+           noise: float) -> Optional[FixTrial]:
   """The trial to verify: the highest rate that trains and matches lr*; else the best that trains.
+
+  "Matches": no worse than lr* for the same total steps beyond ``match_tolerance``
+  or ``noise``, lr*'s own spread over seeds.
 
   Among a rate's warmup lengths, the shortest. For an optimizer switch (its
   own rate scale): the trial with the best metric.
@@ -369,7 +390,7 @@ def choose(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
   sign = 1.0 if sweep.mode == "min" else -1.0
   if family.kind != OPTIMIZER:
     matching = [t for t in trained if _matches(sweep, t.value, baseline_value(
-        sweep, baselines, t.config.total_steps), ladder.match_tolerance)]
+        sweep, baselines, t.config.total_steps), ladder, noise)]
     if matching:
       return min(matching, key=lambda t: (-t.learning_rate, t.config.warmup_steps))
   return min(trained, key=lambda t: (sign * t.value, t.config.warmup_steps))

@@ -123,7 +123,7 @@ class _Runner:
 
 
 def _search_family(runner: _Runner, sweep: SweepResult, family: FixFamily,
-                   ladder: FixLadder) -> FixResult:
+                   ladder: FixLadder, noise: float) -> FixResult:
   """Plans, runs and judges one rung of the ladder."""
   trials: list[fix_ladder.FixTrial] = []
   baselines: dict[int, float] = {}
@@ -142,9 +142,9 @@ def _search_family(runner: _Runner, sweep: SweepResult, family: FixFamily,
       else:
         trials.append(fix_ladder.judge_trial(sweep, fix, record))
     if family.kind == fix_ladder.WARMUP and fix_ladder.round_succeeded(
-        sweep, trials, baselines, ladder):
+        sweep, trials, baselines, ladder, noise):
       break
-  chosen = fix_ladder.choose(sweep, family, trials, baselines, ladder)
+  chosen = fix_ladder.choose(sweep, family, trials, baselines, ladder, noise)
   comparison = None
   if chosen is not None:
     configs = fix_ladder.verification_configs(sweep, chosen, ladder)
@@ -158,8 +158,18 @@ def _search_family(runner: _Runner, sweep: SweepResult, family: FixFamily,
 
 
 def _run_ladder(runner: _Runner, sweep: SweepResult, families: Sequence[FixFamily],
-                ladder: FixLadder) -> tuple[FixResult, ...]:
+                ladder: FixLadder) -> tuple[tuple[FixResult, ...], Optional[str]]:
+  """The ladder's results, and a sentence on the seed noise the search matched within."""
   results: list[FixResult] = []
+  noise, note = 0.0, None
+  if any(f.status is None for f in families):
+    records = runner.run("lr* on more seeds", fix_ladder.noise_configs(sweep, ladder))
+    if records is not None:
+      noise = fix_ladder.seed_noise(sweep, records)
+      seeds = [sweep.best.config.seed] + [r.config.seed for r in records]
+      note = (f"Seed noise: lr*'s best {sweep.metric} ranges over {noise:.3g} across seeds "
+              f"{', '.join(map(str, seeds))}; a fix's search trial matches lr* within that or "
+              f"{ladder.match_tolerance:.0%} of lr*'s value, whichever is larger.")
   for family in families:
     helped = next((r for r in results if r.helps), None)
     if family.status is not None:
@@ -168,8 +178,8 @@ def _run_ladder(runner: _Runner, sweep: SweepResult, families: Sequence[FixFamil
       results.append(FixResult(family, fix_ladder.NOT_TRIED,
                                f"an earlier fix ({helped.family.name}) helped"))
     else:
-      results.append(_search_family(runner, sweep, family, ladder))
-  return tuple(results)
+      results.append(_search_family(runner, sweep, family, ladder, noise))
+  return tuple(results), note
 
 
 def _ladder_upper_bound(sweep: SweepResult, families: Sequence[FixFamily],
@@ -337,7 +347,9 @@ def diagnose(
       trials, steps = _ladder_upper_bound(sweep, families, fixes)
       say(f"optstab.diagnose: instability found ({verdict}); the fix ladder runs at most "
           f"{trials} trials, {steps} training steps.")
-      results = _run_ladder(runner, sweep, families, fixes)
+      results, noise_note = _run_ladder(runner, sweep, families, fixes)
+      if noise_note is not None:
+        notes.append(noise_note)
   plan = Plan(budget, tuple(runner.rounds))
   diagnosis = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs,
                              fixes=results, notes=tuple(notes), plan=plan, verdict=verdict,
