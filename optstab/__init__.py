@@ -36,7 +36,7 @@ from optstab.clipping import clip_threshold as clip_threshold
 from optstab.clipping import thresholds_in_force as thresholds_in_force
 from optstab.clipping import percentile_clip as percentile_clip
 
-# --- spike guard (S2, S5) ---
+# --- spike guard ---
 from optstab.spike_guard import SkipSpikesState as SkipSpikesState
 from optstab.spike_guard import skip_spikes as skip_spikes
 

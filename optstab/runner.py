@@ -32,7 +32,7 @@ Our position.
 Where it breaks. Each trial is its own run: vectorizing several trials in one
 step with ``jax.vmap`` was measured slower on CPU (about 8x for 3 WRN-10-1
 trials, XLA:CPU's batched convolutions; slower too for the small Transformer
-in the Transformer issue's measurements), so trials run one after another in a
+in our measurements of the Transformer demo), so trials run one after another in a
 process and in parallel across processes. A
 ``TrialFunction`` given an in-memory data set pickles that data with it (fine
 for the shipped digits, wasteful for CIFAR-10: give a ``DataSource`` instead).

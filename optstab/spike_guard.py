@@ -1,4 +1,4 @@
-"""A spike guard: skip outlier steps on the device (FAQ S2, S5).
+"""A spike guard: skip outlier steps on the device.
 
 The rule: at step :math:`t`, with :math:`x_t` the global norm of the incoming
 gradient (and, separately, the loss when ``update`` is given ``loss=``) and

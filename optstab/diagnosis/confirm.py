@@ -1,4 +1,4 @@
-"""Confirmation runs: is the best learning rate limited by instability? (S2)
+"""Confirmation runs: is the best learning rate limited by instability?
 
 After a sweep finds lr*, the FAQ double-checks in three ways:
 

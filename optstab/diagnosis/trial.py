@@ -73,7 +73,7 @@ class TrialConfig:
     learning_rate: the base (peak) learning rate, eta / alpha in the FAQ.
     num_steps: training steps *after* warmup (the baseline's step budget).
     warmup_steps: linear warmup from 0 to ``learning_rate`` prepended to the
-      base schedule (FAQ S4); 0 means no warmup. The trial then runs
+      base schedule (the playbook's warmup); 0 means no warmup. The trial then runs
       ``total_steps = warmup_steps + num_steps`` steps.
     schedule: the base schedule's shape after warmup, one of ``SCHEDULES``.
     eval_every: evaluate every this many steps (1 = every step, as the FAQ's

@@ -1,7 +1,7 @@
-"""Warmup tuning, S4 in full: find the warmup, prepend it, keep it only if it helps.
+"""Warmup tuning, as the playbook prescribes: find the warmup, prepend it, keep it only if it helps.
 
 The FAQ's procedure, given ``unstable_base_learning_rate`` (the rate at which
-the model goes unstable, found by the S2 sweep) and ``max_train_steps``:
+the model goes unstable, found by the learning-rate sweep) and ``max_train_steps``:
 
 1. base rates at least an order of magnitude higher: 10 x by default
    (``factors=(10.0, 100.0)`` also tries 100 x);
@@ -17,7 +17,7 @@ the model goes unstable, found by the S2 sweep) and ``max_train_steps``:
    blowing up is not enough: a run that sits at chance level does not blow up;
 5. then (``compare_with_baseline``, or ``tune_warmup(..., baseline=sweep)``)
    that warmup is prepended to the baseline's schedule at the base rate for
-   the baseline's budget, ``warmup_steps + num_steps`` steps (S4's example: a
+   the baseline's budget, ``warmup_steps + num_steps`` steps (the playbook's example: a
    10,000-step baseline with 1,000 warmup steps becomes an 11,000-step run),
    and compared with the baseline at lr* by best-checkpoint selection
    (``reduce="best"`` on the sweep's metric);
@@ -157,7 +157,7 @@ BEATS, MATCHES, WORSE, DOES_NOT_TRAIN = "beats", "matches", "worse", "does not t
 
 @dataclasses.dataclass(frozen=True)
 class WarmupComparison:
-  """S4's last step: the warmup prepended to the baseline's schedule, against the baseline.
+  """The warmup search's last step: the warmup prepended to the baseline's schedule, against the baseline.
 
   Attributes:
     search: the warmup search whose shortest training warmup was prepended.
@@ -334,7 +334,7 @@ def compare_with_baseline(
     progress: bool = True,
     executor: Optional[Executor] = None,
 ) -> WarmupTuningResult:
-  """S4's last step: prepend each search's warmup to the baseline and compare.
+  """The warmup search's last step: prepend each search's warmup to the baseline and compare.
 
   For every search with a warmup that trains (highest base rate first), runs
   lr*'s configuration at the search's base rate with that warmup prepended,
@@ -410,12 +410,12 @@ def tune_warmup(
     progress: bool = True,
     executor: Optional[Executor] = None,
 ) -> WarmupTuningResult:
-  """Finds the shortest warmup that trains at 10 x the unstable rate, and checks it helps (S4).
+  """Finds the shortest warmup that trains at 10 x the unstable rate, and checks it helps.
 
   Each search trial is ``base_config`` with ``learning_rate`` = the base rate,
   ``warmup_steps`` = W, ``num_steps = post_warmup_steps_for(W,
   post_warmup_factor)`` and a constant schedule after the warmup. With
-  ``baseline=`` (the S2 sweep), the found warmups are then prepended to the
+  ``baseline=`` (the learning-rate sweep), the found warmups are then prepended to the
   baseline's schedule and compared with it (``compare_with_baseline``).
 
   Args:
@@ -441,7 +441,7 @@ def tune_warmup(
       ``DetectorThresholds()``).
     trivial_loss: the loss of a model that learned nothing (default: the
       baseline's): a trial stalled there does not train.
-    baseline: the S2 sweep; when given, the comparison runs.
+    baseline: the learning-rate sweep; when given, the comparison runs.
     match_tolerance, match_margin: see ``compare_with_baseline``.
     out_dir: folder of the trial store (resume).
     store: an open ``TrialStore`` instead of ``out_dir``.

@@ -12,7 +12,7 @@ Scaling. The published Figure 6 (a Transformer on WMT-scale data) swept
 warmups of 1, 1k, 4k, 10k and 40k steps at a peak rate near 5e-4, and only
 the 40k warmup trained. At CPU scale (a 6-layer, width-64 character model, a
 few hundred steps) the same shape appears two orders of magnitude earlier: the
-issue's measurements found Post-LN stalling at the unigram entropy without
+measurements found Post-LN stalling at the unigram entropy without
 warmup from rate 3.2e-3, and 100 warmup steps enough at 3e-3. The quick
 preset's grid is a quarter-decade from 1e-3 to 1e-2; its Figure 6 rate is
 5.6e-3, where (measured, 400 steps, one seed) warmups of 0 and 10 steps

@@ -94,7 +94,7 @@ class TrainSetup:
       (batch-norm scales and biases excluded); the reference uses an L2
       penalty of 1e-4 on CIFAR-10. 0 disables it.
     clip_percentile: if set, ``optstab.percentile_clip(clip_percentile)`` is
-      chained before the optimizer (FAQ S5).
+      chained before the optimizer (the playbook's percentile clipping).
     clip_window: window of recent gradient norms the percentile is taken over.
     clip_min_history: norms recorded before the percentile is used.
     clip_initial_threshold: threshold in force until then (``None``: no
