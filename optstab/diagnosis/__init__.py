@@ -41,6 +41,7 @@ from optstab.diagnosis.executors import (
     run_trial,
 )
 from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
+from optstab.diagnosis.logs import LOG_COLUMNS, RunLog, diagnose_logs, read_run_log, sweep_from_logs
 from optstab.diagnosis.procedure import diagnose, unstable_learning_rate
 from optstab.diagnosis.report import Diagnosis, Finding, make_diagnosis, write_report
 from optstab.diagnosis.store import TrialRecord, TrialStore
