@@ -472,41 +472,69 @@ def read_run_log(
       raise ValueError("eval_columns must map metric names to column names, e.g. "
                        f"{{'loss': 'val/loss'}}; got {eval_columns!r}.")
   table = _read_table(path)
+  roles = _roles(table, step_column, loss_column, grad_norm_column, eval_columns,
+                 None if learning_rate is not None else lr_column, learning_rate is None)
+  train, grads, eval_points, rates = _scan(table, roles)
+  steps, loss = _training_points(table, roles, train)
+  notes: list[str] = []
+  grad_norms = _grad_norms(roles["grad_norm"], steps, loss, grads, notes)
+  eval_steps, metrics = _evaluations(table, roles, steps, eval_points, notes)
+  rate, source = _learning_rate(path, learning_rate, roles["learning_rate"], rates)
+  gaps = np.diff(eval_steps)
+  eval_every = int(np.median(gaps)) if gaps.size else int(steps.size)
+  config = TrialConfig(learning_rate=rate, num_steps=int(steps.size), eval_every=eval_every,
+                       extra={"log_file": path})
+  result = TrialResult(config=config, train_loss=loss, eval_steps=eval_steps,
+                       eval_metrics=metrics, grad_norms=grad_norms)
+  columns = {r: c for r, c in roles.items() if r != "learning_rate"}
+  return RunLog(path, rate, source, columns, steps, result, tuple(notes))
+
+
+def _roles(table: _Table, step_column, loss_column, grad_norm_column, eval_columns, lr_column,
+           want_rate: bool) -> dict[str, Optional[str]]:
+  """Role (``step``, ``loss``, ``grad_norm``, ``learning_rate``, ``eval/<metric>``) -> column."""
   step_col = table.step_column or _find(table, "step", step_column, "step_column", True)
-  loss_col = _find(table, "loss", loss_column, "loss_column", True)
-  grad_col = _find(table, "grad_norm", grad_norm_column, "grad_norm_column", False)
   if eval_columns is None:
     found = _find(table, "eval_loss", None, "eval_columns", False)
     evals = {} if found is None else {"loss": found}
   else:
     evals = {m: _find(table, "eval_loss", c, f"eval_columns[{m!r}]", True)
              for m, c in eval_columns.items()}
-  rate_col = None if learning_rate is not None else _find(
-      table, "learning_rate", lr_column, "lr_column", False)
-  roles = {"step": step_col, "loss": loss_col, "grad_norm": grad_col, "learning_rate": rate_col,
-           **{f"eval/{m}": c for m, c in evals.items()}}
-  clash = [c for c in set(roles.values()) if c is not None
-           and list(roles.values()).count(c) > 1]
-  if clash:
-    _fail(path, f"column {clash[0]!r} cannot play two roles "
-                f"({[r for r, c in roles.items() if c == clash[0]]}); name the columns")
+  roles = {
+      "step": step_col,
+      "loss": _find(table, "loss", loss_column, "loss_column", True),
+      "grad_norm": _find(table, "grad_norm", grad_norm_column, "grad_norm_column", False),
+      **{f"eval/{m}": c for m, c in evals.items()},
+      "learning_rate": (_find(table, "learning_rate", lr_column, "lr_column", False)
+                        if want_rate else None),
+  }
+  used = [c for c in roles.values() if c is not None]
+  clash = next((c for c in used if used.count(c) > 1), None)
+  if clash is not None:
+    _fail(table.source, f"column {clash!r} cannot play two roles "
+                        f"({[r for r, c in roles.items() if c == clash]}); name the columns")
+  return roles
 
-  train: list[tuple[int, float, str]] = []
+
+def _scan(table: _Table, roles: Mapping[str, Optional[str]]):
+  """The rows' values: training points (step, loss or None if empty, where), gradient norms by
+  step, evaluation points per metric, learning rates."""
+  step_col, loss_col = roles["step"], roles["loss"]
+  metrics = [r[len("eval/"):] for r in roles if r.startswith("eval/")]
+  train: list[tuple[int, Optional[float], str]] = []
   grads: dict[int, float] = {}
-  eval_points: dict[str, list[tuple[int, float, str]]] = {m: [] for m in evals}
+  eval_points: dict[str, list[tuple[int, float, str]]] = {m: [] for m in metrics}
   rates: list[float] = []
   for where, cells in table.rows:
-    values = {}
-    for role, column in roles.items():
-      if role != "step" and column is not None and column in cells:
-        values[role] = _number(table, where, column, cells[column])
-    if all(v is None for v in values.values()):
-      if loss_col not in cells:
-        continue  # a row logging nothing this run reads (e.g. a config line)
+    values = {role: _number(table, where, column, cells[column])
+              for role, column in roles.items()
+              if role != "step" and column is not None and column in cells}
+    if all(v is None for v in values.values()) and loss_col not in cells:
+      continue  # a row logging nothing this run reads (e.g. a config line)
     if step_col not in cells or _number(table, where, step_col, cells[step_col]) is None:
-      _fail(path, f"{where} logs values but no step (column {step_col!r})")
+      _fail(table.source, f"{where} logs values but no step (column {step_col!r})")
     step = _step_of(table, where, step_col, cells[step_col])
-    evaluated = {m: values[f"eval/{m}"] for m in evals if values.get(f"eval/{m}") is not None}
+    evaluated = {m: values[f"eval/{m}"] for m in metrics if values.get(f"eval/{m}") is not None}
     for metric, value in evaluated.items():
       eval_points[metric].append((step, value, where))
     if values.get("grad_norm") is not None:
@@ -515,11 +543,21 @@ def read_run_log(
       rates.append(values["learning_rate"])
     if loss_col not in cells:
       continue
-    loss = values["loss"]
-    if loss is None and any(math.isfinite(v) for v in evaluated.values()):
+    if values["loss"] is None and any(math.isfinite(v) for v in evaluated.values()):
       continue  # an evaluation row of an export that writes every column on every row
-    train.append((step, loss, where))
+    train.append((step, values["loss"], where))
+  return train, grads, eval_points, rates
 
+
+def _increasing(table: _Table, points, what: str, column: str) -> None:
+  for (s0, _, _), (s1, _, where) in zip(points, points[1:]):
+    if s1 <= s0:
+      _fail(table.source, f"{where}: {what} step {s1} comes after step {s0}: the steps must "
+                          f"increase, one value per step (column {column!r})")
+
+
+def _training_points(table: _Table, roles, train) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, loss) of the training points; empty cells read as NaN or as not logged."""
   # An empty training loss before a later logged one means "not logged in this row" (a
   # metric logged at its own steps); only empty cells after the last logged loss are a
   # divergence (a NaN that the exporter wrote as an empty cell).
@@ -530,35 +568,35 @@ def read_run_log(
   else:
     train = [(s, math.nan if v is None else v, w) for s, v, w in train]
   if not train:
-    _fail(path, f"holds no training-loss value (column {loss_col!r})")
-  for (s0, _, _), (s1, _, where) in zip(train, train[1:]):
-    if s1 <= s0:
-      _fail(path, f"{where}: training-loss step {s1} comes after step {s0}: the steps must "
-                  f"increase, one training loss per step (column {step_col!r})")
-  steps = np.array([s for s, _, _ in train], dtype=np.int64)
-  loss = np.array([v for _, v, _ in train], dtype=np.float64)
-  notes: list[str] = []
+    _fail(table.source, f"holds no training-loss value (column {roles['loss']!r})")
+  _increasing(table, train, "training-loss", roles["step"])
+  return (np.array([s for s, _, _ in train], dtype=np.int64),
+          np.array([v for _, v, _ in train], dtype=np.float64))
 
-  grad_norms = np.full(steps.size, np.nan)
-  if grad_col is not None:
-    present = np.array([s in grads for s in steps.tolist()])
-    gaps = ~present & np.isfinite(loss)
-    if gaps.any():
-      first = int(steps[np.argmax(gaps)])
-      notes.append(f"Its gradient norm ({grad_col!r}) is missing at {int(gaps.sum())} of "
-                   f"{steps.size} points where the loss is finite (first at step {first}), "
-                   "so its gradient norms were not used: a gap cannot be told from an outlier.")
-    else:
-      grad_norms = np.array([grads.get(s, math.nan) for s in steps.tolist()])
 
-  point_steps: Optional[np.ndarray] = None
+def _grad_norms(column: Optional[str], steps: np.ndarray, loss: np.ndarray,
+                grads: Mapping[int, float], notes: list[str]) -> np.ndarray:
+  """The gradient norm of every point, or all NaN (with a note) when it has gaps."""
+  if column is None:
+    return np.full(steps.size, np.nan)
+  gaps = np.array([s not in grads for s in steps.tolist()]) & np.isfinite(loss)
+  if gaps.any():
+    notes.append(f"Its gradient norm ({column!r}) is missing at {int(gaps.sum())} of "
+                 f"{steps.size} points where the loss is finite (first at step "
+                 f"{int(steps[np.argmax(gaps)])}), so its gradient norms were not used: a gap "
+                 "cannot be told from an outlier.")
+    return np.full(steps.size, np.nan)
+  return np.array([grads.get(s, math.nan) for s in steps.tolist()])
+
+
+def _evaluations(table: _Table, roles, steps: np.ndarray, eval_points,
+                 notes: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """(eval_steps, metrics): each evaluation at the last training point at or before its step."""
+  point_steps = np.zeros(0, np.int64)
   metrics: dict[str, np.ndarray] = {}
   dropped = merged = 0
-  for metric, points in eval_points.items():
-    for (s0, _, _), (s1, _, where) in zip(points, points[1:]):
-      if s1 <= s0:
-        _fail(path, f"{where}: evaluation step {s1} comes after step {s0} (column "
-                    f"{evals[metric]!r}): the steps must increase")
+  for i, (metric, points) in enumerate(eval_points.items()):
+    _increasing(table, points, "evaluation", roles[f"eval/{metric}"])
     at: dict[int, float] = {}
     for step, value, _ in points:
       point = int(np.searchsorted(steps, step, side="right"))  # 1-based: last point <= step
@@ -568,9 +606,10 @@ def read_run_log(
       merged += point in at
       at[point] = value
     here = np.array(sorted(at), dtype=np.int64)
-    if point_steps is not None and not np.array_equal(here, point_steps):
-      _fail(path, f"the evaluation columns {list(evals.values())} are logged at different "
-                  "steps; give the ones logged together (eval_columns=)")
+    if i and not np.array_equal(here, point_steps):
+      _fail(table.source, f"the evaluation columns {[roles['eval/' + m] for m in eval_points]} "
+                          "are logged at different steps; give the ones logged together "
+                          "(eval_columns=)")
     point_steps = here
     metrics[metric] = np.array([at[p] for p in here.tolist()])
   if dropped:
@@ -579,32 +618,27 @@ def read_run_log(
   if merged:
     notes.append(f"{merged} evaluation value(s) fell on the same training-loss point as a later "
                  "one and were replaced by it.")
-  if point_steps is None:
-    point_steps = np.zeros(0, np.int64)
+  return point_steps, metrics
 
-  if learning_rate is not None:
-    rate, source = float(learning_rate), "given"
-  elif rates:
-    rate, source = max(rates), f"column {rate_col!r} (its largest value)"
+
+def _learning_rate(path: str, given: Optional[float], column: Optional[str],
+                   rates: Sequence[float]) -> tuple[float, str]:
+  """(rate, where it came from): given, the column's peak, or the file's name."""
+  if given is not None:
+    return float(given), "given"
+  if rates:
+    rate, source = max(rates), f"column {column!r} (its largest value)"
   else:
     rate, source = _rate_from_name(path), "file name"
     if rate is None:
       _fail(path, "has no learning rate: give it (learning_rate=, or --learning-rates), log "
                   f"it in a column ({', '.join(LOG_COLUMNS['learning_rate'])}) or name the "
                   "file after it (e.g. lr=0.1.csv)")
-    if rate_col is not None:
-      source += f" (column {rate_col!r} holds no finite value)"
+    if column is not None:
+      source += f" (column {column!r} holds no finite value)"
   if not (rate > 0 and math.isfinite(rate)):
     _fail(path, f"the learning rate must be > 0; got {rate!r} from the {source}")
-  gaps = np.diff(point_steps)
-  eval_every = int(np.median(gaps)) if gaps.size else int(steps.size)
-  config = TrialConfig(learning_rate=rate, num_steps=int(steps.size), eval_every=eval_every,
-                       extra={"log_file": path})
-  result = TrialResult(config=config, train_loss=loss, eval_steps=point_steps,
-                       eval_metrics=metrics, grad_norms=grad_norms)
-  columns = {"step": step_col, "loss": loss_col, "grad_norm": grad_col,
-             **{f"eval/{m}": c for m, c in evals.items()}}
-  return RunLog(path, rate, source, columns, steps, result, tuple(notes))
+  return float(rate), source
 
 
 def _padded(run: RunLog, steps: np.ndarray) -> TrialResult:
