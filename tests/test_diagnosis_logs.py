@@ -276,6 +276,10 @@ def test_hugging_face_trainer_state_json(tmp_path):
   assert run.learning_rate == 0.1 and run.steps.tolist() == list(range(10, 301, 10))
   assert run.result.eval_steps.tolist() == [30] and run.result.eval_metrics["loss"].tolist() == [0.5]
   assert "1 evaluation value(s) logged before its first training loss" in run.describe()
+  # JSON Lines in a file named .json read the same.
+  lines = tmp_path / "lr=0.1.json"
+  lines.write_text("".join(json.dumps(entry) + "\n" for entry in history))
+  np.testing.assert_array_equal(read_run_log(lines).result.train_loss, run.result.train_loss)
 
 
 @pytest.mark.parametrize(("header", "rows", "kwargs", "match"), [

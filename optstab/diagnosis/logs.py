@@ -183,25 +183,17 @@ def _read_csv(path: str) -> _Table:
 
 def _read_json_rows(path: str) -> _Table:
   text = _read_text(path)
-  stripped = text.lstrip()
   entries: list[tuple[str, Any]] = []
   whole = None
-  if path.lower().endswith(".json") or stripped.startswith("["):
+  if path.lower().endswith(".json") or text.lstrip().startswith("["):
     try:
       whole = json.loads(text)
-    except json.JSONDecodeError as e:
-      if not path.lower().endswith(".json"):
-        whole = None
-      else:
-        _fail(path, f"cannot be parsed as JSON: {e.msg} at line {e.lineno}, column {e.colno}")
-  if whole is not None:
-    if isinstance(whole, Mapping) and isinstance(whole.get("log_history"), list):
-      entries = [(f"log_history[{i}]", e) for i, e in enumerate(whole["log_history"])]
-    elif isinstance(whole, list):
-      entries = [(f"entry {i}", e) for i, e in enumerate(whole)]
-    else:
-      _fail(path, "cannot be parsed as a log: a JSON file must hold a list of objects (one per "
-                  "logged step) or a trainer state with a 'log_history' list")
+    except json.JSONDecodeError:
+      whole = None  # e.g. JSON Lines in a .json file: read line by line below
+  if isinstance(whole, Mapping) and isinstance(whole.get("log_history"), list):
+    entries = [(f"log_history[{i}]", e) for i, e in enumerate(whole["log_history"])]
+  elif isinstance(whole, list):
+    entries = [(f"entry {i}", e) for i, e in enumerate(whole)]
   else:
     for number, line in enumerate(text.splitlines(), start=1):
       if not line.strip():
@@ -385,12 +377,8 @@ class RunLog:
   notes: tuple[str, ...] = ()
 
   @property
-  def dense(self) -> bool:
-    """The training loss is logged at every step."""
-    return bool(np.all(np.diff(self.steps) == 1))
-
-  @property
   def has_grad_norms(self) -> bool:
+    """Gradient norms were read (a column without gaps)."""
     return bool(np.isfinite(self.result.grad_norms).any())
 
   def describe(self) -> str:
@@ -400,12 +388,6 @@ class RunLog:
     text = (f"{self.path}: learning rate {self.learning_rate:.4g} ({self.learning_rate_source}); "
             f"columns: {used}; training loss at {_describe_steps(self.steps)}.")
     return " ".join((text,) + self.notes)
-
-  def to_dict(self) -> dict[str, Any]:
-    return {"path": self.path, "learning_rate": self.learning_rate,
-            "learning_rate_source": self.learning_rate_source, "columns": dict(self.columns),
-            "first_step": int(self.steps[0]), "last_step": int(self.steps[-1]),
-            "num_points": int(self.steps.size), "notes": list(self.notes)}
 
 
 def _rate_from_name(path: str) -> Optional[float]:
