@@ -28,6 +28,9 @@ ALLOWED = {
                "executors"},
     "procedure": {"trial", "store", "feasibility", "sweep", "detectors", "confirm",
                   "warmup_tuner", "report", "executors"},
+    # Logs replace the training function: judged like a sweep, reported like diagnose.
+    "logs": {"trial", "store", "feasibility", "sweep", "detectors", "confirm", "report"},
+    "logs_cli": {"logs"},
 }
 
 
