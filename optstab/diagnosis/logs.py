@@ -59,11 +59,14 @@ logged points cannot be seen. Evaluations are placed at the last training
 point at or before their step (an evaluation before the first one, e.g. at
 step 0, is dropped). Every run of a sweep must log the same steps.
 
-**Gradient norms** are evidence only (they never change a label), but a gap
-would read as an outlier: a run whose gradient-norm column misses a point
-where its loss is finite uses no gradient norms, and says so; so does a run
-without the column. The report then has no gradient-norm finding and no
-clipping threshold.
+**Gradient norms** are evidence (outliers never change a label; an early
+gradient-norm jump corroborates an early loss jump), but a gap would read as an
+outlier: a run whose gradient-norm column misses a point where its loss is
+finite uses no gradient norms, and says so; so does a run without the column.
+The report then has no gradient-norm finding and no clipping threshold, and a
+borderline early loss jump that only the norm would corroborate reads as
+stable (on the WideResNet demo's stride sweep, one early-unstable run of seven
+does).
 
 Bad input is a ``ValueError`` naming the file, the line (or entry) and the
 column: a missing column, a non-numeric value, steps that do not increase,
@@ -732,10 +735,13 @@ def _notes(runs: Sequence[RunLog], sweep: SweepResult) -> list[str]:
   without = [r for r in runs if not r.has_grad_norms]
   if len(without) == len(runs):
     notes.append("No gradient norms were used (none logged, or logged with gaps): there is no "
-                 "gradient-norm evidence and no clipping threshold from the logs.")
+                 "gradient-norm evidence and no clipping threshold from the logs, and an early "
+                 "loss jump is judged on the loss alone, without a gradient-norm jump to "
+                 "corroborate it, so a borderline early instability can read as stable.")
   elif without:
     notes.append("No gradient norms were used for " + ", ".join(r.path for r in without)
-                 + ": none logged, or logged with gaps.")
+                 + " (none logged, or logged with gaps): their early loss jumps are judged on "
+                 "the loss alone.")
   if sweep.metric == TRAIN_LOSS:
     notes.append("lr* is ranked by the final training loss: not every run logs an evaluation "
                  "loss (name one with eval_columns= or --eval-column).")
