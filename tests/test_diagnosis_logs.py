@@ -353,6 +353,11 @@ def test_bad_logs_and_sweeps(tmp_path):
     optstab.diagnose_logs([])
   with pytest.raises(ValueError, match=r"mode must be 'min' or 'max'"):
     optstab.diagnose_logs([tmp_path / "a_lr=0.1.csv"], mode="lowest")
+  for kwargs, name in (({"trivial_loss": "2.3"}, "trivial_loss"), ({"step_column": 3}, "step_column"),
+                       ({"thresholds": 0.5}, "thresholds"), ({"above_count": 0}, "above_count"),
+                       ({"eval_columns": {"loss": 1}}, "eval_columns")):
+    with pytest.raises(ValueError, match=name):
+      optstab.diagnose_logs([tmp_path / "missing.csv"], **kwargs)  # before any file is read
 
 
 def test_guessed_names_cover_the_common_loggers():

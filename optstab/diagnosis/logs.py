@@ -451,6 +451,8 @@ def read_run_log(
   path = os.fspath(path)
   if learning_rate is not None:
     _validation.check_positive("learning_rate", learning_rate)
+  _check_column_names(step_column=step_column, loss_column=loss_column,
+                      grad_norm_column=grad_norm_column, lr_column=lr_column)
   if eval_columns is not None:
     if not isinstance(eval_columns, Mapping) or not all(
         isinstance(k, str) and k and isinstance(v, str) for k, v in eval_columns.items()):
@@ -473,6 +475,19 @@ def read_run_log(
                        eval_metrics=metrics, grad_norms=grad_norms)
   columns = {r: c for r, c in roles.items() if r != "learning_rate"}
   return RunLog(path, rate, source, columns, steps, result, tuple(notes))
+
+
+def _check_column_names(**names: Any) -> None:
+  for name, value in names.items():
+    if value is not None and (not isinstance(value, str) or not value):
+      raise ValueError(f"{name} must be a column name (a non-empty str) or None; got {value!r}.")
+
+
+def _check_judging(trivial_loss: Any, thresholds: Any) -> None:
+  if trivial_loss is not None:
+    _validation.check_in_range("trivial_loss", trivial_loss, -math.inf, math.inf)
+  if thresholds is not None and not isinstance(thresholds, DetectorThresholds):
+    raise ValueError(f"thresholds must be a DetectorThresholds or None; got {thresholds!r}.")
 
 
 def _roles(table: _Table, step_column, loss_column, grad_norm_column, eval_columns, lr_column,
@@ -698,8 +713,7 @@ def sweep_from_logs(
   if metric is None:
     metric = "loss" if all("loss" in r.result.eval_metrics for r in runs) else TRAIN_LOSS
   check_ranking(metric, mode, reduce, rule)
-  if trivial_loss is not None:
-    _validation.check_in_range("trivial_loss", trivial_loss, -math.inf, math.inf)
+  _check_judging(trivial_loss, thresholds)
   rule = FeasibilityRule() if rule is None else rule
   _, results = _same_steps(runs)
   for run, result in zip(runs, results):
@@ -801,6 +815,9 @@ def diagnose_logs(
       _validation.check_positive(f"learning_rates[{i}]", rate)
   _validation.check_positive_int("above_count", above_count)
   check_ranking(TRAIN_LOSS if metric is None else metric, mode, reduce, rule)
+  _check_judging(trivial_loss, thresholds)
+  _check_column_names(step_column=step_column, loss_column=loss_column,
+                      grad_norm_column=grad_norm_column, lr_column=lr_column)
   runs = [read_run_log(p, learning_rate=None if learning_rates is None else learning_rates[i],
                        step_column=step_column, loss_column=loss_column,
                        grad_norm_column=grad_norm_column, eval_columns=eval_columns,
