@@ -73,6 +73,7 @@ from optstab.diagnosis import compare_with_baseline as compare_with_baseline
 from optstab.diagnosis import detect_grad_norm_outliers as detect_grad_norm_outliers
 from optstab.diagnosis import detect_loss_spikes as detect_loss_spikes
 from optstab.diagnosis import diagnose as diagnose
+from optstab.diagnosis import diagnose_logs as diagnose_logs
 from optstab.diagnosis import final_loss_level as final_loss_level
 from optstab.diagnosis import learning_rate_sweep as learning_rate_sweep
 from optstab.diagnosis import log_grid as log_grid

@@ -31,6 +31,9 @@ ALLOWED = {
                "verdict", "executors"},
     "procedure": {"trial", "store", "feasibility", "sweep", "detectors", "confirm", "fixes",
                   "plan", "verdict", "report", "executors"},
+    # Logs replace the training function: judged like a sweep, reported like diagnose.
+    "logs": {"trial", "store", "feasibility", "sweep", "detectors", "confirm", "report"},
+    "logs_cli": {"logs"},
 }
 
 

@@ -52,6 +52,7 @@ from optstab.diagnosis.executors import (
     run_trial,
 )
 from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
+from optstab.diagnosis.logs import LOG_COLUMNS, RunLog, diagnose_logs, read_run_log, sweep_from_logs
 from optstab.diagnosis.fixes import Fix, FixLadder, FixResult, SeedComparison
 from optstab.diagnosis.plan import Plan, PlannedRound
 from optstab.diagnosis.procedure import Checks, diagnose
