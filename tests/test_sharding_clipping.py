@@ -6,25 +6,16 @@ not of one shard. Runs tests/_sharding_clipping_worker.py in a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=8.
 """
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
+
+from _eight_devices import run_on_eight_devices
 
 WORKER = pathlib.Path(__file__).with_name("_sharding_clipping_worker.py")
 NOISE_MARGIN = 10.0  # 8 devices may reorder more of the sum than one reversal
 
 
 def test_eight_devices_equal_one_device():
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  proc = subprocess.run([sys.executable, str(WORKER)], env=env, capture_output=True, text=True,
-                        timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("REPORT ")][-1]
-  report = json.loads(line[len("REPORT "):])
+  report = run_on_eight_devices(WORKER)
   # The norm of n float32 squares, in any summation order, is within about
   # n * 2**-24 (relative) of the exact one: the worst-case bound of a float32
   # sum, halved by the square root, plus the squares' and the root's roundings.

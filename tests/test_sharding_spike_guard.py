@@ -5,24 +5,15 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8 (so the device count does
 not leak into other tests).
 """
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
+
+from _eight_devices import run_on_eight_devices
 
 WORKER = pathlib.Path(__file__).with_name("_sharding_spike_guard_worker.py")
 
 
 def test_eight_devices_equal_one_device():
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  proc = subprocess.run([sys.executable, str(WORKER)], env=env, capture_output=True, text=True,
-                        timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("REPORT ")][-1]
-  report = json.loads(line[len("REPORT "):])
+  report = run_on_eight_devices(WORKER)
   # The spikes, the NaN step and the loss spike; nothing else.
   assert report["skipped_single"] == [20, 33, 34, 41, 45, 50], report
   # A float32 sum of n squares in any order: within n * 2**-24 of the exact norm.

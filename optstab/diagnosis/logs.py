@@ -84,7 +84,7 @@ import json
 import math
 import os
 import re
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 

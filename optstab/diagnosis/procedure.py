@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from concurrent.futures import Executor
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from optstab import _validation
 from optstab.diagnosis import fixes as fix_ladder
