@@ -54,7 +54,7 @@ def transformer_workload(norm_position: str, num_steps: int) -> tuple[Callable, 
   trial_fn = tf_train.make_trial_fn(setup, source, progress=False)
   base = TrialConfig(1e-3, num_steps=num_steps, schedule="constant", eval_every=100,
                      extra={"variant": f"{norm_position}_ln"})
-  return trial_fn, dict(learning_rates=log_grid(3e-4, 1e-2, 7), base_config=base,
+  return trial_fn, dict(learning_rates=log_grid(3e-4, 3e-2, 7), base_config=base,
                         trivial_loss=corpus.unigram_entropy, metric="loss")
 
 
@@ -69,7 +69,7 @@ def wrn_workload(variant: str, num_steps: int) -> tuple[Callable, dict[str, Any]
   trial_fn = wrn_train.make_trial_fn(setup, source, progress=False)
   base = TrialConfig(0.01, num_steps=num_steps, schedule="cosine", eval_every=20,
                      extra={"variant": variant})
-  return trial_fn, dict(learning_rates=log_grid(0.01, 1.0, 5), base_config=base,
+  return trial_fn, dict(learning_rates=log_grid(0.01, 10.0, 7), base_config=base,
                         trivial_loss=math.log(data.num_classes), metric="error_rate")
 
 

@@ -248,3 +248,12 @@ def test_seed_comparison_uses_the_larger_range_as_noise():
   assert not failed.trains_on_every_seed and not failed.better
   assert math.isnan(failed.fix_mean)
   assert np.isfinite(failed.baseline_mean)
+
+
+def test_no_fix_is_searched_when_lr_star_is_the_grids_largest_rate(early, tmp_path):
+  tmp_path = _resumed(early, tmp_path)
+  d = diagnose(early_instability_trial, GRID[:5], 300, out_dir=tmp_path, progress=False, log=None)
+  assert d.sweep.at_grid_top and d.verdict != "stable"  # the checks at 5 x and 10 x diverge
+  assert d.fixes == () and d.recommendation is None
+  assert any(f.topic == "Note" and f.text.startswith("No fix was searched: lr* is the largest rate")
+             for f in d.findings)

@@ -8,7 +8,8 @@ records into a decision that picks the next round:
 2. the confirmation checks, one batch: a short run at 2 x lr* looked at every
    step, and runs at 5 x and 10 x lr* for the sweep's length; with the sweep's
    curves just above lr* they give the verdict;
-3. if instability limits lr*, the fix ladder (``optstab.diagnosis.fixes``):
+3. if instability limits lr* (and lr* is not the grid's largest rate, where the
+   sweep cannot tell), the fix ladder (``optstab.diagnosis.fixes``):
    each fix the training function supports, in the playbook's order, tried
    at rates from 10 x the smallest unstable rate down, then verified against
    lr* given the same total steps on several seeds. The first fix that helps
@@ -335,7 +336,12 @@ def diagnose(
   results: tuple[FixResult, ...] = ()
   unstable = unstable_learning_rate(sweep, runs)
   if verdict != STABLE and fixes is not None:
-    if unstable is None:
+    if sweep.at_grid_top:
+      notes.append("No fix was searched: lr* is the largest rate of the grid, so the sweep "
+                   "cannot tell whether instability limits it (the checks above lr* fail for "
+                   "any model at a high enough rate). Extend the grid upward, then diagnose "
+                   "again: the trials already run are reused.")
+    elif unstable is None:
       notes.append("No fix was searched: no rate above lr* was unstable, so there is no "
                    "unstable rate for a fix to raise.")
     else:
