@@ -418,6 +418,7 @@ class SeedComparison:
     noise: the seed noise: the larger of the two runs' ranges over seeds.
     playbook_baseline_value: lr* at the sweep's own budget (first seed): the
       playbook's comparison for warmup, which gives the fix its extra steps.
+    baseline_trial: lr*'s run for the same total steps on the first seed.
   """
 
   metric: str
@@ -428,6 +429,7 @@ class SeedComparison:
   baseline_values: tuple[float, ...]
   noise: float
   playbook_baseline_value: float
+  baseline_trial: Optional[FixTrial] = None
 
   @property
   def fix_mean(self) -> float:
@@ -480,7 +482,7 @@ def compare_seeds(sweep: SweepResult, chosen: FixTrial, records: Sequence[TrialR
   return SeedComparison(
       sweep.metric, sweep.mode, tuple(t.config.seed for t in fixed), fix_values,
       tuple(t.trains for t in fixed), base_values,
-      max(_range(fix_values), _range(base_values)), _value(sweep, sweep.best))
+      max(_range(fix_values), _range(base_values)), _value(sweep, sweep.best), baseline[0])
 
 
 @dataclasses.dataclass(frozen=True)

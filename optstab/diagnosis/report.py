@@ -411,9 +411,14 @@ def _plot_all(d: Diagnosis, out_dir: str) -> dict[str, str]:
         norms, os.path.join(out_dir, "grad_norm_histogram.png"), threshold=threshold)
   searched = [f for f in d.fixes if f.trials]
   if searched:
-    curves = {f"lr* = {best.learning_rate:.3g} (sweep)": best.result.train_loss}
+    curves = {f"lr* = {best.learning_rate:.3g}, {best.config.total_steps} steps (sweep)":
+              best.result.train_loss}
     for f in searched:
       shown = f.chosen if f.chosen is not None else max(f.trials, key=lambda t: t.learning_rate)
+      baseline = None if f.comparison is None else f.comparison.baseline_trial
+      if baseline is not None and baseline.result is not None:
+        curves[f"lr* = {best.learning_rate:.3g}, {baseline.config.total_steps} steps "
+               "(same steps as the fix)"] = baseline.result.train_loss
       if shown.result is not None:
         curves[f"{shown.fix.name}, lr {shown.learning_rate:.3g}: {f.status}"] = shown.result.train_loss
     files["fixes"] = plots.plot_loss_curves(
