@@ -88,7 +88,7 @@ def _best(record, metric: str) -> float:
   return optstab.diagnosis.metric_value(record.result, metric, "min", "best")
 
 
-def fresh_seed_check(trial_fn, diagnosis, seeds, executor) -> dict[str, Any]:
+def fresh_seed_check(trial_fn, diagnosis, seeds, executor, out_dir) -> dict[str, Any]:
   """The recommended fix, the same rate without it, and lr* for equal steps, on fresh seeds."""
   rec = diagnosis.recommendation
   sweep = diagnosis.sweep
@@ -97,7 +97,7 @@ def fresh_seed_check(trial_fn, diagnosis, seeds, executor) -> dict[str, Any]:
   without = base.replace(learning_rate=fixed.learning_rate, num_steps=fixed.total_steps)
   equal = base.replace(num_steps=fixed.total_steps)
   configs = [c.replace(seed=s) for c in (fixed, without, equal) for s in seeds]
-  records = run_trials(trial_fn, configs, progress=False, executor=executor,
+  records = run_trials(trial_fn, configs, out_dir=out_dir, progress=False, executor=executor,
                        desc="fresh seeds")
   n = len(seeds)
   groups = {name: records[i * n:(i + 1) * n] for i, name in enumerate(("fix", "without", "lr*"))}
@@ -142,7 +142,8 @@ def main(argv=None) -> int:
              "diagnose_seconds": seconds, "steps_run": d.plan.steps_run if d.plan else None,
              "fixes": [(f.family.name, f.status) for f in d.fixes]}
       if d.recommendation is not None:
-        row["fresh"] = fresh_seed_check(trial_fn, d, seeds, executor)
+        row["fresh"] = fresh_seed_check(trial_fn, d, seeds, executor,
+                                        os.path.join(args.out, name, "fresh_seeds"))
       rows.append(row)
       print(json.dumps(row, default=float), flush=True)
       os.makedirs(args.out, exist_ok=True)

@@ -180,6 +180,7 @@ def test_warmup_lengths_are_dense_for_short_budgets():
     ({"seeds": 1}, "seeds"),
     ({"warmup_fractions": (0.0,)}, r"warmup_fractions\[0\]"),
     ({"clip_percentile": 0.0}, "clip_percentile"),
+    ({"min_rate_gain": 0.5}, "min_rate_gain"),
 ])
 def test_fix_ladder_refuses_bad_settings(kwargs, match):
   with pytest.raises(ValueError, match=match):

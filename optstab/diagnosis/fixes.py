@@ -44,7 +44,7 @@ __all__ = [
     "HELPS", "DOES_NOT_HELP", "NOT_SUPPORTED", "NOT_TRIED", "NOT_APPLICABLE", "DROPPED",
     "Fix", "FixLadder", "FixFamily", "FixTrial", "SeedComparison", "FixResult",
     "trains", "warmup_lengths", "plan_families", "search_rounds", "round_succeeded",
-    "noise_configs", "seed_noise",
+    "noise_configs", "seed_noise", "highest_rate_without_fix",
     "choose", "verification_configs", "compare_seeds", "judge_fix",
 ]
 
@@ -105,6 +105,10 @@ class FixLadder:
     match_tolerance: during the search, a trial "matches" lr* within this
       fraction of lr*'s metric, or within lr*'s spread over ``seeds`` seeds
       if larger.
+    min_rate_gain: a fix that is only as good as lr* helps when it trains at
+      more than this multiple of the highest rate that trained without it (in
+      the sweep or a check): a smaller gain is within what a finer grid could
+      find without any fix.
   """
 
   kinds: tuple[str, ...] = FIX_KINDS
@@ -117,6 +121,7 @@ class FixLadder:
   seeds: int = 2
   try_all: bool = False
   match_tolerance: float = 0.02
+  min_rate_gain: float = 2.0
 
   def __post_init__(self):
     kinds = tuple(_validation.check_sequence("kinds", self.kinds))
@@ -144,6 +149,7 @@ class FixLadder:
     _validation.check_in_range("max_clip_fraction", self.max_clip_fraction, 0.0, 1.0)
     _validation.check_positive_int("seeds", self.seeds, minimum=2)
     _validation.check_non_negative("match_tolerance", self.match_tolerance)
+    _validation.check_in_range("min_rate_gain", self.min_rate_gain, 1.0, math.inf)
 
 
 def trains(trial: SweepTrial) -> bool:
@@ -540,12 +546,23 @@ def _fmt_rates(rates: Sequence[float]) -> str:
   return ", ".join(f"{r:.3g}" for r in sorted(rates))
 
 
+def highest_rate_without_fix(sweep: SweepResult, runs: Sequence[Any] = ()) -> Optional[float]:
+  """The highest rate that trained without a fix: in the sweep, or in a confirmation run."""
+  rates = [t.learning_rate for t in sweep.trials if trains(t)]
+  rates += [r.learning_rate for r in runs if r.trial is not None and trains(r.trial)]
+  return max(rates, default=None)
+
+
 def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
               chosen: Optional[FixTrial], comparison: Optional[SeedComparison],
-              ladder: FixLadder) -> FixResult:
-  """The verdict on one searched rung, with the sentence that says which runs show it."""
-  sweep_trained = [t for t in sweep.trials if trains(t)]
-  baseline_rate = max((t.learning_rate for t in sweep_trained), default=None)
+              ladder: FixLadder, baseline_rate: Optional[float] = None) -> FixResult:
+  """The verdict on one searched rung, with the sentence that says which runs show it.
+
+  ``baseline_rate`` is the highest rate that trained without the fix
+  (``highest_rate_without_fix``; default: the sweep's).
+  """
+  if baseline_rate is None:
+    baseline_rate = highest_rate_without_fix(sweep)
   top = highest_training_rate(trials)
   common = dict(trials=tuple(trials), chosen=chosen, comparison=comparison,
                 highest_training_rate=top, baseline_highest_rate=baseline_rate)
@@ -576,7 +593,7 @@ def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
         f"{ladder.max_clip_fraction:.0%}: that is in effect a lower learning rate; lower the "
         f"learning rate instead"), **common)
   higher = (family.kind != OPTIMIZER and baseline_rate is not None
-            and chosen.learning_rate > baseline_rate)
+            and chosen.learning_rate > ladder.min_rate_gain * baseline_rate)
   if c.better:
     return FixResult(family, HELPS, f"{at}: {values}: better beyond the seed noise", **common)
   if higher and c.not_worse:
@@ -588,5 +605,6 @@ def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
   elif family.kind == OPTIMIZER:
     why = "not better beyond the seed noise"
   else:
-    why = f"no higher than the highest rate that trained without it ({baseline_rate:.3g})"
+    why = (f"not more than {ladder.min_rate_gain:g} x the highest rate that trained without it "
+           f"({baseline_rate:.3g}), and not better")
   return FixResult(family, DOES_NOT_HELP, f"{at}: {values}: {why}", **common)

@@ -124,7 +124,7 @@ class _Runner:
 
 
 def _search_family(runner: _Runner, sweep: SweepResult, family: FixFamily,
-                   ladder: FixLadder, noise: float) -> FixResult:
+                   ladder: FixLadder, noise: float, baseline_rate: Optional[float]) -> FixResult:
   """Plans, runs and judges one rung of the ladder."""
   trials: list[fix_ladder.FixTrial] = []
   baselines: dict[int, float] = {}
@@ -155,11 +155,12 @@ def _search_family(runner: _Runner, sweep: SweepResult, family: FixFamily,
           f"searched ({len(trials)} trials), but the budget left no room to verify it on "
           f"{ladder.seeds} seeds"), tuple(trials), chosen)
     comparison = fix_ladder.compare_seeds(sweep, chosen, records, ladder)
-  return fix_ladder.judge_fix(sweep, family, trials, chosen, comparison, ladder)
+  return fix_ladder.judge_fix(sweep, family, trials, chosen, comparison, ladder, baseline_rate)
 
 
 def _run_ladder(runner: _Runner, sweep: SweepResult, families: Sequence[FixFamily],
-                ladder: FixLadder) -> tuple[tuple[FixResult, ...], Optional[str]]:
+                ladder: FixLadder, runs: Sequence[ConfirmationRun],
+                ) -> tuple[tuple[FixResult, ...], Optional[str]]:
   """The ladder's results, and a sentence on the seed noise the search matched within."""
   results: list[FixResult] = []
   noise, note = 0.0, None
@@ -179,7 +180,8 @@ def _run_ladder(runner: _Runner, sweep: SweepResult, families: Sequence[FixFamil
       results.append(FixResult(family, fix_ladder.NOT_TRIED,
                                f"an earlier fix ({helped.family.name}) helped"))
     else:
-      results.append(_search_family(runner, sweep, family, ladder, noise))
+      results.append(_search_family(runner, sweep, family, ladder, noise,
+                                    fix_ladder.highest_rate_without_fix(sweep, runs)))
   return tuple(results), note
 
 
@@ -353,7 +355,7 @@ def diagnose(
       trials, steps = _ladder_upper_bound(sweep, families, fixes)
       say(f"optstab.diagnose: instability found ({verdict}); the fix ladder runs at most "
           f"{trials} trials, {steps} training steps.")
-      results, noise_note = _run_ladder(runner, sweep, families, fixes)
+      results, noise_note = _run_ladder(runner, sweep, families, fixes, runs)
       if noise_note is not None:
         notes.append(noise_note)
   plan = Plan(budget, tuple(runner.rounds))
