@@ -421,7 +421,8 @@ class SeedComparison:
     metric, mode: the sweep's metric and direction (best-checkpoint values).
     fix_values, fix_trains: per seed, the fix's value and whether it trained.
     baseline_values: per seed, lr*'s value for the same total steps.
-    noise: the seed noise: the larger of the two runs' ranges over seeds.
+    noise: the seed noise: the largest range over seeds of the fix's runs,
+      lr*'s for the same steps and lr*'s at the sweep's budget.
     playbook_baseline_value: lr* at the sweep's own budget (first seed): the
       playbook's comparison for warmup, which gives the fix its extra steps.
     baseline_trial: lr*'s run for the same total steps on the first seed.
@@ -478,8 +479,12 @@ def _range(values: Sequence[float]) -> float:
 
 
 def compare_seeds(sweep: SweepResult, chosen: FixTrial, records: Sequence[TrialRecord],
-                  ladder: FixLadder) -> SeedComparison:
-  """Judges ``verification_configs``' records (in that order) against the chosen trial."""
+                  ladder: FixLadder, noise: float = 0.0) -> SeedComparison:
+  """Judges ``verification_configs``' records (in that order) against the chosen trial.
+
+  The seed noise is the largest spread over seeds measured: the fix's, lr*'s for
+  the same steps, and ``noise`` (lr*'s at the sweep's budget, ``seed_noise``).
+  """
   n_fix = ladder.seeds - 1
   fixed = [chosen] + [judge_trial(sweep, chosen.fix, r) for r in records[:n_fix]]
   baseline = [judge_trial(sweep, chosen.fix, r) for r in records[n_fix:]]
@@ -488,7 +493,7 @@ def compare_seeds(sweep: SweepResult, chosen: FixTrial, records: Sequence[TrialR
   return SeedComparison(
       sweep.metric, sweep.mode, tuple(t.config.seed for t in fixed), fix_values,
       tuple(t.trains for t in fixed), base_values,
-      max(_range(fix_values), _range(base_values)), _value(sweep, sweep.best), baseline[0])
+      max(_range(fix_values), _range(base_values), noise), _value(sweep, sweep.best), baseline[0])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -154,7 +154,7 @@ def _search_family(runner: _Runner, sweep: SweepResult, family: FixFamily,
       return FixResult(family, fix_ladder.DROPPED, (
           f"searched ({len(trials)} trials), but the budget left no room to verify it on "
           f"{ladder.seeds} seeds"), tuple(trials), chosen)
-    comparison = fix_ladder.compare_seeds(sweep, chosen, records, ladder)
+    comparison = fix_ladder.compare_seeds(sweep, chosen, records, ladder, noise)
   return fix_ladder.judge_fix(sweep, family, trials, chosen, comparison, ladder, baseline_rate)
 
 
