@@ -69,6 +69,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 from optstab import _validation
@@ -235,8 +236,8 @@ def run_trial(train_fn: TrialFn, config: TrialConfig,
       if result.config.key() != config.key():
         raise ValueError("the training function returned a TrialResult of another config")
       return TrialRecord(config, result, None, time.perf_counter() - start).round_tripped()
-    except _UserInterrupt:
-      raise
+    except _UserInterrupt as e:
+      raise KeyboardInterrupt().with_traceback(e.__traceback__) from None
     except KeyboardInterrupt as e:
       if not interrupts_are_the_trials:
         raise
@@ -279,7 +280,12 @@ def run_trial_with_limit(train_fn: TrialFn, config: TrialConfig,
 
 
 def _leave_dask_worker_when_collected() -> None:
-  """On a Dask worker with a nanny: exit once this task's result is released, so a fresh worker replaces it."""
+  """On a Dask worker with a nanny: once this task's answer is collected, restart the worker.
+
+  Gracefully, as Dask's ``--lifetime`` does: the scheduler moves the tasks
+  waiting on this worker elsewhere (no failure counted against them), and
+  the nanny starts a fresh process without the hung thread.
+  """
   module = sys.modules.get("distributed")
   if module is None:
     return
@@ -295,7 +301,9 @@ def _leave_dask_worker_when_collected() -> None:
     deadline = time.monotonic() + 600
     while key in worker.state.tasks and time.monotonic() < deadline:
       time.sleep(0.05)
-    os._exit(75)  # pylint: disable=protected-access
+    worker.loop.add_callback(worker.close_gracefully, restart=True, reason="a trial hung")
+    time.sleep(120)
+    os._exit(75)  # pylint: disable=protected-access  # still here: a stuck close
 
   threading.Thread(target=leave, daemon=True).start()
 
@@ -720,6 +728,25 @@ def _crashed(config: TrialConfig, error: BaseException) -> TrialRecord:
                      f"died ({type(error).__name__}: {error})", 0.0)
 
 
+class _Again:
+  """A trial's task submitted again: a new task to engines that key tasks by their arguments.
+
+  Dask gives a resubmitted ``(function, arguments)`` the key of the first
+  try, and with it that try's error (``KilledWorker``) instead of a new run.
+  """
+
+  def __init__(self, task: Callable[..., Any]):
+    self.task = task
+    self.token = uuid.uuid4().hex
+    self.__name__ = f"{task.__name__}_again"  # Dask names the task after it
+
+  def __call__(self, *args: Any) -> Any:
+    return self.task(*args)
+
+  def __dask_tokenize__(self) -> str:
+    return self.token
+
+
 def _is_crash(error: BaseException, executor: cf.Executor) -> bool:
   """Whether ``error`` says that the process running a task died."""
   if isinstance(error, cf.BrokenExecutor):
@@ -783,12 +810,16 @@ def execute_trials(
   in_flight: dict[cf.Future, int] = {}
   suspects: list[int] = []
   requeue: set[int] = set()  # in flight when this process broke the pool on purpose
+  tries = collections.Counter()
 
   def submit(i: int) -> Optional[cf.Future]:
-    task = (run_trial,) if trial_timeout is None else (run_trial_with_limit,)
+    task = run_trial if trial_timeout is None else run_trial_with_limit
     extra = () if trial_timeout is None else (trial_timeout,)
+    tries[i] += 1
+    if tries[i] > 1:
+      task = _Again(task)
     try:
-      future = executor.submit(*task, train_fn, configs[i], *extra)
+      future = executor.submit(task, train_fn, configs[i], *extra)
     except cf.BrokenExecutor:
       if not _respawnable(executor):
         raise
@@ -823,29 +854,29 @@ def execute_trials(
     raise RuntimeError(f"the executor could not run the trial {configs[i].key()}: "
                        f"{type(error).__name__}: {error}") from error
 
+  def collect(done: set[cf.Future], alone: bool) -> None:
+    # No reference to a finished future may outlive this call: Dask keeps the
+    # result on its worker, and recomputes it if that worker dies, while any is held.
+    while done:
+      future = done.pop()
+      i = in_flight.pop(future)
+      record = outcome(future, i, alone)
+      del future
+      if record is not None:
+        finished(i, record)
+
   try:
     while queue or in_flight or suspects:
       while queue and len(in_flight) < limit and not suspects:
         submit(queue.popleft())
       if in_flight:
-        done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
-        for future in done:
-          i = in_flight.pop(future)
-          record = outcome(future, i, alone=False)
-          if record is not None:
-            finished(i, record)
+        collect(cf.wait(in_flight, return_when=cf.FIRST_COMPLETED).done, alone=False)
         continue
       # A worker died and nothing is in flight: run each suspect alone.
       while suspects:
-        i = suspects.pop(0)
-        future = submit(i)
-        if future is None:
-          continue
-        cf.wait([future])
-        in_flight.pop(future)
-        record = outcome(future, i, alone=True)
-        if record is not None:
-          finished(i, record)
+        future = submit(suspects.pop(0))
+        if future is not None:
+          collect(cf.wait([future]).done, alone=True)
   except BaseException:
     # The user's Ctrl-C, or an error: stop what is in flight; nothing finished is lost.
     for future in in_flight:
