@@ -50,8 +50,11 @@ spike. A loss that reaches zero or below (a log-likelihood, a loss with a
 constant offset) has no meaningful ratios: it is judged by its height above
 the run's lowest loss :math:`m`, :math:`y_t = \log(\ell_t - m + f)`, with
 :math:`f` that fraction of the initial height, so a constant added to it
-changes no label (and the evidence says that its ratios are measured so). The curve's own noise is the robust standard deviation of its step
-to step changes,
+changes no label (and the evidence says that its ratios are measured so).
+A loss that stays positive is judged by ratios, as the FAQ does; a constant
+added to it moves them (nothing in the curve tells an offset from a level).
+The curve's own noise is the robust standard deviation of its step to step
+changes,
 
 .. math::
 

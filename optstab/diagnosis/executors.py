@@ -84,6 +84,7 @@ __all__ = [
     "in_process",
     "plan_workers",
     "run_trial",
+    "run_trial_with_limit",
     "execute_trials",
     "SINGLE_THREADED_ENV",
     "WORKER_CRASHED",
