@@ -13,6 +13,7 @@ sets in its workers (``env=``) or a coordinator subprocess passes down:
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -116,14 +117,16 @@ class UnpicklableInWorker:
 
 
 #: What ``misbehaving_trial`` does, by ``config.extra["do"]``.
-MISBEHAVIOURS = ("ok", "raise", "exit", "interrupt", "os_exit", "segfault", "hang", "shrunk_result",
-                 "int_metric_key", "other_config")
+MISBEHAVIOURS = ("ok", "raise", "exit", "interrupt", "os_exit", "segfault", "hang", "gil_hang",
+                 "shrunk_result", "int_metric_key", "other_config")
 
 
 def misbehaving_trial(config: TrialConfig) -> TrialResult:
   """``numpy_trial``, after doing what ``config.extra["do"]`` names (one of ``MISBEHAVIOURS``).
 
   ``hang`` sleeps in short steps, so a timer can interrupt it in this process;
+  ``gil_hang`` runs one regular expression that backtracks for ever, holding
+  the interpreter lock (nothing in its process can interrupt it);
   ``OPTSTAB_TEST_PID_DIR`` as in ``numpy_trial``.
   """
   do = config.extra.get("do", "ok")
@@ -145,6 +148,8 @@ def misbehaving_trial(config: TrialConfig) -> TrialResult:
       open(os.path.join(pid_dir, f"hang-{os.getpid()}"), "w", encoding="utf-8").close()
     for _ in range(60_000):
       time.sleep(0.01)
+  if do == "gil_hang":
+    re.match(r"(a+)+$", "a" * 64 + "b")  # 2**64 steps in C, never releasing the lock
   result = numpy_trial(plain)
   result = TrialResult(config, result.train_loss, result.eval_steps, result.eval_metrics,
                        result.grad_norms)

@@ -214,3 +214,17 @@ def test_the_users_ctrl_c_stops_the_sweep_and_keeps_every_finished_trial(tmp_pat
 
 def _hangs(pid_dir) -> set[int]:
   return {int(name.split("-")[1]) for name in os.listdir(pid_dir) if name.startswith("hang-")}
+
+
+def test_process_pool_kills_a_worker_whose_trial_holds_the_interpreter_lock(tmp_path, monkeypatch):
+  """Its worker's own watch cannot run: the coordinator gives up on it after the grace."""
+  from optstab.diagnosis import executors
+  monkeypatch.setattr(executors, "TRIAL_TIMEOUT_GRACE", 15.0)  # covers a fresh worker's start
+  behaviours = ("gil_hang", "ok")
+  with ProcessPool(1) as pool:  # warmed up by the pickling check: the clock starts at once
+    records = run_trials(misbehaving_trial, misbehaving_configs(*behaviours), out_dir=tmp_path,
+                         progress=False, executor=pool, trial_timeout=1.0)
+  (hung, ok) = records
+  assert hung.error.startswith(TRIAL_TIMEOUT) and "interpreter lock" in hung.error
+  assert hung.seconds >= 16.0
+  assert ok.error is None

@@ -111,6 +111,12 @@ WORKER_CRASHED = "WorkerCrashed"
 #: Start of the error recorded for a trial stopped at its time limit (``trial_timeout``).
 TRIAL_TIMEOUT = "TrialTimeout"
 
+#: Seconds past ``trial_timeout`` after which a ``ProcessPool`` worker that has not
+#: answered at all (its trial holds the interpreter lock, so the worker's own
+#: watch cannot run) is killed with its pool. Counted from submission, so it
+#: also covers a fresh worker's start-up.
+TRIAL_TIMEOUT_GRACE = 60.0
+
 #: Seconds between an orphaned worker's checks that its coordinator is alive.
 _ORPHAN_CHECK_SECONDS = 0.5
 
@@ -397,6 +403,13 @@ def _initialize_worker(env: Mapping[str, str], slots, parent: int) -> None:
   threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
 
 
+def _wait_until_broken(pool: cf.ProcessPoolExecutor) -> None:
+  """After killing workers: wait until the pool knows, so the next submit starts a fresh one."""
+  deadline = time.monotonic() + 30
+  while not getattr(pool, "_broken", True) and time.monotonic() < deadline:
+    time.sleep(0.01)
+
+
 class ProcessPool(cf.Executor):
   """A process pool for trials: spawned workers with their own environment, respawned after a crash.
 
@@ -473,20 +486,20 @@ class ProcessPool(cf.Executor):
       return False
     process.kill()
     process.join(30)
-    # Wait until the pool knows, so that the next submit starts a fresh one
-    # instead of failing on the broken one.
-    deadline = time.monotonic() + 30
-    while not getattr(pool, "_broken", True) and time.monotonic() < deadline:
-      time.sleep(0.01)
+    _wait_until_broken(pool)
     return True
 
   def stop_workers(self) -> None:
     """Kills every worker (the user stopped the sweep); the next ``submit`` starts a fresh pool."""
     with self._lock:
-      processes = list((getattr(self._pool, "_processes", None) or {}).values())
+      pool = self._pool
+      processes = list((getattr(pool, "_processes", None) or {}).values())
     for process in processes:
       with contextlib.suppress(Exception):
         process.kill()
+    for process in processes:
+      process.join(30)
+    _wait_until_broken(pool)
 
   def __repr__(self) -> str:
     return f"ProcessPool(max_workers={self.max_workers}, env={self.env}, worker_envs={self.worker_envs})"
@@ -812,6 +825,7 @@ def execute_trials(
   suspects: list[int] = []
   requeue: set[int] = set()  # in flight when this process broke the pool on purpose
   tries = collections.Counter()
+  sent: dict[cf.Future, float] = {}  # ProcessPool with a limit: when each trial was submitted
 
   def submit(i: int) -> Optional[cf.Future]:
     task = run_trial if trial_timeout is None else run_trial_with_limit
@@ -827,6 +841,8 @@ def execute_trials(
       suspects.append(i)
       return None
     in_flight[future] = i
+    if trial_timeout is not None and isinstance(executor, ProcessPool):
+      sent[future] = time.monotonic()
     return future
 
   def outcome(future: cf.Future, i: int, alone: bool) -> Optional[TrialRecord]:
@@ -861,23 +877,48 @@ def execute_trials(
     while done:
       future = done.pop()
       i = in_flight.pop(future)
+      sent.pop(future, None)
       record = outcome(future, i, alone)
       del future
       if record is not None:
         finished(i, record)
 
+  patience = None if trial_timeout is None else trial_timeout + TRIAL_TIMEOUT_GRACE
+
+  def overdue() -> None:
+    # A worker that does not answer long after the limit is stuck where its own
+    # watch cannot run (a call holding the interpreter lock): kill the pool.
+    now = time.monotonic()
+    late = [(f, i) for f, i in in_flight.items() if sent[f] + patience <= now]
+    for future, i in late:
+      del in_flight[future]
+    requeue.update(in_flight.values())
+    executor.stop_workers()
+    for future, i in late:
+      elapsed = now - sent.pop(future)
+      finished(i, TrialRecord(
+          configs[i], None, f"{TRIAL_TIMEOUT}: no answer from the trial's worker {elapsed:.3g} s "
+          f"after it was sent, past its time limit of {trial_timeout:g} s (a call that holds "
+          "Python's interpreter lock cannot be interrupted); its worker was killed",
+          elapsed).round_tripped())
+
   try:
     while queue or in_flight or suspects:
+      alone = not in_flight and bool(suspects)
+      if alone:  # a worker died and nothing is in flight: run each suspect alone
+        submit(suspects.pop(0))
       while queue and len(in_flight) < limit and not suspects:
         submit(queue.popleft())
-      if in_flight:
-        collect(cf.wait(in_flight, return_when=cf.FIRST_COMPLETED).done, alone=False)
+      if not in_flight:
         continue
-      # A worker died and nothing is in flight: run each suspect alone.
-      while suspects:
-        future = submit(suspects.pop(0))
-        if future is not None:
-          collect(cf.wait([future]).done, alone=True)
+      timeout = None
+      if sent:
+        timeout = max(0.0, min(sent.values()) + patience - time.monotonic())
+      done = cf.wait(in_flight, timeout=timeout, return_when=cf.FIRST_COMPLETED).done
+      if done:
+        collect(done, alone)
+      else:
+        overdue()
   except BaseException:
     # The user's Ctrl-C, or an error: stop what is in flight; nothing finished is lost.
     for future in in_flight:
