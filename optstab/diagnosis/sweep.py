@@ -185,7 +185,10 @@ def run_trials(
     trial_timeout: seconds one trial may run (``None``: no limit). On an
       executor, a trial still running at the limit is recorded as timed out
       with its elapsed time, its ``ProcessPool`` worker is killed (a Dask
-      worker is replaced by its nanny) and the sweep goes on; on another
+      worker is replaced by its nanny) and the sweep goes on (a ``ProcessPool``
+      worker stuck in a call that holds the interpreter lock, which its own
+      watch cannot interrupt, is killed ``executors.TRIAL_TIMEOUT_GRACE``
+      seconds past the limit); on another
       executor (threads, a plain ``ProcessPoolExecutor``) it is recorded and
       the sweep goes on, but its thread runs on until the worker exits. In
       this process, a timer interrupts the trial: that stops Python code (a
