@@ -102,9 +102,10 @@ def test_dask_every_way_a_trial_ends_is_recorded_and_healthy_trials_retried(tmp_
   distributed = pytest.importorskip("distributed")
   dask = pytest.importorskip("dask")
   behaviours = ("ok", "exit", "hang", "shrunk_result", "segfault", "ok")
-  # No retries by Dask: every task on a dying worker fails at once, healthy ones too.
+  # One worker of two threads, no retries by Dask: the trial running beside the
+  # segfault dies with it (KilledWorker) and must run again.
   with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
-      distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+      distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
                                dashboard_address=None) as cluster, \
       distributed.Client(cluster) as client:
     records = run_trials(misbehaving_trial, misbehaving_configs(*behaviours), out_dir=tmp_path,

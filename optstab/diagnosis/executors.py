@@ -690,11 +690,23 @@ class SubmititExecutor(cf.Executor):
 
 
 def _capacity(executor: cf.Executor) -> Optional[int]:
-  """How many trials can run at once, when the executor says; ``None``: no limit known."""
+  """How many trials can run at once, when the executor says; ``None``: no limit known.
+
+  For Dask's ``Client.get_executor()``, the cluster's worker threads when the
+  sweep starts: a trial waiting on a worker behind one that kills it would die
+  with it (``KilledWorker``) and have to run again.
+  """
   for name in ("max_workers", "_max_workers"):
     n = getattr(executor, name, None)
     if isinstance(n, int) and n > 0:
       return n
+  client = getattr(executor, "_client", None)
+  if client is not None and hasattr(client, "nthreads"):
+    try:
+      n = sum(client.nthreads().values())
+    except Exception:  # pylint: disable=broad-except
+      return None
+    return n if n > 0 else None
   return None
 
 
