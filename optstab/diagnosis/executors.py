@@ -919,8 +919,9 @@ def execute_trials(
       alone = not in_flight and bool(suspects)
       if alone:  # a worker died and nothing is in flight: run each suspect alone
         submit(suspects.pop(0))
-      while queue and len(in_flight) < limit and not suspects:
-        submit(queue.popleft())
+      else:
+        while queue and len(in_flight) < limit and not suspects:
+          submit(queue.popleft())
       if not in_flight:
         continue
       timeout = None
