@@ -229,3 +229,24 @@ def test_process_pool_kills_a_worker_whose_trial_holds_the_interpreter_lock(tmp_
   assert hung.error.startswith(TRIAL_TIMEOUT) and "interpreter lock" in hung.error
   assert hung.seconds >= 16.0
   assert ok.error is None
+
+
+@pytest.mark.parametrize("demo", ["wrn", "transformer"])
+def test_the_demos_pass_trial_timeout_to_their_experiment(demo, tmp_path, monkeypatch):
+  import importlib
+  cli = importlib.import_module(f"optstab.{demo}.cli")
+  experiment = importlib.import_module(f"optstab.{demo}.experiment")
+  seen = {}
+
+  def fake_run_experiment(preset, out, **kwargs):
+    seen.update(kwargs)
+    return type("Result", (), {"summary": {"wall_seconds": 0.0}, "files": {"report": out}})()
+
+  monkeypatch.setattr(experiment, "run_experiment", fake_run_experiment)
+  monkeypatch.setattr(experiment, "verdicts", lambda summary: [])
+  argv = ["--preset", "tiny", "--out", str(tmp_path), "--workers", "1", "--compile-cache", "none",
+          "--no-progress"]
+  assert cli.main(argv + ["--trial-timeout", "2.5"]) == 0 and seen["trial_timeout"] == 2.5
+  assert cli.main(argv) == 0 and seen["trial_timeout"] is None
+  with pytest.raises(SystemExit):  # a usage error, before anything runs
+    cli.main(argv + ["--trial-timeout", "0"])
