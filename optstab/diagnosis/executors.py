@@ -27,10 +27,15 @@ Our position.
   of 2 cores busy on small models; single-threaded processes side by side keep
   every core busy (``benchmarks/sweep_parallel.py`` measures it).
 * A trial that kills its worker (``os._exit``, a segfault, the OOM killer)
-  breaks a process pool, and every trial in flight fails with it. The trials
-  that were in flight are then run again one at a time on a fresh pool: the one
-  that breaks it alone is recorded with the reason, the others finish, and the
-  sweep goes on.
+  breaks a process pool, and every trial in flight fails with it (on Dask, a
+  ``KilledWorker``). The trials that were in flight are then run again one at a
+  time: the one that kills its worker alone is recorded with the reason, the
+  others finish, and the sweep goes on. Anything else a trial does (raise,
+  ``sys.exit()``, its own ``KeyboardInterrupt``, an invalid result) is
+  recorded against it by ``run_trial``, wherever it runs.
+* ``trial_timeout``: workers run each trial in a thread they give up on at
+  the limit (``run_trial_with_limit``); the coordinator then kills a
+  ``ProcessPool`` worker, and a Dask worker with a nanny restarts itself.
 
 Where it breaks.
 
