@@ -288,7 +288,12 @@ def check_steps(name: str, steps: Any, last: int) -> None:
 
 
 def check_float_dtype(name: str, value: Any) -> Any:
-  """``None`` or a floating dtype (e.g. ``jnp.float32``, ``"bfloat16"``); returns it canonical."""
+  """``None`` or a floating or complex dtype (as optax accepts); returns it canonical.
+
+  E.g. ``jnp.float32``, ``"bfloat16"``, ``jnp.complex64`` (moments of complex
+  parameters). Integer and boolean dtypes are refused: a moment stored in one
+  would truncate every update.
+  """
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   if value is None:
@@ -297,6 +302,7 @@ def check_float_dtype(name: str, value: Any) -> Any:
     dtype = None if isinstance(value, (jax.Array, np.ndarray)) else jnp.dtype(value)
   except (TypeError, ValueError):
     dtype = None
-  if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-    _fail(name, value, "None or a floating dtype such as jnp.float32 or 'bfloat16'")
+  if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+    _fail(name, value, "None or a floating or complex dtype such as jnp.float32, 'bfloat16' or "
+          "jnp.complex64")
   return jax.dtypes.canonicalize_dtype(dtype)

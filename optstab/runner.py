@@ -675,12 +675,15 @@ def check_cli_args(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def add_process_options(parser: Any) -> None:
-  """Adds ``--workers`` and ``--compile-cache`` to a demo's ``argparse`` parser."""
+  """Adds ``--workers``, ``--trial-timeout`` and ``--compile-cache`` to a demo's ``argparse`` parser."""
   parser.add_argument("--workers", default="auto",
                       help="trials run side by side: 'auto' (default) fits the machine: one "
                            "single-threaded process per CPU core, one process per GPU on a "
                            "multi-GPU host, this process on one GPU or a TPU host; N: that many "
                            "worker processes; 1: every trial in this process")
+  parser.add_argument("--trial-timeout", type=positive_float, default=None, metavar="SECONDS",
+                      help="seconds one trial may run; a trial past it is recorded as timed out "
+                           "and the run goes on (default: no limit)")
   parser.add_argument("--compile-cache", default=None,
                       help="persistent XLA compilation cache folder (default: <out>/.jax_cache; "
                            "'none' disables)")

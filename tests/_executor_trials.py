@@ -13,6 +13,9 @@ sets in its workers (``env=``) or a coordinator subprocess passes down:
 from __future__ import annotations
 
 import os
+import re
+import signal
+import sys
 import time
 
 import jax
@@ -111,3 +114,55 @@ class UnpicklableInWorker:
 
   def __reduce__(self):
     return (_rebuild_in, (self.parent,))
+
+
+#: What ``misbehaving_trial`` does, by ``config.extra["do"]``.
+MISBEHAVIOURS = ("ok", "raise", "exit", "interrupt", "os_exit", "segfault", "hang", "gil_hang",
+                 "shrunk_result", "int_metric_key", "other_config")
+
+
+def misbehaving_trial(config: TrialConfig) -> TrialResult:
+  """``numpy_trial``, after doing what ``config.extra["do"]`` names (one of ``MISBEHAVIOURS``).
+
+  ``hang`` sleeps in short steps, so a timer can interrupt it in this process;
+  ``gil_hang`` runs one regular expression that backtracks for ever, holding
+  the interpreter lock (nothing in its process can interrupt it);
+  ``OPTSTAB_TEST_PID_DIR`` as in ``numpy_trial``.
+  """
+  do = config.extra.get("do", "ok")
+  plain = config.replace(extra={})
+  time.sleep(0.02)
+  if do == "raise":
+    raise RuntimeError("simulated failure")
+  if do == "exit":
+    sys.exit(3)
+  if do == "interrupt":
+    raise KeyboardInterrupt
+  if do == "os_exit":
+    os._exit(3)  # pylint: disable=protected-access
+  if do == "segfault":
+    os.kill(os.getpid(), signal.SIGSEGV)
+  if do == "hang":
+    pid_dir = os.environ.get("OPTSTAB_TEST_PID_DIR")
+    if pid_dir:
+      open(os.path.join(pid_dir, f"hang-{os.getpid()}"), "w", encoding="utf-8").close()
+    for _ in range(60_000):
+      time.sleep(0.01)
+  if do == "gil_hang":
+    re.match(r"(a+)+$", "a" * 64 + "b")  # 2**64 steps in C, never releasing the lock
+  result = numpy_trial(plain)
+  result = TrialResult(config, result.train_loss, result.eval_steps, result.eval_metrics,
+                       result.grad_norms)
+  if do == "shrunk_result":
+    result.train_loss = result.train_loss[:3]
+  if do == "int_metric_key":
+    result.eval_metrics[7] = result.eval_metrics["loss"]
+  if do == "other_config":
+    result.config = config.replace(num_steps=config.num_steps + 1)
+  return result
+
+
+def misbehaving_configs(*behaviours: str, num_steps: int = 20) -> list[TrialConfig]:
+  """One configuration per behaviour, at distinct rates that ``numpy_trial`` trains well."""
+  return [TrialConfig(learning_rate=0.1 + 0.01 * i, num_steps=num_steps, eval_every=10,
+                      extra={"do": do}) for i, do in enumerate(behaviours)]

@@ -275,10 +275,44 @@ def test_stable_run_and_negative_losses():
   rng = np.random.default_rng(0)
   loss = np.linspace(2.0, 1.0, 800) * np.exp(0.03 * rng.standard_normal(800))
   assert classify_run(loss).label == STABLE
-  # A loss that is not positive (e.g. a log-likelihood) is analysed linearly.
+  # A loss that is not positive (e.g. a log-likelihood) is judged above its lowest value.
   shifted = np.concatenate([np.linspace(-1.0, -3.0, 300), np.full(30, 0.5), np.full(170, -3.0)])
   (spike,) = detect_loss_spikes(shifted)
   assert spike.step == 301 and spike.recovered
+
+
+def _negative_curves():
+  """Log-likelihood-like curves (they reach -5 and below), 600 steps, with float noise."""
+  rng = np.random.default_rng(3)
+  n = 600
+  t = np.arange(n)
+  trained = -1.0 - 4.0 * (1.0 - np.exp(-t / 120.0)) + 0.02 * rng.standard_normal(n)
+  spike = trained.copy()
+  spike[400:403] += 8.0 * (trained[400:403] - trained.min())  # 3 steps at ~8x the height
+  early = trained.copy()
+  early[5:40] += np.linspace(0.0, 3.0, 35)  # a rise in the early phase, then recovery
+  rising = np.r_[trained[:100], np.geomspace(1.0, 8.5e5, n - 100)]  # from -5 up to 8.5e5
+  return {"stable": trained, "mid-training-unstable": spike, "early-unstable": early,
+          "diverged": rising}
+
+
+@pytest.mark.parametrize("expected", ["stable", "mid-training-unstable", "early-unstable",
+                                      "diverged"])
+def test_labels_of_a_loss_below_zero_do_not_depend_on_a_constant_added_to_it(expected):
+  curve = _negative_curves()[expected]
+  diagnoses = [classify_run(curve + offset) for offset in (-10.0, -3.0, 0.0, 3.0)]
+  assert [d.label for d in diagnoses] == [expected] * 4, [d.summary() for d in diagnoses]
+  for d, offset in zip(diagnoses, (-10.0, -3.0, 0.0, 3.0)):
+    assert d.loss_offset == pytest.approx(curve.min() + offset)
+    assert [s.step for s in d.loss_spikes] == [s.step for s in diagnoses[0].loss_spikes]
+    assert [s.size for s in d.loss_spikes] == pytest.approx([s.size for s in diagnoses[0].loss_spikes])
+    text = d.summary()
+    assert "inf" not in text.replace("infeasible", ""), text  # no "inf x its best level"
+    if d.loss_spikes or d.failure:
+      assert "above the run's lowest loss" in text, text
+  with_context = [classify_run(curve + o, trivial_loss=-1.0 + o, reference_loss=-4.9 + o).label
+                  for o in (-10.0, -3.0, 0.0, 3.0)]
+  assert len(set(with_context)) == 1, with_context
 
 
 def test_grad_norm_outliers_robust_z():

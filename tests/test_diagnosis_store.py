@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -212,3 +213,94 @@ def test_read_only_out_dir_fails_before_the_first_trial(tmp_path):
   finally:
     tmp_path.chmod(0o700)
   assert calls == []
+
+
+# --- a store that checks what it reuses ------------------------------------
+
+
+def test_a_record_whose_result_is_another_configs_is_ignored(tmp_path):
+  config = TrialConfig(learning_rate=0.1, num_steps=100, eval_every=10)
+  short = config.replace(num_steps=30)
+  line = TrialRecord(config, noisy_numpy_trial(config)).to_dict()
+  line["result"] = noisy_numpy_trial(short).to_dict()  # a 30-step curve under a 100-step key
+  with open(tmp_path / TRIALS_FILE, "w", encoding="utf-8") as f:
+    f.write(json.dumps(line) + "\n")
+  store = TrialStore(tmp_path)
+  assert config not in store and short not in store and store.ignored_lines == 1
+  calls = []
+
+  def trial(c):
+    calls.append(c.num_steps)
+    return noisy_numpy_trial(c)
+
+  sweep = learning_rate_sweep(trial, [0.1], base_config=config, out_dir=tmp_path, progress=False)
+  assert calls == [100] and sweep.ignored_store_lines == 1
+  assert sweep.trials[0].result.train_loss.shape == (100,)
+
+
+@pytest.mark.parametrize("line", ["[" * 100_000 + "]" * 100_000,
+                                  '{"config": ' + '{"a": ' * 5000 + "1" + "}" * 5001,
+                                  '{"config": {"learning_rate": 1e999, "num_steps": 1}, "error": "x"}',
+                                  '{"config": {"learning_rate": 0.1, "num_steps": 3}, "error": "x", '
+                                  '"seconds": ' + "9" * 400 + "}",
+                                  '{"config": {"learning_rate": 0.1, "num_steps": 3}, '
+                                  '"result": {"eval_metrics": [1]}}'])
+def test_no_line_content_makes_loading_raise(tmp_path, line):
+  c = TrialConfig(learning_rate=0.2, num_steps=3)
+  with open(tmp_path / TRIALS_FILE, "w", encoding="utf-8") as f:
+    f.write(line + "\n")
+    f.write(json.dumps(TrialRecord(c, noisy_numpy_trial(c)).to_dict()) + "\n")
+  store = TrialStore(tmp_path)
+  assert store.ignored_lines == 1 and c in store and len(store) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symbolic links")
+def test_symbolic_links_are_refused_with_what_they_are(tmp_path):
+  elsewhere = tmp_path / "elsewhere.jsonl"
+  elsewhere.write_text("someone else's file, no newline at the end")
+  out = tmp_path / "out"
+  out.mkdir()
+  os.symlink(elsewhere, out / TRIALS_FILE)
+  with pytest.raises(ValueError, match=f"holds {TRIALS_FILE} as a symbolic link to "
+                                       f"'{elsewhere}'"):
+    TrialStore(out)
+  assert elsewhere.read_text() == "someone else's file, no newline at the end"  # untouched
+  real = tmp_path / "real"
+  real.mkdir()
+  os.symlink(real, tmp_path / "link")
+  with pytest.raises(ValueError, match=r"out_dir '.*link' is a symbolic link to '.*real'; give"):
+    TrialStore(tmp_path / "link")
+  os.symlink(tmp_path / "loop", tmp_path / "loop")
+  with pytest.raises(ValueError, match="is a symbolic link to .* that loops back on itself"):
+    learning_rate_sweep(numpy_trial, [0.1], 3, out_dir=tmp_path / "loop", progress=False)
+  (tmp_path / "file").write_text("")
+  with pytest.raises(ValueError, match="is a file, not a folder"):
+    TrialStore(tmp_path / "file")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="fcntl locks")
+def test_a_second_process_on_one_out_dir_fails_at_once_naming_the_first(tmp_path):
+  from optstab.diagnosis.store import StoreInUse
+  script = ("import sys, time\nfrom optstab.diagnosis import TrialStore\n"
+            "store = TrialStore(sys.argv[1])\nprint('locked', flush=True)\ntime.sleep(600)\n")
+  holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                            stdout=subprocess.PIPE, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  try:
+    assert holder.stdout.readline().strip() == b"locked"
+    with pytest.raises(StoreInUse, match=rf"in use by another process \(PID {holder.pid}\)"):
+      learning_rate_sweep(numpy_trial, [0.1], 3, out_dir=tmp_path, progress=False)
+    # Stores of one process share the lock; asked to wait, a store waits for the other process.
+    opened = []
+    waiter = threading.Thread(target=lambda: opened.append(TrialStore(tmp_path, wait=True)))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and not opened
+  finally:
+    holder.kill()
+    holder.wait()
+  waiter.join(60)
+  assert len(opened) == 1
+  again = TrialStore(tmp_path)  # this process holds it now: shared
+  opened[0].close()
+  again.close()
+  assert open(tmp_path / "trials.lock", encoding="ascii").read().strip() == str(os.getpid())

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -62,8 +63,9 @@ def test_cli_tiny_end_to_end_then_interrupted_run_resumes_to_the_same_results(tm
   report = (full / "report.md").read_text()
   assert "## What reproduced" in report and "published" in report
 
-  # 2. The same experiment in this process, killed after 3 trials (KeyboardInterrupt is not caught
-  # as a failed trial), then run again: only the missing trials run.
+  # 2. The same experiment in this process, stopped by Ctrl-C after 3 trials (the
+  # user's interrupt is not caught as a failed trial), then run again: only the
+  # missing trials run.
   part = tmp_path / "part"
   calls = []
   real = transformer_train.make_trial_fn
@@ -73,7 +75,7 @@ def test_cli_tiny_end_to_end_then_interrupted_run_resumes_to_the_same_results(tm
 
     def wrapped(config):
       if len(calls) == limit:
-        raise KeyboardInterrupt
+        signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C, during a trial
       calls.append(config.key())
       return fn(config)
 

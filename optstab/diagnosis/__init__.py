@@ -41,15 +41,18 @@ from optstab.diagnosis.detectors import (
 )
 from optstab.diagnosis.executors import (
     SINGLE_THREADED_ENV,
+    TRIAL_TIMEOUT,
     WORKER_CRASHED,
     InProcessExecutor,
     ProcessPool,
     SubmititExecutor,
+    TrialTimeout,
     default_executor,
     execute_trials,
     in_process,
     plan_workers,
     run_trial,
+    run_trial_with_limit,
 )
 from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
 from optstab.diagnosis.logs import LOG_COLUMNS, RunLog, diagnose_logs, read_run_log, sweep_from_logs
@@ -58,7 +61,7 @@ from optstab.diagnosis.plan import Plan, PlannedRound
 from optstab.diagnosis.procedure import Checks, diagnose
 from optstab.diagnosis.verdict import VERDICTS, decide_verdict, unstable_learning_rate
 from optstab.diagnosis.report import Diagnosis, Finding, make_diagnosis, write_report
-from optstab.diagnosis.store import TrialRecord, TrialStore
+from optstab.diagnosis.store import StoreInUse, TrialRecord, TrialStore
 from optstab.diagnosis.sweep import (
     ERROR,
     SweepResult,

@@ -46,9 +46,15 @@ from lr*'s trial, ``trivial_loss`` from its own ``trivial_loss=`` argument).
 **Noise.** Every decision is taken on :math:`y_t = \log(\ell_t + f)`, where
 :math:`f` is ``loss_floor_fraction`` x the initial level: an absolute floor, so
 that a loss near zero jumping from 0.001 to 0.01 (10x, but nothing) is not a
-spike. (A loss that is not positive, e.g. a log-likelihood, is analysed
-linearly.) The curve's own noise is the robust standard deviation of its step
-to step changes,
+spike. A loss that reaches zero or below (a log-likelihood, a loss with a
+constant offset) has no meaningful ratios: it is judged by its height above
+the run's lowest loss :math:`m`, :math:`y_t = \log(\ell_t - m + f)`, with
+:math:`f` that fraction of the initial height, so a constant added to it
+changes no label (and the evidence says that its ratios are measured so).
+A loss that stays positive is judged by ratios, as the FAQ does; a constant
+added to it moves them (nothing in the curve tells an offset from a level).
+The curve's own noise is the robust standard deviation of its step to step
+changes,
 
 .. math::
 
@@ -381,9 +387,9 @@ class _Curve(NamedTuple):
   """The finite prefix of a loss curve in the space every decision is taken in."""
 
   loss: np.ndarray       # the raw finite prefix
-  y: np.ndarray          # log(loss + floor), or loss if some loss is not positive
-  log_scale: bool
-  floor: float           # the absolute floor added before the log (0 when linear)
+  y: np.ndarray          # log(loss - offset + floor)
+  offset: float          # 0, or the lowest loss when some loss is not positive
+  floor: float           # the absolute floor added before the log
   sigma: np.ndarray      # robust noise of y around each step (local: noise changes in training)
   initial_level: float   # the loss level training started from (raw units)
   early_sigma: float     # robust noise of y over the early phase
@@ -405,18 +411,21 @@ def _curve(train_loss: Any, t: DetectorThresholds) -> _Curve:
   stop = _first_nonfinite(loss)
   x = loss if stop is None else loss[:stop]
   if x.size == 0:
-    return _Curve(x, x, False, 0.0, x, math.nan, 0.0)
+    return _Curve(x, x, 0.0, 0.0, x, math.nan, 0.0)
   # The early noise is measured on the early phase alone (at least 20 steps):
   # a freshly initialized model's loss is much quieter than later minibatches'.
   head = max(_early_steps(loss.size, t), 20)
-  if not np.all(x > 0):
-    initial = float(np.median(x[:t.smoothing_window]))
-    return _Curve(x, x, False, 0.0, _local_noise(x, t.noise_window), initial,
-                  _robust_sd(np.diff(x[:head])))
-  initial = float(np.median(x[:t.smoothing_window]))
+  # A loss that reaches zero or below is judged by its height above its lowest
+  # value: then no decision depends on a constant added to it.
+  offset = 0.0 if np.all(x > 0) else float(x.min())
+  height = x - offset
+  initial = float(np.median(height[:t.smoothing_window]))
+  # A run that starts at its lowest loss: the floor scales with its typical height.
+  scale = float(np.median(height)) if initial <= 0 else initial
+  scale = scale if scale > 0 else (float(height.max()) or 1.0)
   for _ in range(2):  # the floor depends on the initial level, which depends on the noise
-    floor = t.loss_floor_fraction * initial
-    y = np.log(x + floor)
+    floor = t.loss_floor_fraction * (initial if initial > 0 else scale)
+    y = np.log(height + floor)
     early_sigma = _robust_sd(np.diff(y[:head]))
     # The median of the first steps (step 1 alone is noisy), but within two
     # noise standard deviations of step 1, and never above twice step 1's
@@ -425,7 +434,8 @@ def _curve(train_loss: Any, t: DetectorThresholds) -> _Curve:
     level = float(np.clip(np.median(y[:t.smoothing_window]), y[0] - 2.0 * early_sigma,
                           y[0] + min(2.0 * early_sigma, math.log(2.0))))
     initial = float(np.exp(level) - floor)
-  return _Curve(x, y, True, floor, _local_noise(y, t.noise_window), initial, early_sigma)
+  return _Curve(x, y, offset, floor, _local_noise(y, t.noise_window), initial + offset,
+                early_sigma)
 
 
 def _local_noise(y: np.ndarray, window: int) -> np.ndarray:
@@ -444,27 +454,29 @@ def _local_noise(y: np.ndarray, window: int) -> np.ndarray:
 
 
 def _to_space(c: _Curve, value: float) -> float:
-  """A loss value in the curve's decision space (``-inf`` for a non-positive one in log space)."""
-  if not c.log_scale:
-    return value
-  return math.log(value + c.floor) if value + c.floor > 0 else -math.inf
+  """A loss value in the curve's decision space (``-inf`` at or below ``offset - floor``)."""
+  height = value - c.offset + c.floor
+  return math.log(height) if height > 0 else -math.inf
 
 
 def _from_space(c: _Curve, value: float) -> float:
-  return float(np.exp(value) - c.floor) if c.log_scale else float(value)
+  return float(np.exp(value) - c.floor + c.offset)
 
 
 def _threshold(c: _Curve, ratio_minus_one: float, sigmas: float, level: np.ndarray) -> np.ndarray:
-  """The rise threshold per step: max(log(1 + ratio_minus_one), sigmas x the local noise)
-  in log space; relative to ``|level|`` when linear."""
-  n = level.shape[0]
-  if c.log_scale:
-    return np.maximum(math.log1p(ratio_minus_one), sigmas * c.sigma[:n])
-  return np.maximum(ratio_minus_one * np.abs(level), sigmas * c.sigma[:n])
+  """The rise threshold per step: max(log(1 + ratio_minus_one), sigmas x the local noise)."""
+  return np.maximum(math.log1p(ratio_minus_one), sigmas * c.sigma[:level.shape[0]])
 
 
 def _ratio(value: float, base: float) -> float:
   return float(value / base) if base > 0 else math.inf
+
+
+def _size(c: _Curve, value: float, base: float) -> float:
+  """``value / base`` for a positive loss; heights above the lowest loss (with the floor) else."""
+  if c.offset == 0.0:
+    return _ratio(value, base)
+  return _ratio(value - c.offset + c.floor, base - c.offset + c.floor)
 
 
 def _sustained_spikes(c: _Curve, t: DetectorThresholds) -> list[LossSpike]:
@@ -526,7 +538,7 @@ def _sustained_spikes_at(c: _Curve, t: DetectorThresholds, trailing: np.ndarray,
     base_loss = _from_space(c, base)
     spikes.append(LossSpike(
         step=start + 1, peak_step=peak + 1, baseline_loss=base_loss,
-        peak_loss=float(x[peak]), size=_ratio(top, base_loss), duration=int(end - start + 1),
+        peak_loss=float(x[peak]), size=_size(c, top, base_loss), duration=int(end - start + 1),
         recovered=bool(end + 1 < n)))
   return spikes
 
@@ -560,7 +572,7 @@ def _short_spikes(c: _Curve, t: DetectorThresholds, taken: np.ndarray) -> list[L
       peak_loss = float(c.loss[peak])
       spikes.append(LossSpike(
           step=i + 1, peak_step=peak + 1, baseline_loss=base_loss, peak_loss=peak_loss,
-          size=_ratio(peak_loss, base_loss), duration=int(end - i + 1), recovered=bool(end + 1 < n), short=True))
+          size=_size(c, peak_loss, base_loss), duration=int(end - i + 1), recovered=bool(end + 1 < n), short=True))
     i = end + 1
   return spikes
 
@@ -704,6 +716,11 @@ class RunDiagnosis:
     loss_spikes: ``detect_loss_spikes``'s events.
     grad_norm_outliers: ``detect_grad_norm_outliers``'s events (empty if no
       norms were given).
+    loss_offset: ``None`` for a positive loss; for one that reaches zero or
+      below, its lowest value: every ratio (spike sizes, ``early_rise_ratio``,
+      ``early_rebound_ratio``) is then one of heights above it (with the
+      floor), and ``early_max_loss_ratio`` is NaN, the FAQ's ratios having no
+      meaning for such a loss.
   """
 
   label: str
@@ -728,6 +745,7 @@ class RunDiagnosis:
   trivial_loss: Optional[float] = None
   reference_loss: Optional[float] = None
   failure: Optional[str] = None
+  loss_offset: Optional[float] = None
 
   @property
   def headline(self) -> str:
@@ -750,8 +768,20 @@ class RunDiagnosis:
       parts.append(self.failure)
     early_spike = any(s.step <= self.early_steps for s in self.loss_spikes)
     early_nan = self.first_nonfinite_step is not None and self.first_nonfinite_step <= self.early_steps
+    measured = "" if self.loss_offset is None else (
+        f", heights above the run's lowest loss {self.loss_offset:.4g}")
     if self.early_unstable and not early_spike and not early_nan:
-      if self.early_rebound_step is not None:
+      if self.early_rebound_step is not None and self.loss_offset is not None:
+        parts.append(
+            f"within the first {self.early_steps} steps the loss rebounded: at step "
+            f"{self.early_rebound_step}, as a running median, it was {self.early_rebound_ratio:.3g} x "
+            f"the best level {self.early_best_loss:.4g} it had reached before{measured}")
+      elif self.loss_offset is not None:
+        parts.append(
+            f"within the first {self.early_steps} steps the loss rose to "
+            f"{self.early_rise_ratio:.3g} x the initial level {self.initial_loss:.4g} as a "
+            f"running median{measured} (raw peak at step {self.early_peak_step})")
+      elif self.early_rebound_step is not None:
         parts.append(
             f"within the first {self.early_steps} steps the loss rebounded: at step "
             f"{self.early_rebound_step}, as a running median, it was {self.early_rebound_ratio:.3g} x "
@@ -768,12 +798,13 @@ class RunDiagnosis:
         back = "came back the next step" if s.recovered else "did not come back"
         parts.append(
             f"at step {s.step} the loss jumped to {s.peak_loss:.4g}, {s.size:.3g} x the level "
-            f"{s.baseline_loss:.4g} around it, for {s.duration} step(s), and {back}")
+            f"{s.baseline_loss:.4g} around it{measured}, for {s.duration} step(s), and {back}")
       else:
         state = f"recovered after {s.duration} steps" if s.recovered else "did not recover"
         parts.append(
             f"from step {s.step} the loss rose to {s.size:.3g} x its best level so far "
-            f"{s.baseline_loss:.4g} (peak {s.peak_loss:.4g} at step {s.peak_step}) and {state}")
+            f"{s.baseline_loss:.4g}{measured} (peak {s.peak_loss:.4g} at step {s.peak_step}) "
+            f"and {state}")
     if len(self.loss_spikes) > 3:
       parts.append(f"{len(self.loss_spikes) - 3} more loss spikes")
     if not parts and include_none:
@@ -863,7 +894,7 @@ def _early_rebound(c: _Curve, early_steps: int, t: DetectorThresholds,
     return None
   i = int(np.argmax(np.where(counts, rise - limit, -np.inf)))
   best_loss = _from_space(c, best[i])
-  return _Rebound(i + 1, _ratio(_from_space(c, recent[i]), best_loss), best_loss)
+  return _Rebound(i + 1, _size(c, _from_space(c, recent[i]), best_loss), best_loss)
 
 
 def _failure(c: _Curve, final: float, t: DetectorThresholds, trivial: Optional[float],
@@ -871,21 +902,24 @@ def _failure(c: _Curve, final: float, t: DetectorThresholds, trivial: Optional[f
   """(diverged, why) or (failed to train, why) from the levels; (False, None) if it trained."""
   end = _to_space(c, final)
   top = c.initial_level if trivial is None else max(c.initial_level, float(trivial))
-  if top > 0 and final > t.abnormal_loss_ratio * top:
-    return True, (f"the final loss level {final:.4g} is {final / top:.3g} x the "
-                  f"{'initial' if top == c.initial_level else 'trivial'} level {top:.4g} "
-                  f"(limit {t.abnormal_loss_ratio:g} x): it blew up and did not come back")
+  # For a loss that reaches zero or below: heights above its lowest value, with the floor.
+  shift = 0.0 if c.offset == 0.0 else c.floor - c.offset
+  if top + shift > 0 and final + shift > t.abnormal_loss_ratio * (top + shift):
+    measured = "" if c.offset == 0.0 else (
+        f", measured as heights above the run's lowest loss {c.offset:.4g} (a loss that "
+        "reaches zero or below has no ratios of its own)")
+    return True, (f"the final loss level {final:.4g} is {(final + shift) / (top + shift):.3g} x "
+                  f"the {'initial' if top == c.initial_level else 'trivial'} level {top:.4g} "
+                  f"(limit {t.abnormal_loss_ratio:g} x{measured}): it blew up and did not come "
+                  "back")
   upper_value = c.initial_level if trivial is None else float(trivial)
   upper_name = "its initial level" if trivial is None else "the trivial level"
   upper = _to_space(c, upper_value)
-  if c.log_scale:
-    margin = math.log1p(t.min_progress)
-  else:
-    margin = t.min_progress * abs(upper_value)
+  margin = math.log1p(t.min_progress)
   if reference is not None and math.isfinite(reference):
     # In the loss's own units: the fraction of the gap closed.
     gap = upper_value - float(reference)
-    if gap > t.min_progress * abs(upper_value):
+    if gap > t.min_progress * abs(upper_value - c.offset):
       progress = (upper_value - final) / gap
       if progress < t.min_progress_fraction:
         return False, (
@@ -954,19 +988,16 @@ def classify_run(
   outliers = () if grad_norms is None else tuple(detect_grad_norm_outliers(grad_norms, t))
   early = c.loss[:early_steps]
   early_ratio, early_peak, smoothed_rise = math.nan, None, -math.inf
-  if early.size and loss[0] > 0:
+  if early.size:
     early_peak = int(np.argmax(early)) + 1
+  if early.size and loss[0] > 0 and c.offset == 0.0:
     early_ratio = float(early.max() / loss[0])
   if early.size and math.isfinite(c.initial_level):
     # Decide on the running median against the initial level: one noisy
     # minibatch, or a noisy first step, is not instability.
     smooth = _running_median(c.y[:early_steps], t.early_smoothing_window, centered=True)
     smoothed_rise = float(smooth.max()) - _to_space(c, c.initial_level)
-  if c.log_scale:
-    early_limit = max(math.log(t.early_loss_ratio), t.early_noise_multiplier * c.early_sigma)
-  else:
-    early_limit = max((t.early_loss_ratio - 1.0) * abs(c.initial_level),
-                      t.early_noise_multiplier * c.early_sigma)
+  early_limit = max(math.log(t.early_loss_ratio), t.early_noise_multiplier * c.early_sigma)
   # A raw early loss far above the initial level counts too (short spikes are
   # what the FAQ's Figure 5 shows), if the early noise cannot explain it.
   raw_rise = raw_jump = np.full(1, -np.inf)
@@ -974,8 +1005,7 @@ def classify_run(
     raw_rise = c.y[1:early_steps] - _to_space(c, c.initial_level)
     # With the gradient norm to corroborate, against step 1's own loss.
     raw_jump = c.y[1:early_steps] - c.y[0]
-  ratio_limit = math.log(t.early_loss_ratio) if c.log_scale else (
-      (t.early_loss_ratio - 1.0) * abs(c.initial_level))
+  ratio_limit = math.log(t.early_loss_ratio)
   noise_limit = max(ratio_limit, t.early_spike_sigmas * c.early_sigma)
   corroborated = _grad_jumps(grad_norms, raw_rise.size, t)
   rebound = _early_rebound(c, early_steps, t, ratio_limit)
@@ -1027,11 +1057,14 @@ def classify_run(
       early_rebound_ratio=math.nan if rebound is None else rebound.ratio,
       early_best_loss=math.nan if rebound is None else rebound.best_loss,
       first_loss=float(loss[0]),
-      early_rise_ratio=(_from_space(c, _to_space(c, c.initial_level) + smoothed_rise) / c.initial_level
-                        if math.isfinite(smoothed_rise) and c.initial_level > 0 else math.nan),
+      early_rise_ratio=(_size(c, _from_space(c, _to_space(c, c.initial_level) + smoothed_rise),
+                              c.initial_level)
+                        if math.isfinite(smoothed_rise) and c.initial_level - c.offset + c.floor > 0
+                        else math.nan),
       initial_loss=float(c.initial_level),
       final_loss=float(final),
       trivial_loss=None if trivial_loss is None else float(trivial_loss),
       reference_loss=None if reference_loss is None else float(reference_loss),
       failure=why,
+      loss_offset=None if c.offset == 0.0 else c.offset,
   )

@@ -27,10 +27,15 @@ Our position.
   of 2 cores busy on small models; single-threaded processes side by side keep
   every core busy (``benchmarks/sweep_parallel.py`` measures it).
 * A trial that kills its worker (``os._exit``, a segfault, the OOM killer)
-  breaks a process pool, and every trial in flight fails with it. The trials
-  that were in flight are then run again one at a time on a fresh pool: the one
-  that breaks it alone is recorded with the reason, the others finish, and the
-  sweep goes on.
+  breaks a process pool, and every trial in flight fails with it (on Dask, a
+  ``KilledWorker``). The trials that were in flight are then run again one at a
+  time: the one that kills its worker alone is recorded with the reason, the
+  others finish, and the sweep goes on. Anything else a trial does (raise,
+  ``sys.exit()``, its own ``KeyboardInterrupt``, an invalid result) is
+  recorded against it by ``run_trial``, wherever it runs.
+* ``trial_timeout``: workers run each trial in a thread they give up on at
+  the limit (``run_trial_with_limit``); the coordinator then kills a
+  ``ProcessPool`` worker, and a Dask worker with a nanny restarts itself.
 
 Where it breaks.
 
@@ -59,15 +64,18 @@ Where it breaks.
 from __future__ import annotations
 
 import collections
+import contextlib
 import concurrent.futures as cf
 import multiprocessing
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+import uuid
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 from optstab import _validation
 from optstab.diagnosis.store import TrialRecord
@@ -81,10 +89,14 @@ __all__ = [
     "in_process",
     "plan_workers",
     "run_trial",
+    "run_trial_with_limit",
     "execute_trials",
     "SINGLE_THREADED_ENV",
     "WORKER_CRASHED",
+    "TRIAL_TIMEOUT",
     "CRASH_ERRORS",
+    "TrialTimeout",
+    "check_trial_timeout",
 ]
 
 #: Environment of a single-threaded XLA:CPU worker. ``NPROC`` is what XLA's
@@ -101,6 +113,15 @@ SINGLE_THREADED_ENV: dict[str, str] = {
 #: Start of the error recorded for a trial whose worker process died.
 WORKER_CRASHED = "WorkerCrashed"
 
+#: Start of the error recorded for a trial stopped at its time limit (``trial_timeout``).
+TRIAL_TIMEOUT = "TrialTimeout"
+
+#: Seconds past ``trial_timeout`` after which a ``ProcessPool`` worker that has not
+#: answered at all (its trial holds the interpreter lock, so the worker's own
+#: watch cannot run) is killed with its pool. Counted from submission, so it
+#: also covers a fresh worker's start-up.
+TRIAL_TIMEOUT_GRACE = 60.0
+
 #: Seconds between an orphaned worker's checks that its coordinator is alive.
 _ORPHAN_CHECK_SECONDS = 0.5
 
@@ -109,30 +130,194 @@ _ORPHAN_CHECK_SECONDS = 0.5
 # One trial: the unit of work every executor runs.
 
 
-def run_trial(train_fn: TrialFn, config: TrialConfig) -> TrialRecord:
+class TrialTimeout(BaseException):
+  """Raised in a trial that runs past its time limit, in this process (``trial_timeout``).
+
+  A ``BaseException``, like ``KeyboardInterrupt``, so that a trial's own
+  ``except Exception`` does not swallow it.
+  """
+
+
+class _UserInterrupt(KeyboardInterrupt):
+  """The user's Ctrl-C (SIGINT) during an in-process trial: it stops the sweep."""
+
+
+def check_trial_timeout(trial_timeout: Any) -> Optional[float]:
+  """``None``, or a finite number of seconds > 0 (``ValueError`` otherwise)."""
+  if trial_timeout is None:
+    return None
+  return float(_validation.check_positive("trial_timeout", trial_timeout))
+
+
+@contextlib.contextmanager
+def _user_interrupts() -> Iterator[bool]:
+  """Tells the user's Ctrl-C apart from a ``KeyboardInterrupt`` the trial raises itself.
+
+  Yields whether a ``KeyboardInterrupt`` that is not ``_UserInterrupt`` is the
+  trial's own: true off the main thread (SIGINT only reaches the main thread)
+  and where SIGINT is ours or ignored (a process-pool worker); false where some
+  other handler is installed, which may raise it for the user.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield True
+    return
+  previous = signal.getsignal(signal.SIGINT)
+  if previous is signal.SIG_IGN:
+    yield True
+    return
+  if previous is not signal.default_int_handler:
+    yield False
+    return
+
+  def interrupted(signum, frame):
+    del signum, frame
+    raise _UserInterrupt()
+
+  signal.signal(signal.SIGINT, interrupted)
+  try:
+    yield True
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _alarm(seconds: Optional[float]) -> Iterator[None]:
+  """Raises ``TrialTimeout`` in this (main) thread after ``seconds``, where a timer is free.
+
+  Only the main thread receives signals, and a timer the caller already set
+  is left alone: then nothing is stopped.
+  """
+  if (seconds is None or not hasattr(signal, "setitimer")
+      or threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, None)
+      or signal.getitimer(signal.ITIMER_REAL)[0] > 0):
+    yield
+    return
+
+  def expired(signum, frame):
+    del signum, frame
+    raise TrialTimeout(f"the trial ran past its time limit of {seconds:g} s and was stopped")
+
+  signal.signal(signal.SIGALRM, expired)
+  signal.setitimer(signal.ITIMER_REAL, seconds)
+  try:
+    yield
+  finally:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
+def _error_record(config: TrialConfig, error: BaseException, seconds: float) -> TrialRecord:
+  message = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+  return TrialRecord(config, None, message, seconds).round_tripped()
+
+
+def run_trial(train_fn: TrialFn, config: TrialConfig,
+              trial_timeout: Optional[float] = None) -> TrialRecord:
   """Runs one trial and returns its record, in the form a reload from disk gives.
 
-  A trial that raises (any ``Exception``), or returns something that is not a
-  ``TrialResult`` of its own configuration, gives a record with the error.
+  Every way the trial itself can end gives a record: a result, or the error
+  for anything it raises (``Exception``, and ``BaseException`` such as
+  ``SystemExit`` from ``sys.exit()`` or a ``KeyboardInterrupt`` of its own),
+  or for a result that fails its checks (not a ``TrialResult``, another
+  configuration's, or changed after construction so that it is no longer
+  valid or cannot be stored). Only the user's Ctrl-C on this process
+  propagates: it stops the sweep.
 
   Args:
     train_fn: the user's training function (``TrialFn``).
     config: the trial.
+    trial_timeout: seconds; in the main thread a timer raises ``TrialTimeout``
+      in the trial at the limit. That stops Python code (a loop, a wait on a
+      lock or a queue, between two jitted steps) but not one call that never
+      returns to Python (a stuck collective, a blocked C extension), and not
+      a trial that catches ``BaseException`` itself. Off the main thread it
+      stops nothing (workers use ``run_trial_with_limit``).
 
   Returns:
     A round-tripped ``TrialRecord`` (``TrialRecord.round_tripped``).
   """
   start = time.perf_counter()
+  with _user_interrupts() as interrupts_are_the_trials:
+    try:
+      with _alarm(trial_timeout):
+        result = train_fn(config)
+      if not isinstance(result, TrialResult):
+        raise TypeError(f"the training function returned {type(result).__name__}, not TrialResult")
+      result.check()  # it may have been changed after construction
+      if result.config.key() != config.key():
+        raise ValueError("the training function returned a TrialResult of another config")
+      return TrialRecord(config, result, None, time.perf_counter() - start).round_tripped()
+    except _UserInterrupt as e:
+      raise KeyboardInterrupt().with_traceback(e.__traceback__) from None
+    except KeyboardInterrupt as e:
+      if not interrupts_are_the_trials:
+        raise
+      return _error_record(config, e, time.perf_counter() - start)
+    except BaseException as e:  # pylint: disable=broad-except
+      return _error_record(config, e, time.perf_counter() - start)
+
+
+class _TimedOut(NamedTuple):
+  """A worker's answer for a trial still running at its limit (its thread cannot be stopped)."""
+
+  record: TrialRecord
+  pid: int
+
+
+def run_trial_with_limit(train_fn: TrialFn, config: TrialConfig,
+                         trial_timeout: float) -> "TrialRecord | _TimedOut":
+  """``run_trial`` in a thread of this worker, given up on after ``trial_timeout`` seconds.
+
+  What an executor runs for a trial with a time limit. A trial still running
+  at the limit is answered with a ``TrialTimeout`` record and this process's
+  id, so that the coordinator can stop the process (``ProcessPool``); on a
+  Dask worker run by a nanny, the worker leaves once the answer has been
+  collected, and the nanny starts a fresh one. Elsewhere the hung thread stays
+  until its worker process exits.
+  """
+  box: list[TrialRecord] = []
+  start = time.perf_counter()
+  thread = threading.Thread(target=lambda: box.append(run_trial(train_fn, config)),
+                            name=f"trial lr={config.learning_rate:g}", daemon=True)
+  thread.start()
+  thread.join(trial_timeout)
+  if box:
+    return box[0]
+  elapsed = time.perf_counter() - start
+  record = TrialRecord(config, None, f"{TRIAL_TIMEOUT}: the trial was still running after "
+                       f"{elapsed:.3g} s, past its time limit of {trial_timeout:g} s", elapsed).round_tripped()
+  _leave_dask_worker_when_collected()
+  return _TimedOut(record, os.getpid())
+
+
+def _leave_dask_worker_when_collected() -> None:
+  """On a Dask worker with a nanny: once this task's answer is collected, restart the worker.
+
+  Gracefully, as Dask's ``--lifetime`` does: the scheduler moves the tasks
+  waiting on this worker elsewhere (no failure counted against them), and
+  the nanny starts a fresh process without the hung thread.
+  """
+  module = sys.modules.get("distributed")
+  if module is None:
+    return
   try:
-    result = train_fn(config)
-    if not isinstance(result, TrialResult):
-      raise TypeError(f"the training function returned {type(result).__name__}, not TrialResult")
-    if result.config.key() != config.key():
-      raise ValueError("the training function returned a TrialResult of another config")
-    record = TrialRecord(config, result, None, time.perf_counter() - start)
-  except Exception as e:  # pylint: disable=broad-except
-    record = TrialRecord(config, None, f"{type(e).__name__}: {e}", time.perf_counter() - start)
-  return record.round_tripped()
+    worker = module.get_worker()
+    key = worker.get_current_task()
+  except Exception:  # pylint: disable=broad-except
+    return  # not in a Dask task
+  if not getattr(worker, "nanny", None):
+    return  # no nanny: the worker may be the coordinator's own process
+
+  def leave() -> None:
+    deadline = time.monotonic() + 600
+    while key in worker.state.tasks and time.monotonic() < deadline:
+      time.sleep(0.05)
+    worker.loop.add_callback(worker.close_gracefully, restart=True, reason="a trial hung")
+    time.sleep(120)
+    os._exit(75)  # pylint: disable=protected-access  # still here: a stuck close
+
+  threading.Thread(target=leave, daemon=True).start()
 
 
 class InProcessExecutor(cf.Executor):
@@ -217,7 +402,17 @@ def _initialize_worker(env: Mapping[str, str], slots, parent: int) -> None:
     env.update(_merged_env(slots.get()))
   os.environ.update(env)
   _apply_jax_options(env)
+  # The user's Ctrl-C reaches every process of the terminal's group: the
+  # coordinator stops the sweep; a worker would record it as its trial's error.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+
+
+def _wait_until_broken(pool: cf.ProcessPoolExecutor) -> None:
+  """After killing workers: wait until the pool knows, so the next submit starts a fresh one."""
+  deadline = time.monotonic() + 30
+  while not getattr(pool, "_broken", True) and time.monotonic() < deadline:
+    time.sleep(0.01)
 
 
 class ProcessPool(cf.Executor):
@@ -282,6 +477,34 @@ class ProcessPool(cf.Executor):
   def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
     with self._lock:
       self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+  def stop_worker(self, pid: int) -> bool:
+    """Kills the worker process ``pid`` (a trial past its time limit); whether it was one.
+
+    The pool breaks, as after a crash: the tasks in flight fail with
+    ``BrokenProcessPool`` and the next ``submit`` starts a fresh pool.
+    """
+    with self._lock:
+      pool = self._pool
+      process = (getattr(pool, "_processes", None) or {}).get(pid)
+    if process is None:
+      return False
+    process.kill()
+    process.join(30)
+    _wait_until_broken(pool)
+    return True
+
+  def stop_workers(self) -> None:
+    """Kills every worker (the user stopped the sweep); the next ``submit`` starts a fresh pool."""
+    with self._lock:
+      pool = self._pool
+      processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+      with contextlib.suppress(Exception):
+        process.kill()
+    for process in processes:
+      process.join(30)
+    _wait_until_broken(pool)
 
   def __repr__(self) -> str:
     return f"ProcessPool(max_workers={self.max_workers}, env={self.env}, worker_envs={self.worker_envs})"
@@ -472,11 +695,23 @@ class SubmititExecutor(cf.Executor):
 
 
 def _capacity(executor: cf.Executor) -> Optional[int]:
-  """How many trials can run at once, when the executor says; ``None``: no limit known."""
+  """How many trials can run at once, when the executor says; ``None``: no limit known.
+
+  For Dask's ``Client.get_executor()``, the cluster's worker threads when the
+  sweep starts: a trial waiting on a worker behind one that kills it would die
+  with it (``KilledWorker``) and have to run again.
+  """
   for name in ("max_workers", "_max_workers"):
     n = getattr(executor, name, None)
     if isinstance(n, int) and n > 0:
       return n
+  client = getattr(executor, "_client", None)
+  if client is not None and hasattr(client, "nthreads"):
+    try:
+      n = sum(client.nthreads().values())
+    except Exception:  # pylint: disable=broad-except
+      return None
+    return n if n > 0 else None
   return None
 
 
@@ -524,25 +759,69 @@ def _crashed(config: TrialConfig, error: BaseException) -> TrialRecord:
                      f"died ({type(error).__name__}: {error})", 0.0)
 
 
+class _Again:
+  """A trial's task submitted again: a new task to engines that key tasks by their arguments.
+
+  Dask gives a resubmitted ``(function, arguments)`` the key of the first
+  try, and with it that try's error (``KilledWorker``) instead of a new run.
+  """
+
+  def __init__(self, task: Callable[..., Any]):
+    self.task = task
+    self.token = uuid.uuid4().hex
+    self.__name__ = f"{task.__name__}_again"  # Dask names the task after it
+
+  def __call__(self, *args: Any) -> Any:
+    return self.task(*args)
+
+  def __dask_tokenize__(self) -> str:
+    return self.token
+
+
+def _is_crash(error: BaseException, executor: cf.Executor) -> bool:
+  """Whether ``error`` says that the process running a task died."""
+  if isinstance(error, cf.BrokenExecutor):
+    return _respawnable(executor)
+  return type(error).__name__ in CRASH_ERRORS
+
+
 def execute_trials(
     train_fn: TrialFn,
     configs: Sequence[TrialConfig],
     finished: Callable[[int, TrialRecord], None],
     executor: Optional[cf.Executor] = None,
+    *,
+    trial_timeout: Optional[float] = None,
 ) -> None:
   """Runs every configuration once, calling ``finished(index, record)`` as each ends.
 
   ``finished`` runs in the calling thread, in the order trials finish (the
   configurations' order when ``executor`` is ``None``). At most as many trials
-  as the executor has workers are in flight, so after a worker crash only
-  those are suspects: they run again one at a time, and the one that breaks
-  the pool alone is recorded as ``WORKER_CRASHED``.
+  as the executor has workers are in flight. When a worker dies (``os._exit``,
+  a segfault, the OOM killer: ``BrokenProcessPool``, Dask's ``KilledWorker``,
+  ``CRASH_ERRORS``), the trials that were in flight become suspects: they run
+  again one at a time, and only one that kills its worker when alone is
+  recorded as ``WORKER_CRASHED``; the others finish normally.
+
+  With ``trial_timeout``, each trial on an executor runs under
+  ``run_trial_with_limit``: one still running at the limit is recorded as
+  ``TRIAL_TIMEOUT`` with its elapsed seconds, its ``ProcessPool`` worker is
+  killed (the trials sharing the pool run again) or its Dask worker replaced
+  by its nanny, and the sweep goes on. In this process (``executor=None``) a
+  timer interrupts the trial instead, which stops Python code but not a call
+  stuck in C (``run_trial``).
+
+  The user's Ctrl-C (``KeyboardInterrupt`` in this thread) stops everything:
+  the trials in flight are cancelled (a ``ProcessPool``'s workers killed),
+  every finished trial has been passed to ``finished``, and the interrupt
+  propagates.
 
   Args:
     train_fn: the user's training function.
     configs: the trials.
     finished: called with each trial's index in ``configs`` and its record.
     executor: ``None`` runs the trials in turn in this process.
+    trial_timeout: seconds a trial may run (``None``: no limit).
 
   Raises:
     TypeError: a process pool was given a ``train_fn`` that does not pickle.
@@ -551,57 +830,117 @@ def execute_trials(
     RuntimeError: the executor could not run a trial for another reason than
       its worker dying (``CRASH_ERRORS``); nothing is recorded for it.
   """
+  trial_timeout = check_trial_timeout(trial_timeout)
   if in_process(executor):
     for i, config in enumerate(configs):
-      finished(i, run_trial(train_fn, config))
+      finished(i, run_trial(train_fn, config, trial_timeout))
     return
   _check_picklable(train_fn, executor)
   limit = _capacity(executor) or max(len(configs), 1)
   queue = collections.deque(range(len(configs)))
   in_flight: dict[cf.Future, int] = {}
   suspects: list[int] = []
+  requeue: set[int] = set()  # in flight when this process broke the pool on purpose
+  tries = collections.Counter()
+  sent: dict[cf.Future, float] = {}  # ProcessPool with a limit: when each trial was submitted
 
-  def submit(i: int) -> None:
+  def submit(i: int) -> Optional[cf.Future]:
+    task = run_trial if trial_timeout is None else run_trial_with_limit
+    extra = () if trial_timeout is None else (trial_timeout,)
+    tries[i] += 1
+    if tries[i] > 1:
+      task = _Again(task)
     try:
-      in_flight[executor.submit(run_trial, train_fn, configs[i])] = i
+      future = executor.submit(task, train_fn, configs[i], *extra)
     except cf.BrokenExecutor:
       if not _respawnable(executor):
         raise
       suspects.append(i)
-
-  def outcome(future: cf.Future, i: int) -> Optional[TrialRecord]:
-    """The record, or ``None`` when the executor broke under the trial."""
-    try:
-      return future.result()
-    except cf.BrokenExecutor:
-      if not _respawnable(executor):
-        raise
       return None
-    except Exception as e:  # pylint: disable=broad-except
-      if type(e).__name__ in CRASH_ERRORS:
-        return _crashed(configs[i], e)
-      # The task never ran as a trial (it could not be sent or unpickled): not a
-      # result to record, since a rerun would then skip it.
-      raise RuntimeError(f"the executor could not run the trial {configs[i].key()}: "
-                         f"{type(e).__name__}: {e}") from e
+    in_flight[future] = i
+    if trial_timeout is not None and isinstance(executor, ProcessPool):
+      sent[future] = time.monotonic()
+    return future
 
-  while queue or in_flight or suspects:
-    while queue and len(in_flight) < limit and not suspects:
-      submit(queue.popleft())
-    if in_flight:
-      done, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
-      for future in done:
-        i = in_flight.pop(future)
-        record = outcome(future, i)
-        if record is None:
-          suspects.append(i)
-        else:
-          finished(i, record)
-      continue
-    # The pool broke and nothing is in flight: run each suspect alone.
-    for i in sorted(suspects):
-      future = executor.submit(run_trial, train_fn, configs[i])
-      cf.wait([future])
-      record = outcome(future, i)
-      finished(i, _crashed(configs[i], future.exception()) if record is None else record)
-    suspects.clear()
+  def outcome(future: cf.Future, i: int, alone: bool) -> Optional[TrialRecord]:
+    """The record, or ``None`` when the trial must run again."""
+    error = future.exception()
+    if error is None:
+      value = future.result()
+      if isinstance(value, _TimedOut):
+        if isinstance(executor, ProcessPool) and executor.stop_worker(value.pid):
+          requeue.update(in_flight.values())
+        return value.record
+      return value
+    if _is_crash(error, executor):
+      if i in requeue:
+        requeue.discard(i)
+        queue.appendleft(i)  # healthy: its pool was stopped under it
+        return None
+      if alone:
+        return _crashed(configs[i], error)
+      suspects.append(i)
+      return None
+    if isinstance(error, cf.BrokenExecutor):
+      raise error
+    # The task never ran as a trial (it could not be sent or unpickled): not a
+    # result to record, since a rerun would then skip it.
+    raise RuntimeError(f"the executor could not run the trial {configs[i].key()}: "
+                       f"{type(error).__name__}: {error}") from error
+
+  def collect(done: set[cf.Future], alone: bool) -> None:
+    # No reference to a finished future may outlive this call: Dask keeps the
+    # result on its worker, and recomputes it if that worker dies, while any is held.
+    while done:
+      future = done.pop()
+      i = in_flight.pop(future)
+      sent.pop(future, None)
+      record = outcome(future, i, alone)
+      del future
+      if record is not None:
+        finished(i, record)
+
+  patience = None if trial_timeout is None else trial_timeout + TRIAL_TIMEOUT_GRACE
+
+  def overdue() -> None:
+    # A worker that does not answer long after the limit is stuck where its own
+    # watch cannot run (a call holding the interpreter lock): kill the pool.
+    now = time.monotonic()
+    late = [(f, i) for f, i in in_flight.items() if sent[f] + patience <= now]
+    for future, i in late:
+      del in_flight[future]
+    requeue.update(in_flight.values())
+    executor.stop_workers()
+    for future, i in late:
+      elapsed = now - sent.pop(future)
+      finished(i, TrialRecord(
+          configs[i], None, f"{TRIAL_TIMEOUT}: no answer from the trial's worker {elapsed:.3g} s "
+          f"after it was sent, past its time limit of {trial_timeout:g} s (a call that holds "
+          "Python's interpreter lock cannot be interrupted); its worker was killed",
+          elapsed).round_tripped())
+
+  try:
+    while queue or in_flight or suspects:
+      alone = not in_flight and bool(suspects)
+      if alone:  # a worker died and nothing is in flight: run each suspect alone
+        submit(suspects.pop(0))
+      else:
+        while queue and len(in_flight) < limit and not suspects:
+          submit(queue.popleft())
+      if not in_flight:
+        continue
+      timeout = None
+      if sent:
+        timeout = max(0.0, min(sent.values()) + patience - time.monotonic())
+      done = cf.wait(in_flight, timeout=timeout, return_when=cf.FIRST_COMPLETED).done
+      if done:
+        collect(done, alone)
+      else:
+        overdue()
+  except BaseException:
+    # The user's Ctrl-C, or an error: stop what is in flight; nothing finished is lost.
+    for future in in_flight:
+      future.cancel()
+    if isinstance(executor, ProcessPool) and in_flight:
+      executor.stop_workers()
+    raise

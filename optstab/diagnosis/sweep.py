@@ -157,6 +157,7 @@ def run_trials(
     progress: bool = True,
     desc: str = "trials",
     executor: Optional[Executor] = None,
+    trial_timeout: Optional[float] = None,
 ) -> list[TrialRecord]:
   """Runs each configuration once, durably recording each as it finishes.
 
@@ -164,9 +165,13 @@ def run_trials(
   twice; rates equal to 10 significant digits are one configuration). A
   configuration that asks for a fix the training function does not declare
   (``TrialConfig.clip_norm``, ``.optimizer``, ``.skip_spikes``; see
-  ``with_fix_support``) is refused before any trial runs. A trial that raises (any ``Exception``), or returns something that is
-  not a ``TrialResult`` of its own configuration, is recorded with the error,
-  and the next trial runs; so is a trial that kills its worker process.
+  ``with_fix_support``) is refused before any trial runs. Whatever a trial
+  does, it is recorded against that trial alone and the next trial runs: a
+  trial that raises (any exception, ``sys.exit()`` included), returns
+  something that is not a valid ``TrialResult`` of its own configuration,
+  kills its worker process (``executors.WORKER_CRASHED``) or runs past
+  ``trial_timeout`` (``executors.TRIAL_TIMEOUT``). The user's Ctrl-C stops
+  the sweep, every finished trial kept.
 
   Args:
     train_fn: the user's training function (``TrialFn``); it must pickle when
@@ -181,11 +186,25 @@ def run_trials(
       (``optstab.diagnosis.executors``: e.g. ``default_executor()``, a Dask
       ``Client.get_executor()``); ``None`` runs them in turn in this process.
       Only this process writes the store, as each trial finishes.
+    trial_timeout: seconds one trial may run (``None``: no limit). On an
+      executor, a trial still running at the limit is recorded as timed out
+      with its elapsed time, its ``ProcessPool`` worker is killed (a Dask
+      worker is replaced by its nanny) and the sweep goes on (a ``ProcessPool``
+      worker stuck in a call that holds the interpreter lock, which its own
+      watch cannot interrupt, is killed ``executors.TRIAL_TIMEOUT_GRACE``
+      seconds past the limit); on another
+      executor (threads, a plain ``ProcessPoolExecutor``) it is recorded and
+      the sweep goes on, but its thread runs on until the worker exits. In
+      this process, a timer interrupts the trial: that stops Python code (a
+      loop, a wait on a queue or lock, between two jitted steps), not one call
+      stuck in C (a hung collective) nor a trial that catches
+      ``BaseException``; and only when the sweep runs in the main thread.
 
   Returns:
     One ``TrialRecord`` per configuration, in the order given, each in the form
     a reload from disk returns, whatever the order the trials finished in.
   """
+  trial_timeout = executors.check_trial_timeout(trial_timeout)
   if store is None and out_dir is not None:
     store = TrialStore(out_dir)
   support = fix_support(train_fn)
@@ -216,7 +235,7 @@ def run_trials(
     bar.update(1)
 
   try:
-    executors.execute_trials(train_fn, todo, finished, executor)
+    executors.execute_trials(train_fn, todo, finished, executor, trial_timeout=trial_timeout)
   finally:
     bar.close()
   return [records[config.key()] for config in configs]
@@ -576,6 +595,7 @@ def learning_rate_sweep(
     trivial_loss: Optional[float] = None,
     thresholds: Optional[DetectorThresholds] = None,
     executor: Optional[Executor] = None,
+    trial_timeout: Optional[float] = None,
 ) -> SweepResult:
   """Trains at each learning rate, labels every trial and picks lr*.
 
@@ -602,6 +622,9 @@ def learning_rate_sweep(
       ``DetectorThresholds()``).
     executor: run the trials on this ``concurrent.futures.Executor`` (see
       ``run_trials``); ``None``: one after another in this process.
+    trial_timeout: seconds one trial may run; a trial past it is recorded as
+      timed out and the sweep goes on (``run_trials`` says what the limit can
+      stop on each executor). ``None``: no limit.
 
   Returns:
     A ``SweepResult``: ``best_learning_rate`` (lr*), ``at_edge_of_feasibility``,
@@ -629,6 +652,7 @@ def learning_rate_sweep(
   if trivial_loss is not None:
     _validation.check_in_range("trivial_loss", trivial_loss, -math.inf, math.inf)
   rule = FeasibilityRule() if rule is None else rule
+  trial_timeout = executors.check_trial_timeout(trial_timeout)
   configs = [base_config.replace(learning_rate=rate) for rate in rates]
   if store is None and out_dir is not None:
     store = TrialStore(out_dir)
@@ -637,12 +661,13 @@ def learning_rate_sweep(
     # The first trial alone: a metric name it does not report fails before the rest run.
     # (On a parallel executor that would idle every other worker: the names are
     # checked once the trials are back, all of them already recorded.)
-    records = run_trials(train_fn, configs[:1], store=store, progress=False, executor=executor)
+    records = run_trials(train_fn, configs[:1], store=store, progress=False, executor=executor,
+                         trial_timeout=trial_timeout)
     if records[0].result is not None:
       check_metric_names(records[0].result, metric, rule)
   records += run_trials(
       train_fn, configs[len(records):], store=store, progress=progress,
-      desc="learning-rate sweep", executor=executor,
+      desc="learning-rate sweep", executor=executor, trial_timeout=trial_timeout,
   )
   first = next((r.result for r in records if r.result is not None), None)
   if first is not None:

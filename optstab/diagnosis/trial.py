@@ -210,12 +210,28 @@ class TrialResult:
   grad_norms: np.ndarray
 
   def __post_init__(self):
-    self.train_loss = np.asarray(self.train_loss, dtype=np.float64)
-    self.grad_norms = np.asarray(self.grad_norms, dtype=np.float64)
+    self.check()
+
+  def check(self) -> None:
+    """Checks (and normalises) every field; ``ValueError`` naming the first bad one.
+
+    Runs at construction, and again when the trial returns, since a
+    ``TrialResult`` can be changed after it was built.
+    """
+    if not isinstance(self.config, TrialConfig):
+      raise ValueError(f"config must be a TrialConfig; got {type(self.config).__name__}.")
+    if not isinstance(self.eval_metrics, Mapping):
+      raise ValueError("eval_metrics must be a mapping of metric names to arrays; got "
+                       f"{type(self.eval_metrics).__name__}.")
+    for name in self.eval_metrics:
+      if not isinstance(name, str):
+        raise ValueError(f"eval_metrics keys must be strings (metric names); got {name!r}.")
+    self.train_loss = _real_array("train_loss", self.train_loss)
+    self.grad_norms = _real_array("grad_norms", self.grad_norms)
     _validation.check_steps("eval_steps", self.eval_steps, self.config.total_steps)
     self.eval_steps = np.asarray(self.eval_steps, dtype=np.int64)
     self.eval_metrics = {
-        k: np.asarray(v, dtype=np.float64) for k, v in self.eval_metrics.items()
+        k: _real_array(f"eval_metrics[{k!r}]", v) for k, v in self.eval_metrics.items()
     }
     n = self.config.total_steps
     if self.train_loss.shape != (n,):
@@ -255,6 +271,17 @@ class TrialResult:
         eval_metrics={k: restore(v) for k, v in data["eval_metrics"].items()},
         grad_norms=restore(data["grad_norms"]),
     )
+
+
+def _real_array(name: str, values: Any) -> np.ndarray:
+  """``values`` as float64; ``ValueError`` naming ``name`` if they are not real numbers."""
+  try:
+    array = np.asarray(values)
+    if np.iscomplexobj(array):
+      raise TypeError("complex values")
+    return array.astype(np.float64)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{name} must hold real numbers; got {type(values).__name__} ({e}).") from e
 
 
 class TrialFn(Protocol):

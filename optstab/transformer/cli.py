@@ -73,7 +73,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"writing {args.out}", flush=True)
   with executor:
     result = experiment.run_experiment(preset, args.out, corpus=args.corpus,
-                                       progress=not args.no_progress, executor=executor)
+                                       progress=not args.no_progress, executor=executor,
+                                       trial_timeout=args.trial_timeout)
   s = result.summary
   print("\n".join(experiment.verdicts(s)))
   print(f"wall time {s['wall_seconds']:.0f} s; report: {result.files['report']}")

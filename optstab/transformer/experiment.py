@@ -195,7 +195,8 @@ def _seed_store(source: TrialStore, folder: str) -> None:
 def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
                    corpus: Union[None, PathLike, corpus_data.CharCorpus] = None,
                    progress: bool = True, mesh=None,
-                   executor: Optional[Executor] = None) -> ExperimentResult:
+                   executor: Optional[Executor] = None,
+                   trial_timeout: Optional[float] = None) -> ExperimentResult:
   """Runs (or resumes) the whole experiment of ``preset`` into ``out_dir``.
 
   Args:
@@ -212,6 +213,10 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
       process per CPU core or per GPU); ``None``: one after another in this
       process. Each worker loads the corpus and compiles for itself; only this
       process writes ``out_dir``. The results do not depend on it.
+    trial_timeout: seconds one trial of the sweeps and of Figure 6 may run; a
+      trial past it is recorded as timed out and the experiment goes on
+      (``optstab.diagnosis.run_trials`` says what the limit can stop).
+      ``None``: no limit.
 
   Returns:
     An ``ExperimentResult`` with ``summary`` (the content of ``results.json``)
@@ -242,19 +247,20 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
     # stay busy; the sweeps and Figure 6 below read them back from the store.
     run_trials(trial_fn, [base.replace(learning_rate=lr) for base in sweep_bases.values()
                           for lr in lrs] + fig6_configs,
-               store=store, progress=progress, desc="trials", executor=executor)
+               store=store, progress=progress, desc="trials", executor=executor,
+               trial_timeout=trial_timeout)
 
   # Figure 8: four sweeps, every run preset.num_steps steps in all.
   sweeps: dict[str, SweepResult] = {
       name: learning_rate_sweep(trial_fn, lrs, base_config=base, metric="loss", rule=RULE,
                                 store=store, progress=progress, executor=executor,
-                                trivial_loss=text.unigram_entropy)
+                                trivial_loss=text.unigram_entropy, trial_timeout=trial_timeout)
       for name, base in sweep_bases.items()}
 
   # Figure 6: Post-LN at one high rate, warmup lengths.
   fig6 = dict(zip(preset.figure6_warmups, run_trials(
       trial_fn, fig6_configs, store=store, progress=progress, desc="figure 6",
-      executor=executor)))
+      executor=executor, trial_timeout=trial_timeout)))
 
   # Figure 7b: the FAQ's long checks at 5 x and 10 x Post-LN's lr*.
   long_runs = ()

@@ -93,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   with executor:
     result = experiment.run_experiment(preset, out, data_dir=args.data_dir,
                                        progress=lead and not args.no_progress, executor=executor,
-                                       seeds=args.seeds)
+                                       seeds=args.seeds, trial_timeout=args.trial_timeout)
   if lead:
     s = result.summary
     print("\n".join(experiment.verdicts(s)))

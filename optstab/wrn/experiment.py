@@ -181,7 +181,8 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
                    data_dir: Optional[PathLike] = None, progress: bool = True,
                    mesh=None, data: Optional[wrn_data.ImageDataset] = None,
                    seeds: Optional[Sequence[int]] = None,
-                   executor: Optional[Executor] = None) -> ExperimentResult:
+                   executor: Optional[Executor] = None,
+                   trial_timeout: Optional[float] = None) -> ExperimentResult:
   """Runs (or resumes) the whole experiment of ``preset`` into ``out_dir``.
 
   Args:
@@ -200,6 +201,9 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
       ``optstab.default_executor()``: one process per CPU core or per GPU);
       ``None``: one after another in this process. Each worker loads the data
       and compiles for itself; only this process writes ``out_dir``.
+    trial_timeout: seconds one trial may run; a trial past it is recorded as
+      timed out and the experiment goes on (``optstab.diagnosis.run_trials``
+      says what the limit can stop). ``None``: no limit.
 
   Returns:
     An ``ExperimentResult`` with ``summary`` (the content of ``results.json``)
@@ -231,8 +235,10 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
     # Every trial that needs no other trial's result, in one batch, so the
     # workers stay busy; the sweeps and the table read them back from the store.
     run_trials(trial_fn, [c for p in seed_presets for c in _independent_configs(p)],
-               store=store, progress=progress, desc="trials", executor=executor)
-  runs = [_run_seed(p, trial_fn, store, data, progress, executor) for p in seed_presets]
+               store=store, progress=progress, desc="trials", executor=executor,
+               trial_timeout=trial_timeout)
+  runs = [_run_seed(p, trial_fn, store, data, progress, executor, trial_timeout)
+          for p in seed_presets]
   summary, sweeps, clip_records, unstable = runs[0]
   summary = dict(summary)
   summary["seeds"] = list(seeds)
@@ -274,7 +280,7 @@ def _independent_configs(preset: Preset) -> list[TrialConfig]:
 
 
 def _run_seed(preset: Preset, trial_fn, store: TrialStore, data, progress: bool,
-              executor: Optional[Executor]):
+              executor: Optional[Executor], trial_timeout: Optional[float]):
   """One seed's trials and summary: ``(summary, sweeps, clip_records, unstable record)``."""
   lrs = sorted(preset.learning_rates)
   trivial = math.log(data.num_classes)  # a classifier that learned nothing
@@ -288,7 +294,8 @@ def _run_seed(preset: Preset, trial_fn, store: TrialStore, data, progress: bool,
       name = variant + (f"+warmup{w}" if w else "")
       sweeps[name] = learning_rate_sweep(
           trial_fn, lrs, base_config=_base_config(preset, variant, w), metric="error_rate",
-          rule=RULE, store=store, progress=progress, trivial_loss=trivial, executor=executor)
+          rule=RULE, store=store, progress=progress, trivial_loss=trivial, executor=executor,
+          trial_timeout=trial_timeout)
 
   def sweep_record(name: str, lr: float) -> TrialRecord:
     return next(t.record for t in sweeps[name].trials if t.learning_rate == lr)
@@ -310,12 +317,13 @@ def _run_seed(preset: Preset, trial_fn, store: TrialStore, data, progress: bool,
                                   clip_min_history=preset.clip_window))
     for config, record in zip(configs, run_trials(trial_fn, configs, store=store,
                                                   progress=progress, desc="clipping",
-                                                  executor=executor)):
+                                                  executor=executor,
+                                                  trial_timeout=trial_timeout)):
       clip_records[config.extra["clip_percentile"]] = record
 
   extra_records = dict(zip(mitigation_configs, run_trials(
       trial_fn, list(mitigation_configs.values()), store=store, progress=progress,
-      desc="mitigations", executor=executor)))
+      desc="mitigations", executor=executor, trial_timeout=trial_timeout)))
 
   rows = [("none (baseline)", high, unstable)]
   changed = sweeps["stride_1x1"]
