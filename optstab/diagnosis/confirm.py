@@ -186,6 +186,7 @@ def short_check(
     store: Optional[TrialStore] = None,
     progress: bool = True,
     executor: Optional[Executor] = None,
+    trial_timeout: Optional[float] = None,
 ) -> ConfirmationRun:
   """The FAQ's early-instability check: ~500 steps at 2 x lr*, looked at every step.
 
@@ -207,6 +208,7 @@ def short_check(
     store: an open ``TrialStore`` instead of ``out_dir``.
     progress: show a progress bar.
     executor: a ``concurrent.futures.Executor`` to run on (see ``run_trials``).
+    trial_timeout: seconds the run may take (see ``run_trials``).
 
   Returns:
     A ``ConfirmationRun``; ``label == "early-unstable"`` (with ``recovered``)
@@ -214,7 +216,7 @@ def short_check(
   """
   config = short_check_config(sweep, factor=factor, num_steps=num_steps, eval_every=eval_every)
   (record,) = run_trials(train_fn, [config], out_dir=out_dir, store=store, progress=progress,
-                         desc="short check", executor=executor)
+                         desc="short check", executor=executor, trial_timeout=trial_timeout)
   return judge_short_check(sweep, record, factor, rule=rule, thresholds=thresholds)
 
 
@@ -230,6 +232,7 @@ def long_check(
     store: Optional[TrialStore] = None,
     progress: bool = True,
     executor: Optional[Executor] = None,
+    trial_timeout: Optional[float] = None,
 ) -> tuple[ConfirmationRun, ...]:
   """The FAQ's Figure-7b check: full-length runs at 5 x and 10 x lr*.
 
@@ -244,6 +247,7 @@ def long_check(
     store: an open ``TrialStore`` instead of ``out_dir``.
     progress: show a progress bar.
     executor: a ``concurrent.futures.Executor`` to run on (see ``run_trials``).
+    trial_timeout: seconds each run may take (see ``run_trials``).
 
   Returns:
     One ``ConfirmationRun`` per factor; ``diagnosis.loss_spikes`` holds the
@@ -252,6 +256,6 @@ def long_check(
   factors = tuple(_validation.check_sequence("factors", factors))
   configs = long_check_configs(sweep, factors=factors, num_steps=num_steps)
   records = run_trials(train_fn, configs, out_dir=out_dir, store=store, progress=progress,
-                       desc="long check", executor=executor)
+                       desc="long check", executor=executor, trial_timeout=trial_timeout)
   return judge_long_checks(sweep, records, factors, rule=rule, thresholds=thresholds)
 

@@ -28,6 +28,7 @@ from concurrent.futures import Executor
 from typing import Callable, Optional, Sequence
 
 from optstab import _validation
+from optstab.diagnosis import executors
 from optstab.diagnosis import fixes as fix_ladder
 from optstab.diagnosis.confirm import (
     ConfirmationRun,
@@ -101,7 +102,7 @@ class Checks:
 class _Runner:
   """The only part of the procedure that talks to the executor: one batch per round."""
 
-  def __init__(self, train_fn, store, executor, progress, budget, trial_timeout=None):
+  def __init__(self, train_fn, store, executor, progress, budget, trial_timeout):
     self.train_fn, self.store, self.executor = train_fn, store, executor
     self.progress, self.budget, self.trial_timeout = progress, budget, trial_timeout
     self.rounds: list[PlannedRound] = []
@@ -118,9 +119,8 @@ class _Runner:
       self.rounds.append(PlannedRound(name, len(configs), steps, ran=False))
       return None
     self.rounds.append(PlannedRound(name, len(configs), steps))
-    kwargs = {} if self.trial_timeout is None else {"trial_timeout": self.trial_timeout}
     return run_trials(self.train_fn, list(configs), store=self.store, progress=self.progress,
-                      desc=name, executor=self.executor, **kwargs)
+                      desc=name, executor=self.executor, trial_timeout=self.trial_timeout)
 
 
 def _search_family(runner: _Runner, sweep: SweepResult, family: FixFamily,
@@ -251,6 +251,7 @@ def diagnose(
     fixes: Optional[FixLadder] = FixLadder(),
     budget: Optional[int] = None,
     executor: Optional[Executor] = None,
+    trial_timeout: Optional[float] = None,
     progress: bool = True,
     log: Optional[Callable[[str], None]] = print,
 ) -> Diagnosis:
@@ -281,6 +282,9 @@ def diagnose(
     executor: a ``concurrent.futures.Executor`` each round's trials run on at
       once (``optstab.diagnosis.default_executor()`` fits the machine);
       ``None``: in turn in this process. Only this process writes ``out_dir``.
+    trial_timeout: seconds one trial may run; a trial past it is recorded as
+      timed out and the diagnosis goes on (see ``run_trials`` for what the limit
+      can stop in this process and on each executor). ``None``: no limit.
     progress: show progress bars.
     log: where the plan and its cost go before training (default ``print``;
       ``None``: nowhere).
@@ -299,6 +303,7 @@ def diagnose(
     OSError: when ``out_dir`` cannot be written, before any trial runs.
   """
   checks = Checks() if checks is None else checks
+  trial_timeout = executors.check_trial_timeout(trial_timeout)
   rates, base_config = _check_args(learning_rates, num_steps, base_config, metric, mode, reduce,
                                    rule, thresholds, trivial_loss, checks, fixes, budget)
   support = fix_support(train_fn)
@@ -313,13 +318,13 @@ def diagnose(
       f"checks: {lengths_why}; then, if instability limits lr*, the fix ladder "
       f"({', '.join(fixes.kinds) if fixes is not None else 'off'})"
       + (f"; budget {budget} training steps" if budget is not None else "") + ".")
-  runner = _Runner(train_fn, store, executor, progress, budget)
+  runner = _Runner(train_fn, store, executor, progress, budget, trial_timeout)
   runner.rounds.append(PlannedRound("learning-rate sweep", len(rates),
                                     len(rates) * base_config.total_steps))
   sweep = learning_rate_sweep(
       train_fn, rates, base_config=base_config, metric=metric, mode=mode, reduce=reduce,
       rule=rule, store=store, progress=progress, trivial_loss=trivial_loss,
-      thresholds=thresholds, executor=executor)
+      thresholds=thresholds, executor=executor, trial_timeout=trial_timeout)
   if sweep.best is None:
     return write_report(make_diagnosis(sweep, plan=Plan(budget, tuple(runner.rounds))), out_dir)
 

@@ -213,7 +213,7 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
       process per CPU core or per GPU); ``None``: one after another in this
       process. Each worker loads the corpus and compiles for itself; only this
       process writes ``out_dir``. The results do not depend on it.
-    trial_timeout: seconds one trial of the sweeps and of Figure 6 may run; a
+    trial_timeout: seconds one trial (sweeps, Figure 6, checks, diagnoses) may run; a
       trial past it is recorded as timed out and the experiment goes on
       (``optstab.diagnosis.run_trials`` says what the limit can stop).
       ``None``: no limit.
@@ -266,7 +266,8 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
   long_runs = ()
   if sweeps["post_ln"].best is not None:
     long_runs = long_check(trial_fn, sweeps["post_ln"], factors=preset.long_check_factors,
-                           rule=RULE, store=store, progress=progress, executor=executor)
+                           rule=RULE, store=store, progress=progress, executor=executor,
+                           trial_timeout=trial_timeout)
 
   # The diagnosis, on each model, over the same grid (reusing the sweep trials).
   diagnoses = {}
@@ -280,7 +281,8 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
                                    long_factors=preset.long_check_factors),
           fixes=FixLadder(kinds=preset.fix_kinds, rate_factors=preset.fix_rate_factors,
                           warmup_candidates=preset.warmup_candidates), progress=progress,
-          executor=executor, trivial_loss=text.unigram_entropy, log=None)
+          executor=executor, trivial_loss=text.unigram_entropy, log=None,
+          trial_timeout=trial_timeout)
 
   trivial = {
       "train_unigram_entropy": text.unigram_entropy,
