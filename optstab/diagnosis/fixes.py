@@ -106,9 +106,9 @@ class FixLadder:
       fraction of lr*'s metric, or within lr*'s spread over ``seeds`` seeds
       if larger.
     min_rate_gain: a fix that is only as good as lr* helps when it trains at
-      more than this multiple of the highest rate that trained without it (in
-      the sweep or a check): a smaller gain is within what a finer grid could
-      find without any fix.
+      more than this multiple of the highest rate that trained as well as lr*
+      without it (in the sweep or a check): a smaller gain is within what a
+      finer grid could find without any fix.
   """
 
   kinds: tuple[str, ...] = FIX_KINDS
@@ -509,7 +509,7 @@ class FixResult:
     chosen: the trial verified on several seeds, if any trained.
     comparison: the seed comparison, if it ran.
     highest_training_rate: the highest rate at which the fix trained.
-    baseline_highest_rate: the highest sweep rate that trained without it.
+    baseline_highest_rate: the highest rate that trained as well as lr* without it.
   """
 
   family: FixFamily
@@ -551,11 +551,23 @@ def _fmt_rates(rates: Sequence[float]) -> str:
   return ", ".join(f"{r:.3g}" for r in sorted(rates))
 
 
-def highest_rate_without_fix(sweep: SweepResult, runs: Sequence[Any] = ()) -> Optional[float]:
-  """The highest rate that trained without a fix: in the sweep, or in a confirmation run."""
-  rates = [t.learning_rate for t in sweep.trials if trains(t)]
-  rates += [r.learning_rate for r in runs if r.trial is not None and trains(r.trial)]
-  return max(rates, default=None)
+def highest_rate_without_fix(sweep: SweepResult, runs: Sequence[Any] = (),
+                             ladder: Optional[FixLadder] = None,
+                             noise: float = 0.0) -> Optional[float]:
+  """The highest rate that trained as well as lr* without a fix, in the sweep or a check.
+
+  "As well": it trains, and its best-checkpoint metric matches lr*'s within
+  ``match_tolerance`` or ``noise``. Only runs as long as lr*'s are compared
+  (a shorter check cannot reach lr*'s level); lr* itself always counts.
+  """
+  ladder = FixLadder() if ladder is None else ladder
+  best = sweep.best
+  reference = _value(sweep, best)
+  candidates = list(sweep.trials) + [r.trial for r in runs if r.trial is not None]
+  rates = [t.learning_rate for t in candidates
+           if t.result is not None and t.config.total_steps == best.config.total_steps
+           and trains(t) and _matches(sweep, _value(sweep, t), reference, ladder, noise)]
+  return max(rates + [best.learning_rate])
 
 
 def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
@@ -563,11 +575,11 @@ def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
               ladder: FixLadder, baseline_rate: Optional[float] = None) -> FixResult:
   """The verdict on one searched rung, with the sentence that says which runs show it.
 
-  ``baseline_rate`` is the highest rate that trained without the fix
-  (``highest_rate_without_fix``; default: the sweep's).
+  ``baseline_rate`` is the highest rate that trained as well as lr* without the
+  fix (``highest_rate_without_fix``; default: from the sweep alone).
   """
   if baseline_rate is None:
-    baseline_rate = highest_rate_without_fix(sweep)
+    baseline_rate = highest_rate_without_fix(sweep, (), ladder)
   top = highest_training_rate(trials)
   common = dict(trials=tuple(trials), chosen=chosen, comparison=comparison,
                 highest_training_rate=top, baseline_highest_rate=baseline_rate)
@@ -603,13 +615,14 @@ def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
     return FixResult(family, HELPS, f"{at}: {values}: better beyond the seed noise", **common)
   if higher and c.not_worse:
     return FixResult(family, HELPS, (
-        f"{at}, {chosen.learning_rate / baseline_rate:.3g} x the highest rate that trained "
-        f"without it ({baseline_rate:.3g}): {values}: as good within the seed noise"), **common)
+        f"{at}, {chosen.learning_rate / baseline_rate:.3g} x the highest rate that trained as "
+        f"well as lr* without it ({baseline_rate:.3g}): {values}: as good within the seed "
+        "noise"), **common)
   if not c.not_worse:
     why = "worse beyond the seed noise"
   elif family.kind == OPTIMIZER:
     why = "not better beyond the seed noise"
   else:
-    why = (f"not more than {ladder.min_rate_gain:g} x the highest rate that trained without it "
-           f"({baseline_rate:.3g}), and not better")
+    why = (f"not more than {ladder.min_rate_gain:g} x the highest rate that trained as well as "
+           f"lr* without it ({baseline_rate:.3g}), and not better")
   return FixResult(family, DOES_NOT_HELP, f"{at}: {values}: {why}", **common)

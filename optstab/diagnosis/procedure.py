@@ -181,7 +181,7 @@ def _run_ladder(runner: _Runner, sweep: SweepResult, families: Sequence[FixFamil
                                f"an earlier fix ({helped.family.name}) helped"))
     else:
       results.append(_search_family(runner, sweep, family, ladder, noise,
-                                    fix_ladder.highest_rate_without_fix(sweep, runs)))
+                                    fix_ladder.highest_rate_without_fix(sweep, runs, ladder, noise)))
   return tuple(results), note
 
 
