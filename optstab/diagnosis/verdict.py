@@ -2,8 +2,10 @@
 
 Verdicts: ``"stable"`` (no evidence of instability), ``"early-unstable"``,
 ``"mid-training-unstable"``, ``"unstable"`` (lr* sits at the edge of
-feasibility, or a run above lr* diverged or failed to train, but no run showed
-which kind), ``"no-feasible-rate"``.
+feasibility, or a grid rate above lr* or the short check at 2 x lr* diverged or
+failed to train, but no run showed which kind), ``"no-feasible-rate"``. The
+long checks at 5 x and 10 x lr* count only by the spikes they show: failing to
+train that far above lr* is what any model does.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ def decide_verdict(sweep: SweepResult, runs: Sequence[ConfirmationRun]) -> str:
     return EARLY_UNSTABLE
   if any(shows(r, MID_TRAINING_UNSTABLE, "mid_training_unstable") for r in runs):
     return MID_TRAINING_UNSTABLE
-  if sweep.at_edge_of_feasibility or any(r.unstable for r in runs):
+  # A long check (5 x, 10 x lr*) that merely fails to train or diverges shows no
+  # instability: any model does at a high enough rate. Its spikes count (above).
+  if sweep.at_edge_of_feasibility or any(r.unstable for r in runs if r.name != "long check"):
     return UNSTABLE
   return STABLE
 
