@@ -44,7 +44,7 @@ __all__ = [
     "HELPS", "DOES_NOT_HELP", "NOT_SUPPORTED", "NOT_TRIED", "NOT_APPLICABLE", "DROPPED",
     "Fix", "FixLadder", "FixFamily", "FixTrial", "SeedComparison", "FixResult",
     "trains", "warmup_lengths", "plan_families", "search_rounds", "round_succeeded",
-    "noise_configs", "seed_noise", "highest_rate_without_fix",
+    "noise_configs", "seed_noise", "highest_rate_without_fix", "matches_lr_star",
     "choose", "verification_configs", "compare_seeds", "judge_fix",
 ]
 
@@ -402,6 +402,13 @@ def choose(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
   return min(trained, key=lambda t: (sign * t.value, t.config.warmup_steps))
 
 
+def matches_lr_star(sweep: SweepResult, trial: FixTrial, baselines: Mapping[int, float],
+                    ladder: FixLadder, noise: float) -> bool:
+  """Whether ``trial`` matched lr* for its total steps in the search (its first seed)."""
+  return _matches(sweep, trial.value, baseline_value(sweep, baselines, trial.config.total_steps),
+                  ladder, noise)
+
+
 def verification_configs(sweep: SweepResult, chosen: FixTrial,
                          ladder: FixLadder) -> list[TrialConfig]:
   """The chosen fix on the other seeds, and lr* for the same total steps on every seed."""
@@ -572,11 +579,14 @@ def highest_rate_without_fix(sweep: SweepResult, runs: Sequence[Any] = (),
 
 def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
               chosen: Optional[FixTrial], comparison: Optional[SeedComparison],
-              ladder: FixLadder, baseline_rate: Optional[float] = None) -> FixResult:
+              ladder: FixLadder, baseline_rate: Optional[float] = None,
+              matched_in_search: bool = True) -> FixResult:
   """The verdict on one searched rung, with the sentence that says which runs show it.
 
   ``baseline_rate`` is the highest rate that trained as well as lr* without the
   fix (``highest_rate_without_fix``; default: from the sweep alone).
+  ``matched_in_search``: the chosen trial matched lr* in the search; a higher
+  rate helps only then, and if it is no worse on every seed.
   """
   if baseline_rate is None:
     baseline_rate = highest_rate_without_fix(sweep, (), ladder)
@@ -613,13 +623,16 @@ def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
             and chosen.learning_rate > ladder.min_rate_gain * baseline_rate)
   if c.better:
     return FixResult(family, HELPS, f"{at}: {values}: better beyond the seed noise", **common)
-  if higher and c.not_worse:
+  if higher and c.not_worse and matched_in_search:
     return FixResult(family, HELPS, (
         f"{at}, {chosen.learning_rate / baseline_rate:.3g} x the highest rate that trained as "
         f"well as lr* without it ({baseline_rate:.3g}): {values}: as good within the seed "
         "noise"), **common)
   if not c.not_worse:
     why = "worse beyond the seed noise"
+  elif higher and not matched_in_search:
+    why = (f"worse than lr* for the same steps in the search (seed {chosen.config.seed}: "
+           f"{chosen.value:.4g}), so it is no better on the seeds either")
   elif family.kind == OPTIMIZER:
     why = "not better beyond the seed noise"
   else:

@@ -146,6 +146,8 @@ def _search_family(runner: _Runner, sweep: SweepResult, family: FixFamily,
         sweep, trials, baselines, ladder, noise):
       break
   chosen = fix_ladder.choose(sweep, family, trials, baselines, ladder, noise)
+  matched = chosen is not None and fix_ladder.matches_lr_star(sweep, chosen, baselines, ladder,
+                                                              noise)
   comparison = None
   if chosen is not None:
     configs = fix_ladder.verification_configs(sweep, chosen, ladder)
@@ -155,7 +157,8 @@ def _search_family(runner: _Runner, sweep: SweepResult, family: FixFamily,
           f"searched ({len(trials)} trials), but the budget left no room to verify it on "
           f"{ladder.seeds} seeds"), tuple(trials), chosen)
     comparison = fix_ladder.compare_seeds(sweep, chosen, records, ladder, noise)
-  return fix_ladder.judge_fix(sweep, family, trials, chosen, comparison, ladder, baseline_rate)
+  return fix_ladder.judge_fix(sweep, family, trials, chosen, comparison, ladder, baseline_rate,
+                              matched)
 
 
 def _run_ladder(runner: _Runner, sweep: SweepResult, families: Sequence[FixFamily],
