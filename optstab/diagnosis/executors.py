@@ -858,7 +858,7 @@ def execute_trials(
       suspects.append(i)
       return None
     in_flight[future] = i
-    if trial_timeout is not None and isinstance(executor, ProcessPool):
+    if trial_timeout is not None:
       sent[future] = time.monotonic()
     return future
 
@@ -904,19 +904,25 @@ def execute_trials(
 
   def overdue() -> None:
     # A worker that does not answer long after the limit is stuck where its own
-    # watch cannot run (a call holding the interpreter lock): kill the pool.
+    # watch cannot run (a call holding the interpreter lock): kill the pool. On
+    # another engine (a Dask cluster whose workers all died) the trial is given
+    # up on, so the sweep cannot wait forever.
     now = time.monotonic()
     late = [(f, i) for f, i in in_flight.items() if sent[f] + patience <= now]
     for future, i in late:
       del in_flight[future]
-    requeue.update(in_flight.values())
-    executor.stop_workers()
+      future.cancel()
+    if isinstance(executor, ProcessPool):
+      requeue.update(in_flight.values())
+      executor.stop_workers()
     for future, i in late:
       elapsed = now - sent.pop(future)
       finished(i, TrialRecord(
           configs[i], None, f"{TRIAL_TIMEOUT}: no answer from the trial's worker {elapsed:.3g} s "
           f"after it was sent, past its time limit of {trial_timeout:g} s (a call that holds "
-          "Python's interpreter lock cannot be interrupted); its worker was killed",
+          "Python's interpreter lock cannot be interrupted, or no worker was left to run it); "
+          + ("its worker was killed" if isinstance(executor, ProcessPool) else
+             "it was given up on"),
           elapsed).round_tripped())
 
   try:
