@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -30,10 +31,14 @@ import sys
 import time
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 import optstab
-from optstab.diagnosis import TrialConfig, default_executor, diagnose, log_grid, run_trials
+from optstab.diagnosis import (TrialConfig, TrialResult, default_executor, diagnose, log_grid,
+                               run_trials)
 from optstab.diagnosis.fixes import trains
 from optstab.transformer import experiment as tf_experiment
 from optstab.transformer import presets as tf_presets
@@ -73,9 +78,53 @@ def wrn_workload(variant: str, num_steps: int) -> tuple[Callable, dict[str, Any]
                         trivial_loss=math.log(data.num_classes), metric="error_rate")
 
 
+@functools.partial(jax.jit, static_argnames="batch")
+def _least_squares_run(rates, seed, batch=32):
+  """Minibatch SGD on least squares whose features differ in scale 10x (curvature ~100)."""
+  kx, kv, kw = jax.random.split(jax.random.key(0), 3)
+  scales = jnp.logspace(0, 1, 8)
+  x, x_val = jax.random.normal(kx, (256, 8)) * scales, jax.random.normal(kv, (64, 8)) * scales
+  w_true = jax.random.normal(kw, (8,))
+  y, y_val = x @ w_true, x_val @ w_true
+  tx = optax.inject_hyperparams(optstab.sgd)(learning_rate=0.0)
+
+  def loss_fn(w, xb, yb):
+    return 0.5 * jnp.mean((xb @ w - yb) ** 2)
+
+  def step(carry, inputs):
+    w, state = carry
+    rate, key = inputs
+    rows = jax.random.choice(key, 256, (batch,), replace=False)
+    loss, grads = jax.value_and_grad(loss_fn)(w, x[rows], y[rows])
+    state.hyperparams["learning_rate"] = rate
+    updates, state = tx.update(grads, state, w)
+    w = optax.apply_updates(w, updates)
+    return (w, state), (loss, optstab.global_norm(grads), loss_fn(w, x_val, y_val))
+
+  keys = jax.random.split(jax.random.key(seed), rates.shape[0])
+  w0 = jnp.zeros(8)
+  return jax.lax.scan(step, (w0, tx.init(w0)), (rates, keys))[1]
+
+
+def least_squares_trial(config: TrialConfig) -> TrialResult:
+  """A user's TrialFn: minibatch least squares, the data order drawn from the seed."""
+  rates = optstab.schedule_values(config.learning_rate_schedule(), config.total_steps)
+  loss, norms, val = _least_squares_run(jnp.asarray(rates), config.seed)
+  steps = config.eval_steps()
+  return TrialResult(config, np.asarray(loss), steps, {"loss": np.asarray(val)[steps - 1]},
+                     np.asarray(norms))
+
+
+def least_squares_workload() -> tuple[Callable, dict[str, Any]]:
+  return least_squares_trial, dict(learning_rates=log_grid(1e-3, 1.0, 7),
+                                   base_config=TrialConfig(1e-3, num_steps=200, eval_every=10),
+                                   metric="loss")
+
+
 WORKLOADS = {
     # name: (builder, args, expected: "unstable" or "stable")
     "post_ln": (lambda: transformer_workload("post", 400), "unstable"),
+    "least_squares": (least_squares_workload, "unstable"),
     "wrn_stride": (lambda: wrn_workload("changed", 120), "unstable"),
     "pre_ln": (lambda: transformer_workload("pre", 400), "stable"),
     "wrn_standard": (lambda: wrn_workload("standard", 120), "stable"),
