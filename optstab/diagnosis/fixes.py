@@ -44,7 +44,7 @@ __all__ = [
     "HELPS", "DOES_NOT_HELP", "NOT_SUPPORTED", "NOT_TRIED", "NOT_APPLICABLE", "DROPPED",
     "Fix", "FixLadder", "FixFamily", "FixTrial", "SeedComparison", "FixResult",
     "trains", "warmup_lengths", "plan_families", "search_rounds", "round_succeeded",
-    "noise_configs", "seed_noise", "highest_rate_without_fix", "matches_lr_star",
+    "noise_configs", "seed_noise", "highest_rate_without_fix", "matches_lr_star", "lr_star_for",
     "choose", "verification_configs", "compare_seeds", "judge_fix",
 ]
 
@@ -266,6 +266,13 @@ def plan_families(sweep: SweepResult, verdict: str, unstable_rate: float,
   return families
 
 
+def lr_star_for(sweep: SweepResult, total_steps: int, seed: Optional[int] = None) -> TrialConfig:
+  """lr*'s configuration trained for ``total_steps`` steps in all (its own warmup kept)."""
+  base = sweep.best.config
+  return base.replace(num_steps=total_steps - base.warmup_steps,
+                      seed=base.seed if seed is None else seed)
+
+
 def _fixed_config(sweep: SweepResult, fix: Fix, rate: float) -> TrialConfig:
   return fix.apply(sweep.best.config.replace(learning_rate=rate))
 
@@ -280,8 +287,7 @@ def search_rounds(sweep: SweepResult, family: FixFamily) -> list[list[TrialConfi
   """
   if family.kind != WARMUP:
     return [[_fixed_config(sweep, fix, r) for r in family.rates for fix in family.fixes]]
-  base = sweep.best.config
-  baselines = [base.replace(num_steps=base.num_steps + fix.changes["warmup_steps"])
+  baselines = [lr_star_for(sweep, fix.apply(sweep.best.config).total_steps)
                for fix in family.fixes]
   rounds = [[_fixed_config(sweep, fix, r) for fix in family.fixes] for r in family.rates]
   rounds[0] = baselines + rounds[0]
@@ -372,11 +378,17 @@ def baseline_value(sweep: SweepResult, baselines: Mapping[int, float], total_ste
   return baselines.get(total_steps, math.nan)
 
 
+def matches_lr_star(sweep: SweepResult, trial: FixTrial, baselines: Mapping[int, float],
+                    ladder: FixLadder, noise: float) -> bool:
+  """Whether ``trial`` matched lr* for its total steps in the search (its first seed)."""
+  return _matches(sweep, trial.value, baseline_value(sweep, baselines, trial.config.total_steps),
+                  ladder, noise)
+
+
 def round_succeeded(sweep: SweepResult, trials: Sequence[FixTrial],
                     baselines: Mapping[int, float], ladder: FixLadder, noise: float) -> bool:
   """Some trial trains and matches lr* for its total steps (within the tolerance or ``noise``)."""
-  return any(t.trains and _matches(sweep, t.value, baseline_value(
-      sweep, baselines, t.config.total_steps), ladder, noise) for t in trials)
+  return any(t.trains and matches_lr_star(sweep, t, baselines, ladder, noise) for t in trials)
 
 
 def choose(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
@@ -395,28 +407,18 @@ def choose(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
     return None
   sign = 1.0 if sweep.mode == "min" else -1.0
   if family.kind != OPTIMIZER:
-    matching = [t for t in trained if _matches(sweep, t.value, baseline_value(
-        sweep, baselines, t.config.total_steps), ladder, noise)]
+    matching = [t for t in trained if matches_lr_star(sweep, t, baselines, ladder, noise)]
     if matching:
       return min(matching, key=lambda t: (-t.learning_rate, t.config.warmup_steps))
   return min(trained, key=lambda t: (sign * t.value, t.config.warmup_steps))
 
 
-def matches_lr_star(sweep: SweepResult, trial: FixTrial, baselines: Mapping[int, float],
-                    ladder: FixLadder, noise: float) -> bool:
-  """Whether ``trial`` matched lr* for its total steps in the search (its first seed)."""
-  return _matches(sweep, trial.value, baseline_value(sweep, baselines, trial.config.total_steps),
-                  ladder, noise)
-
-
 def verification_configs(sweep: SweepResult, chosen: FixTrial,
                          ladder: FixLadder) -> list[TrialConfig]:
   """The chosen fix on the other seeds, and lr* for the same total steps on every seed."""
-  base = sweep.best.config
-  seeds = [base.seed + k for k in range(ladder.seeds)]
-  total = chosen.config.total_steps
+  seeds = [sweep.best.config.seed + k for k in range(ladder.seeds)]
   fixed = [chosen.config.replace(seed=s) for s in seeds[1:]]
-  baseline = [base.replace(num_steps=total - base.warmup_steps, seed=s) for s in seeds]
+  baseline = [lr_star_for(sweep, chosen.config.total_steps, s) for s in seeds]
   return fixed + baseline
 
 
