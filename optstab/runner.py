@@ -88,6 +88,8 @@ __all__ = [
     "replicate",
     "injectable_learning_rate",
     "set_learning_rate",
+    "with_fixes",
+    "apply_fixes",
     "Prefetcher",
     "prefetch_to_device",
 ]
@@ -490,6 +492,15 @@ def with_fixes(parts: list[optax.GradientTransformation], *, clip_norm: Optional
   return [spike_guard.skip_spikes(optax.chain(*fixed))] if skip_spikes else fixed
 
 
+def apply_fixes(setup: Any, config: TrialConfig) -> Any:
+  """``setup`` (a dataclass) with the fixes ``config`` asks for set in its same-named fields.
+
+  E.g. ``TrialConfig(..., clip_norm=1.5, optimizer="adam")`` sets the setup's
+  ``clip_norm`` and ``optimizer``; the setup's own validation checks the values.
+  """
+  return dataclasses.replace(setup, **config.fixes)
+
+
 def _describe(config: TrialConfig) -> str:
   variant = config.extra.get("variant", "")
   warm = f" warmup={config.warmup_steps}" if config.warmup_steps else ""
@@ -767,9 +778,10 @@ def load_data(data: Any) -> Any:
 class TrialFunction:
   """A picklable ``TrialFn``: ``make_workload(setup.with_extra(config.extra), data)``, trained.
 
-  A setup with ``fix_support() -> FixSupport`` and ``with_fixes(config) ->
-  setup`` also applies the fixes a trial asks for (``TrialConfig.clip_norm``,
-  ``.optimizer``, ``.skip_spikes``); ``diagnose`` reads ``fix_support``.
+  A setup with ``fix_support() -> FixSupport`` and fields named like the
+  ``TrialConfig`` fix fields (``clip_norm``, ``optimizer``, ``skip_spikes``)
+  also applies the fixes a trial asks for (:func:`apply_fixes`); ``diagnose``
+  reads ``fix_support``.
 
   Attributes:
     make_workload: ``(setup, data) -> Workload``, a module-level function
@@ -798,8 +810,8 @@ class TrialFunction:
 
   def __call__(self, config: TrialConfig) -> TrialResult:
     setup = self.setup.with_extra(config.extra)
-    if config.fixes:  # a setup that declares fixes applies them with ``with_fixes(config)``
-      setup = setup.with_fixes(config)
+    if config.fixes:
+      setup = apply_fixes(setup, config)
     workload = self.make_workload(setup, load_data(self.data))
     return train(workload, config, mesh=self.mesh, progress=self.progress)
 

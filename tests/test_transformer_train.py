@@ -6,6 +6,8 @@ import numpy as np
 import optax
 import pytest
 
+import optstab
+
 from optstab.diagnosis import TrialConfig
 from optstab.transformer import data as D
 from optstab.transformer import train
@@ -94,7 +96,7 @@ def test_trial_fn_applies_the_diagnosis_fixes(corpus):
     fixed = trial_fn(config.replace(**fix))
     assert np.all(np.isfinite(fixed.train_loss)), fix
     assert not np.array_equal(fixed.train_loss[1:], plain.train_loss[1:]), fix
-  setup = _setup(corpus).with_fixes(config.replace(clip_norm=2.0, skip_spikes=True))
+  setup = optstab.runner.apply_fixes(_setup(corpus), config.replace(clip_norm=2.0, skip_spikes=True))
   state = train.make_optimizer(setup).init({"w": np.zeros(3, np.float32)})
   assert optax.tree.get(state, "total_skipped") == 0
   # A Pre-LN model offers no architecture fix: it already is the variant.

@@ -112,9 +112,10 @@ def test_setup_applies_the_diagnosis_fixes():
   support = setup.fix_support()
   assert support.clipping and support.skip_spikes and support.optimizers == ("adam",)
   assert train.TrainSetup(MODEL, optimizer="adam").fix_support().optimizers == ()
-  fixed = setup.with_fixes(TrialConfig(0.1, 5, clip_norm=1.5, optimizer="adam", skip_spikes=True))
+  fixed = optstab.runner.apply_fixes(
+      setup, TrialConfig(0.1, 5, clip_norm=1.5, optimizer="adam", skip_spikes=True))
   assert (fixed.clip_norm, fixed.optimizer, fixed.skip_spikes) == (1.5, "adam", True)
-  assert setup.with_fixes(TrialConfig(0.1, 5)) == setup
+  assert optstab.runner.apply_fixes(setup, TrialConfig(0.1, 5)) == setup
   # Telemetry first (the unclipped norm), then the guard around clipping and the optimizer;
   # the injected learning rate is still found and set.
   params = {"w": np.ones(3, np.float32)}

@@ -31,7 +31,7 @@ from jax.sharding import Mesh
 import optstab
 from optstab import _validation
 from optstab import runner
-from optstab.diagnosis.trial import FixSupport, TrialConfig
+from optstab.diagnosis.trial import FixSupport
 from optstab.transformer import data as corpus_data
 from optstab.transformer.model import Transformer, TransformerConfig, create_model
 
@@ -112,14 +112,8 @@ class TrainSetup:
     return self.replace(model=model, **{k: extra[k] for k in SETUP_KEYS if k in extra})
 
 
-  def with_fixes(self, config: TrialConfig) -> "TrainSetup":
-    """This setup with the fixes a trial asks for (``TrialConfig.clip_norm``, ``.optimizer``)."""
-    return self.replace(optimizer=config.optimizer or self.optimizer,
-                        clip_norm=config.clip_norm if config.clip_norm is not None else self.clip_norm,
-                        skip_spikes=config.skip_spikes or self.skip_spikes)
-
   def fix_support(self) -> FixSupport:
-    """The fixes ``with_fixes`` applies: clipping, the step guard, the other optimizer, Pre-LN for Post-LN."""
+    """The fixes ``runner.apply_fixes`` sets in this setup: clipping, the step guard, the other optimizer, Pre-LN for Post-LN."""
     variants = {"Pre-LN": {"norm_position": "pre"}} if self.model.norm_position == "post" else {}
     return FixSupport(clipping=True, skip_spikes=True, architectures=variants,
                       optimizers=tuple(o for o in OPTIMIZERS if o != self.optimizer))

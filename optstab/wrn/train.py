@@ -167,14 +167,8 @@ class TrainSetup:
     return self.replace(model=dataclasses.replace(self.model, **model_changes), **setup_changes)
 
 
-  def with_fixes(self, config: TrialConfig) -> "TrainSetup":
-    """This setup with the fixes a trial asks for (``TrialConfig.clip_norm``, ``.optimizer``)."""
-    return self.replace(optimizer=config.optimizer or self.optimizer,
-                        clip_norm=config.clip_norm if config.clip_norm is not None else self.clip_norm,
-                        skip_spikes=config.skip_spikes or self.skip_spikes)
-
   def fix_support(self) -> FixSupport:
-    """The fixes ``with_fixes`` applies: clipping, the step guard, Adam for the momentum optimizers."""
+    """The fixes ``runner.apply_fixes`` sets in this setup: clipping, the step guard, Adam for the momentum optimizers."""
     return FixSupport(clipping=True, skip_spikes=True,
                       optimizers=() if self.optimizer == "adam" else ("adam",))
 
