@@ -45,7 +45,7 @@ __all__ = [
     "Fix", "FixLadder", "FixFamily", "FixTrial", "SeedComparison", "FixResult",
     "trains", "warmup_lengths", "plan_families", "search_rounds", "round_succeeded",
     "noise_configs", "seed_noise", "highest_rate_without_fix", "matches_lr_star", "lr_star_for",
-    "choose", "verification_configs", "compare_seeds", "judge_fix",
+    "best_value", "choose", "verification_configs", "compare_seeds", "judge_fix",
 ]
 
 WARMUP, CLIPPING, SKIP_SPIKES, OPTIMIZER, ARCHITECTURE = (
@@ -337,6 +337,11 @@ def _value(sweep: SweepResult, trial: SweepTrial) -> float:
   return metric_value(trial.result, sweep.metric, sweep.mode, "best")
 
 
+def best_value(sweep: SweepResult, record: TrialRecord) -> float:
+  """A finished trial's best-checkpoint value of the sweep's metric (NaN if none)."""
+  return _value(sweep, sweep.judge(record))
+
+
 def judge_trial(sweep: SweepResult, fix: Fix, record: TrialRecord) -> FixTrial:
   """A fix's trial judged like a sweep trial (held to lr*'s final loss level)."""
   trial = sweep.judge(record)
@@ -367,7 +372,7 @@ def noise_configs(sweep: SweepResult, ladder: FixLadder) -> list[TrialConfig]:
 
 def seed_noise(sweep: SweepResult, records: Sequence[TrialRecord]) -> float:
   """The range of lr*'s best-checkpoint metric over its seeds (the sweep's and ``records``)."""
-  values = [_value(sweep, sweep.best)] + [_value(sweep, sweep.judge(r)) for r in records]
+  values = [_value(sweep, sweep.best)] + [best_value(sweep, r) for r in records]
   return _range(values)
 
 

@@ -128,18 +128,17 @@ def _search_family(runner: _Runner, sweep: SweepResult, family: FixFamily,
   """Plans, runs and judges one rung of the ladder."""
   trials: list[fix_ladder.FixTrial] = []
   baselines: dict[int, float] = {}
-  for i, configs in enumerate(fix_ladder.search_rounds(sweep, family)):
+  fixes_by_key = {fix.apply(sweep.best.config).key(): fix for fix in family.fixes}
+  for configs in fix_ladder.search_rounds(sweep, family):
     records = runner.run(f"{family.name}: search", configs)
     if records is None:
       if not trials:
         return FixResult(family, fix_ladder.DROPPED, "the budget left no room for its search")
       break
-    fixes_by_key = {fix.apply(sweep.best.config).key(): fix for fix in family.fixes}
     for record in records:
       fix = fixes_by_key.get(record.config.replace(learning_rate=sweep.best.learning_rate).key())
       if fix is None:  # lr* for a longer budget: the warmup search's equal-budget baseline
-        baselines[record.config.total_steps] = fix_ladder.judge_trial(
-            sweep, family.fixes[0], record).value
+        baselines[record.config.total_steps] = fix_ladder.best_value(sweep, record)
       else:
         trials.append(fix_ladder.judge_trial(sweep, fix, record))
     if family.kind == fix_ladder.WARMUP and fix_ladder.round_succeeded(
