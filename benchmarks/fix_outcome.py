@@ -78,15 +78,22 @@ def wrn_workload(variant: str, num_steps: int) -> tuple[Callable, dict[str, Any]
                         trivial_loss=math.log(data.num_classes), metric="error_rate")
 
 
-@functools.partial(jax.jit, static_argnames="batch")
-def _least_squares_run(rates, seed, batch=32):
-  """Minibatch SGD on least squares whose features differ in scale 10x (curvature ~100)."""
+LEAST_SQUARES_OPTIMIZERS = {"sgd": optstab.sgd, "adam": optstab.adam}
+
+
+@functools.partial(jax.jit, static_argnames=("optimizer", "batch"))
+def _least_squares_run(rates, seed, clip_norm, optimizer="sgd", batch=32):
+  """Minibatch least squares whose features differ in scale 10x (curvature ~100).
+
+  ``clip_norm`` is an input (inf: no clipping), so clipped trials share the compiled scan.
+  """
   kx, kv, kw = jax.random.split(jax.random.key(0), 3)
   scales = jnp.logspace(0, 1, 8)
   x, x_val = jax.random.normal(kx, (256, 8)) * scales, jax.random.normal(kv, (64, 8)) * scales
   w_true = jax.random.normal(kw, (8,))
   y, y_val = x @ w_true, x_val @ w_true
-  tx = optax.inject_hyperparams(optstab.sgd)(learning_rate=0.0)
+  tx = optax.chain(optax.clip_by_global_norm(clip_norm),
+                   optax.inject_hyperparams(LEAST_SQUARES_OPTIMIZERS[optimizer])(learning_rate=0.0))
 
   def loss_fn(w, xb, yb):
     return 0.5 * jnp.mean((xb @ w - yb) ** 2)
@@ -96,7 +103,7 @@ def _least_squares_run(rates, seed, batch=32):
     rate, key = inputs
     rows = jax.random.choice(key, 256, (batch,), replace=False)
     loss, grads = jax.value_and_grad(loss_fn)(w, x[rows], y[rows])
-    state.hyperparams["learning_rate"] = rate
+    state[1].hyperparams["learning_rate"] = rate
     updates, state = tx.update(grads, state, w)
     w = optax.apply_updates(w, updates)
     return (w, state), (loss, optstab.global_norm(grads), loss_fn(w, x_val, y_val))
@@ -106,13 +113,20 @@ def _least_squares_run(rates, seed, batch=32):
   return jax.lax.scan(step, (w0, tx.init(w0)), (rates, keys))[1]
 
 
-def least_squares_trial(config: TrialConfig) -> TrialResult:
-  """A user's TrialFn: minibatch least squares, the data order drawn from the seed."""
+def _least_squares_trial(config: TrialConfig) -> TrialResult:
   rates = optstab.schedule_values(config.learning_rate_schedule(), config.total_steps)
-  loss, norms, val = _least_squares_run(jnp.asarray(rates), config.seed)
+  clip = math.inf if config.clip_norm is None else config.clip_norm
+  loss, norms, val = _least_squares_run(jnp.asarray(rates), config.seed, jnp.float32(clip),
+                                        config.optimizer or "sgd")
   steps = config.eval_steps()
   return TrialResult(config, np.asarray(loss), steps, {"loss": np.asarray(val)[steps - 1]},
                      np.asarray(norms))
+
+
+#: A user's TrialFn: minibatch SGD on least squares, the data order drawn from the seed;
+#: it applies clipping and a switch to Adam when a configuration asks.
+least_squares_trial = optstab.with_fix_support(_least_squares_trial, clipping=True,
+                                               optimizers=("adam",))
 
 
 def least_squares_workload() -> tuple[Callable, dict[str, Any]]:

@@ -93,8 +93,9 @@ def test_store_holds_each_trial_once_and_a_rerun_runs_nothing(early):
   # 13 sweep rates; the short check at 2 x lr*; the 5 x long check (10 x lr* = 0.1 is a
   # grid rate: the same trial to 10 digits); lr* on seed 1 (the seed noise); warmup round:
   # 4 lengths and lr* for each of the 4 totals; 2 seeds: the fix's second seed and lr*'s
-  # (its first is the round's); clipping: 6 rates (none trained: nothing to verify).
-  assert len(store) == 13 + 1 + 1 + 1 + 8 + 2 + 6 and store.ignored_lines == 0
+  # (its first is the round's), and the fix's rate without warmup on both seeds; clipping:
+  # 6 rates (none trained: nothing to verify).
+  assert len(store) == 13 + 1 + 1 + 1 + 8 + 2 + 2 + 6 and store.ignored_lines == 0
   calls = []
 
   def counting(config):
@@ -249,6 +250,22 @@ def test_seed_comparison_uses_the_larger_range_as_noise():
   assert not failed.trains_on_every_seed and not failed.better
   assert math.isnan(failed.fix_mean)
   assert np.isfinite(failed.baseline_mean)
+
+
+def test_a_fix_is_not_credited_with_a_rate_that_trains_as_well_without_it():
+  common = ("loss", "min", (0, 1), (0.50, 0.52), (True, True), (0.80, 0.82), 0.02, 0.9, None)
+  # The same rate without the fix is as good: the fix is neither better nor what made it train.
+  same = fix_ladder.SeedComparison(*common, (0.51, 0.52), (True, True))
+  assert same.gain > same.noise and not same.better and same.without_matches
+  # Without the fix the rate fails on a seed: the fix is better, and its rate is the fix's.
+  fails = fix_ladder.SeedComparison(*common, (0.51, 3.0), (True, False))
+  assert fails.better and not fails.without_matches and math.isnan(fails.without_mean)
+  # Without the fix the rate trains, but worse than lr*: the fix made it train well.
+  worse = fix_ladder.SeedComparison(*common, (0.95, 0.97), (True, True))
+  assert worse.better and not worse.without_matches
+  # The fix chosen at lr*'s own rate: nothing to compare against but lr*.
+  alone = fix_ladder.SeedComparison(*common)
+  assert alone.better and not alone.without_matches
 
 
 def test_no_fix_is_searched_when_lr_star_is_the_grids_largest_rate(early, tmp_path):

@@ -418,13 +418,37 @@ def choose(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
   return min(trained, key=lambda t: (sign * t.value, t.config.warmup_steps))
 
 
+def _verification_seeds(sweep: SweepResult, ladder: FixLadder) -> list[int]:
+  return [sweep.best.config.seed + k for k in range(ladder.seeds)]
+
+
+def _without_fix_configs(sweep: SweepResult, chosen: FixTrial,
+                         ladder: FixLadder) -> list[TrialConfig]:
+  """The chosen rate without the fix, for the same total steps, on every seed.
+
+  Empty when that is lr*'s own configuration (the fix was chosen at lr*).
+  """
+  total = chosen.config.total_steps
+  configs = [lr_star_for(sweep, total, s).replace(learning_rate=chosen.learning_rate)
+             for s in _verification_seeds(sweep, ladder)]
+  if configs[0].key() == lr_star_for(sweep, total, configs[0].seed).key():
+    return []
+  return configs
+
+
 def verification_configs(sweep: SweepResult, chosen: FixTrial,
                          ladder: FixLadder) -> list[TrialConfig]:
-  """The chosen fix on the other seeds, and lr* for the same total steps on every seed."""
-  seeds = [sweep.best.config.seed + k for k in range(ladder.seeds)]
+  """The seed check: the chosen fix on the other seeds, then lr* for the same total
+  steps on every seed, then the chosen rate without the fix for the same steps on
+  every seed (unless that rate is lr*'s).
+
+  The last group tells a fix from a rate the sweep's grid merely skipped: if the
+  same rate trains as well without the fix, the fix is not what made it train.
+  """
+  seeds = _verification_seeds(sweep, ladder)
   fixed = [chosen.config.replace(seed=s) for s in seeds[1:]]
   baseline = [lr_star_for(sweep, chosen.config.total_steps, s) for s in seeds]
-  return fixed + baseline
+  return fixed + baseline + _without_fix_configs(sweep, chosen, ladder)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -440,6 +464,8 @@ class SeedComparison:
     playbook_baseline_value: lr* at the sweep's own budget (first seed): the
       playbook's comparison for warmup, which gives the fix its extra steps.
     baseline_trial: lr*'s run for the same total steps on the first seed.
+    without_values, without_trains: per seed, the fix's rate trained without
+      the fix for the same total steps (empty when that rate is lr*'s).
   """
 
   metric: str
@@ -451,11 +477,35 @@ class SeedComparison:
   noise: float
   playbook_baseline_value: float
   baseline_trial: Optional[FixTrial] = None
+  without_values: tuple[float, ...] = ()
+  without_trains: tuple[bool, ...] = ()
 
   @property
   def fix_mean(self) -> float:
     v = np.array(self.fix_values)
     return float(v.mean()) if np.all(np.isfinite(v)) else math.nan
+
+  @property
+  def without_mean(self) -> float:
+    """The same rate without the fix: its mean over seeds, NaN unless it trained on every seed."""
+    v = np.array(self.without_values)
+    return float(v.mean()) if self.without_trains_on_every_seed and np.all(np.isfinite(v)) \
+        else math.nan
+
+  @property
+  def without_trains_on_every_seed(self) -> bool:
+    return bool(self.without_trains) and all(self.without_trains)
+
+  @property
+  def without_matches(self) -> bool:
+    """The same rate trained without the fix on every seed, no worse than lr* beyond the noise."""
+    return (math.isfinite(self.without_mean)
+            and _gain(self.mode, self.without_mean, self.baseline_mean) >= -self.noise)
+
+  @property
+  def gain_over_without(self) -> float:
+    """Improvement of the fix over its rate without it (NaN when that did not train)."""
+    return _gain(self.mode, self.fix_mean, self.without_mean)
 
   @property
   def baseline_mean(self) -> float:
@@ -474,7 +524,10 @@ class SeedComparison:
 
   @property
   def better(self) -> bool:
-    return self.trains_on_every_seed and self.gain > self.noise
+    """Better than lr* for the same steps beyond the noise, and than its rate without the fix."""
+    if not (self.trains_on_every_seed and self.gain > self.noise):
+      return False
+    return not math.isfinite(self.without_mean) or self.gain_over_without > self.noise
 
   @property
   def not_worse(self) -> bool:
@@ -484,7 +537,9 @@ class SeedComparison:
     return {"metric": self.metric, "seeds": list(self.seeds), "fix_values": list(self.fix_values),
             "fix_trains": list(self.fix_trains), "baseline_values": list(self.baseline_values),
             "noise": self.noise, "fix_mean": self.fix_mean, "baseline_mean": self.baseline_mean,
-            "playbook_baseline_value": self.playbook_baseline_value}
+            "playbook_baseline_value": self.playbook_baseline_value,
+            "without_fix_values": list(self.without_values),
+            "without_fix_trains": list(self.without_trains)}
 
 
 def _range(values: Sequence[float]) -> float:
@@ -499,15 +554,21 @@ def compare_seeds(sweep: SweepResult, chosen: FixTrial, records: Sequence[TrialR
   The seed noise is the largest spread over seeds measured: the fix's, lr*'s for
   the same steps, and ``noise`` (lr*'s at the sweep's budget, ``seed_noise``).
   """
-  n_fix = ladder.seeds - 1
+  n_fix, n = ladder.seeds - 1, ladder.seeds
   fixed = [chosen] + [judge_trial(sweep, chosen.fix, r) for r in records[:n_fix]]
-  baseline = [judge_trial(sweep, chosen.fix, r) for r in records[n_fix:]]
+  baseline = [judge_trial(sweep, chosen.fix, r) for r in records[n_fix:n_fix + n]]
+  without = [judge_trial(sweep, chosen.fix, r) for r in records[n_fix + n:]]
   fix_values = tuple(t.value for t in fixed)
   base_values = tuple(b.value for b in baseline)
+  without_values = tuple(w.value for w in without)
+  without_trains = tuple(w.trains for w in without)
+  # A rate that fails without the fix spreads as its failures do, not as seeds do.
+  without_noise = _range(without_values) if without and all(without_trains) else 0.0
   return SeedComparison(
       sweep.metric, sweep.mode, tuple(t.config.seed for t in fixed), fix_values,
       tuple(t.trains for t in fixed), base_values,
-      max(_range(fix_values), _range(base_values), noise), _value(sweep, sweep.best), baseline[0])
+      max(_range(fix_values), _range(base_values), without_noise, noise),
+      _value(sweep, sweep.best), baseline[0], without_values, without_trains)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -616,6 +677,11 @@ def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
   values = (f"best {c.metric} {c.fix_mean:.4g} vs lr*'s {c.baseline_mean:.4g} for the same "
             f"{chosen.config.total_steps} steps (mean of seeds {', '.join(map(str, c.seeds))}; "
             f"seed noise {c.noise:.3g})")
+  if c.without_trains:
+    n_without = sum(c.without_trains)
+    values += (f"; {chosen.learning_rate:.3g} without the fix "
+               + (f"{c.without_mean:.4g}" if c.without_trains_on_every_seed else
+                  f"trained on {n_without} of {len(c.without_trains)} seeds"))
   if not c.trains_on_every_seed:
     n = sum(c.fix_trains)
     return FixResult(family, DOES_NOT_HELP, f"{at} it trained on {n} of {len(c.fix_trains)} "
@@ -630,13 +696,16 @@ def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
             and chosen.learning_rate > ladder.min_rate_gain * baseline_rate)
   if c.better:
     return FixResult(family, HELPS, f"{at}: {values}: better beyond the seed noise", **common)
-  if higher and c.not_worse and matched_in_search:
+  if higher and c.not_worse and matched_in_search and not c.without_matches:
     return FixResult(family, HELPS, (
         f"{at}, {chosen.learning_rate / baseline_rate:.3g} x the highest rate that trained as "
         f"well as lr* without it ({baseline_rate:.3g}): {values}: as good within the seed "
         "noise"), **common)
   if not c.not_worse:
     why = "worse beyond the seed noise"
+  elif c.without_matches:
+    why = (f"{chosen.learning_rate:.3g} trains as well without the fix, so the fix is not what "
+           "made it train")
   elif higher and not matched_in_search:
     why = (f"worse than lr* for the same steps in the search (seed {chosen.config.seed}: "
            f"{chosen.value:.4g}), so it is no better on the seeds either")

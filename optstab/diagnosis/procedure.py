@@ -195,9 +195,9 @@ def _ladder_upper_bound(sweep: SweepResult, families: Sequence[FixFamily],
     if family.status is not None:
       continue
     rounds = fix_ladder.search_rounds(sweep, family)
-    trials += sum(len(r) for r in rounds) + 2 * ladder.seeds
+    trials += sum(len(r) for r in rounds) + 3 * ladder.seeds
     steps += sum(c.total_steps for r in rounds for c in r)
-    steps += 2 * ladder.seeds * max(c.total_steps for r in rounds for c in r)
+    steps += 3 * ladder.seeds * max(c.total_steps for r in rounds for c in r)
   return trials, steps
 
 

@@ -101,18 +101,20 @@ class Diagnosis:
       return []
     metric = f"best {self.sweep.metric}"
     lines = ["| fix | rates tried | highest rate that trains | "
-             f"{metric}: fix vs lr* for equal steps (seeds) | verdict |",
-             "|---|---|---|---|---|"]
+             f"{metric}: fix vs lr* for equal steps (seeds) | same rate without the fix | "
+             "verdict |",
+             "|---|---|---|---|---|---|"]
     for f in self.fixes:
       rates = ", ".join(f"{r:.3g}" for r in f.rates_tried) or "-"
       top = "-" if f.highest_training_rate is None else f"{f.highest_training_rate:.3g}"
       c = f.comparison
       values = "-" if c is None else (
           f"{c.fix_mean:.4g} vs {c.baseline_mean:.4g} ({len(c.seeds)} seeds, noise {c.noise:.2g})")
-      lines.append(f"| {f.family.name} | {rates} | {top} | {values} | **{f.status}**: {f.reason} |")
+      lines.append(f"| {f.family.name} | {rates} | {top} | {values} | {_without_cell(c)} | "
+                   f"**{f.status}**: {f.reason} |")
     best = self.sweep.best
     if best is not None:
-      lines.append(f"| lower learning rate (last resort) | - | {best.learning_rate:.3g} (lr*) | - | "
+      lines.append(f"| lower learning rate (last resort) | - | {best.learning_rate:.3g} (lr*) | - | - | "
                    "the fallback: train at lr*, which the sweep found best |")
     return lines
 
@@ -320,6 +322,15 @@ _LADDER_ADVICE = {
               "clipping, another optimizer and architecture best practices; lower the learning "
               "rate last.",
 }
+
+
+def _without_cell(c: Optional[fix_ladder.SeedComparison]) -> str:
+  """The fix table's cell for the chosen rate trained without the fix."""
+  if c is None or not c.without_trains:
+    return "-"
+  if c.without_trains_on_every_seed:
+    return f"{c.without_mean:.4g}"
+  return f"trained on {sum(c.without_trains)} of {len(c.without_trains)} seeds"
 
 
 def _fix_findings(fixes: Sequence[FixResult], best) -> list[Finding]:
