@@ -466,6 +466,7 @@ class SeedComparison:
     baseline_trial: lr*'s run for the same total steps on the first seed.
     without_values, without_trains: per seed, the fix's rate trained without
       the fix for the same total steps (empty when that rate is lr*'s).
+    without_trial: that run on the first seed.
   """
 
   metric: str
@@ -479,6 +480,7 @@ class SeedComparison:
   baseline_trial: Optional[FixTrial] = None
   without_values: tuple[float, ...] = ()
   without_trains: tuple[bool, ...] = ()
+  without_trial: Optional[FixTrial] = None
 
   @property
   def fix_mean(self) -> float:
@@ -568,7 +570,8 @@ def compare_seeds(sweep: SweepResult, chosen: FixTrial, records: Sequence[TrialR
       sweep.metric, sweep.mode, tuple(t.config.seed for t in fixed), fix_values,
       tuple(t.trains for t in fixed), base_values,
       max(_range(fix_values), _range(base_values), without_noise, noise),
-      _value(sweep, sweep.best), baseline[0], without_values, without_trains)
+      _value(sweep, sweep.best), baseline[0], without_values, without_trains,
+      without[0] if without else None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -430,6 +430,10 @@ def _plot_all(d: Diagnosis, out_dir: str) -> dict[str, str]:
       if baseline is not None and baseline.result is not None:
         curves[f"lr* = {best.learning_rate:.3g}, {baseline.config.total_steps} steps "
                "(same steps as the fix)"] = baseline.result.train_loss
+      without = None if f.comparison is None else f.comparison.without_trial
+      if without is not None and without.result is not None:
+        curves[f"lr {without.learning_rate:.3g} without the fix, {without.config.total_steps} "
+               "steps"] = without.result.train_loss
       if shown.result is not None:
         curves[f"{shown.fix.name}, lr {shown.learning_rate:.3g}: {f.status}"] = shown.result.train_loss
     files["fixes"] = plots.plot_loss_curves(
