@@ -195,6 +195,9 @@ def test_sparse_logs_are_judged_on_their_points_and_the_report_says_so(demo_runs
   assert "50 points, steps 4 to 200, every 4 steps" in report
   assert "step number in this report counts them" in report
   assert "a spike between two logged points cannot be seen" in report
+  # No sentence claims 50 trained steps, or a training loss at every step.
+  assert "were read from logs, the training loss at 50 points, steps 4 to 200" in report
+  assert "trained for" not in report and "training loss at every step" not in report
 
 
 def _csv(path, header, rows):

@@ -52,12 +52,20 @@ class ConfirmationRun(JudgedTrialView):
   factor: float
   trial: SweepTrial
 
-  def describe(self) -> str:
-    """One sentence with the evidence."""
-    every = "step" if self.config.eval_every == 1 else f"{self.config.eval_every} steps"
+  def describe(self, logged: Optional[str] = None) -> str:
+    """One sentence with the evidence.
+
+    Args:
+      logged: for a run read from logs, which steps its training-loss points
+        are (e.g. ``"100 points, steps 10 to 1000, every 10 steps"``); the
+        sentence then counts points, not trained steps.
+    """
+    unit = "step" if logged is None else "point"
+    every = unit if self.config.eval_every == 1 else f"{self.config.eval_every} {unit}s"
+    seen = (f"{self.config.total_steps} steps, training loss at every step" if logged is None
+            else f"read from logs: training loss at {logged}")
     head = (f"{self.name} at {self.factor:.3g} x lr* = {self.learning_rate:.4g} "
-            f"({self.config.total_steps} steps, training loss at every step, evaluating every "
-            f"{every})")
+            f"({seen}, evaluating every {every})")
     return f"{head}: {self.trial.describe()}."
 
   def to_dict(self) -> dict[str, Any]:

@@ -826,5 +826,7 @@ def diagnose_logs(
   sweep = sweep_from_logs(runs, metric=metric, mode=mode, reduce=reduce, rule=rule,
                           trivial_loss=trivial_loss, thresholds=thresholds)
   above = () if sweep.best is None else rates_above_best(sweep, count=above_count)
-  diagnosis = make_diagnosis(sweep, above_best=above, notes=_notes(runs, sweep))
+  steps = max((r.steps for r in runs), key=len)
+  diagnosis = make_diagnosis(sweep, above_best=above, notes=_notes(runs, sweep),
+                             logged_steps=_describe_steps(steps))
   return diagnosis if out_dir is None else write_report(diagnosis, out_dir)

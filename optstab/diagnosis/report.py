@@ -168,6 +168,7 @@ def make_diagnosis(
     notes: Sequence[str] = (),
     plan: Optional[Plan] = None,
     verdict: Optional[str] = None,
+    logged_steps: Optional[str] = None,
 ) -> Diagnosis:
   """Renders the procedure's results as a verdict, a fix table and findings.
 
@@ -183,6 +184,9 @@ def make_diagnosis(
       next steps.
     plan: the rounds that ran and those dropped for the budget.
     verdict: the procedure's verdict (default: ``decide_verdict`` of the runs).
+    logged_steps: for runs read from logs, which steps their training-loss
+      points are (e.g. ``"100 points, steps 10 to 1000, every 10 steps"``):
+      the sentences then count logged points, not trained steps.
 
   Returns:
     A ``Diagnosis`` (``files`` empty until ``write_report``).
@@ -200,8 +204,10 @@ def make_diagnosis(
     context += f" Reference (lr*'s final training-loss level): {sweep.reference_loss:.4g}."
   findings.append(Finding(
       "Sweep",
-      f"{len(trials)} learning rates from {rates.min():.3g} to {rates.max():.3g} were trained for "
-      f"{base.total_steps} steps each; {len(trials) - len(infeasible)} feasible, "
+      f"{len(trials)} learning rates from {rates.min():.3g} to {rates.max():.3g} "
+      + (f"were trained for {base.total_steps} steps each" if logged_steps is None
+         else f"were read from logs, the training loss at {logged_steps}")
+      + f"; {len(trials) - len(infeasible)} feasible, "
       f"{len(infeasible)} infeasible ({sweep.rule.describe()}); labels: "
       + ", ".join(f"{n} {label}" for label, n in _counts(t.label for t in trials)) + "."
       + context
@@ -262,7 +268,7 @@ def make_diagnosis(
         {"next_learning_rate": nxt.learning_rate, "metric_value": nxt.metric_value},
     ))
   for run in above_best:
-    findings.append(Finding("Rate above lr*", run.describe(), run.to_dict()))
+    findings.append(Finding("Rate above lr*", run.describe(logged_steps), run.to_dict()))
   if short_check is not None:
     text = short_check.describe()
     if short_check.label == EARLY_UNSTABLE and short_check.recovered:
