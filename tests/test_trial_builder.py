@@ -10,8 +10,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import json
 import multiprocessing
+import pathlib
 import pickle
+import re
 
 import flax.linen as nn
 import jax
@@ -346,3 +349,25 @@ def test_a_model_factory_that_returns_no_module_fails_at_the_first_trial():
                                    eval_batches=(X_EVAL, Y_EVAL))
   with pytest.raises(TypeError, match="must return a flax.nnx.Module.*init= and apply="):
     trial_fn(TrialConfig(0.1, num_steps=2))
+
+
+GUIDE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "guide" / "diagnosis.md"
+
+
+def test_the_guides_nnx_example_diagnoses_compiling_once_per_optimizer_setup(
+    tmp_path, monkeypatch, capsys):
+  text = GUIDE.read_text(encoding="utf-8")
+  section = text[text.index("<!-- diagnosis-nnx -->"):text.index("<!-- end diagnosis-nnx -->")]
+  (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+  monkeypatch.chdir(tmp_path)
+  with COMPILES.counting() as compiled:
+    exec(compile(code, "diagnosis.md", "exec"), {"__name__": "guide_nnx"})  # pylint: disable=exec-used
+  out = capsys.readouterr().out
+  assert "verdict: early-unstable" in out
+  with open(tmp_path / "nnx_diagnosis" / "trials.jsonl", encoding="utf-8") as f:
+    configs = [TrialConfig.from_dict(json.loads(line)["config"]) for line in f if line.strip()]
+  setups = {(c.clip_norm, c.optimizer, c.skip_spikes) for c in configs}
+  assert len(configs) > 20 and len(setups) >= 2, (len(configs), setups)
+  # Every rate, warmup, length and seed of every round shares its setup's one compilation.
+  assert compiled.count("jit(train_step)") == len(setups), (compiled, setups)
+  assert compiled.count("jit(evaluate)") == len(setups), compiled
