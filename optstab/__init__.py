@@ -83,6 +83,9 @@ from optstab.diagnosis import short_check as short_check
 from optstab.diagnosis import tune_warmup as tune_warmup
 from optstab.diagnosis import with_fix_support as with_fix_support
 
+# --- a TrialFn built from a model, a loss, data and an optimizer ---
+from optstab.trial_builder import make_trial_fn as make_trial_fn
+
 # --- running trials in parallel ---
 from optstab.diagnosis import SINGLE_THREADED_ENV as SINGLE_THREADED_ENV
 from optstab.diagnosis import InProcessExecutor as InProcessExecutor

@@ -306,3 +306,9 @@ def check_float_dtype(name: str, value: Any) -> Any:
     _fail(name, value, "None or a floating or complex dtype such as jnp.float32, 'bfloat16' or "
           "jnp.complex64")
   return jax.dtypes.canonicalize_dtype(dtype)
+
+
+def check_callable(name: str, value: Any, what: str = "a function") -> None:
+  """A callable (``what`` describes the expected signature, e.g. ``"a function seed -> batches"``)."""
+  if not callable(value):
+    _fail(name, value, what)

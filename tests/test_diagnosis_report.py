@@ -116,7 +116,7 @@ def _readme_example() -> str:
 def test_readme_example_runs(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   code = _readme_example()
-  assert "def train(config: TrialConfig) -> TrialResult" in code
+  assert "optstab.make_trial_fn(init=init, apply=apply" in code
   exec(compile(code, "diagnosis.md", "exec"), {"__name__": "readme_example"})  # pylint: disable=exec-used
   out = capsys.readouterr().out
   assert "lr* = 0.01, at the edge of feasibility: True" in out

@@ -42,6 +42,7 @@ EXECUTED_ELSEWHERE = {
     ("docs/guide/optimizers.md", "quickstart"): "tests/test_optimizers_docs.py",
     ("docs/guide/clipping.md", "warmup-clipping"): "tests/test_telemetry.py",
     ("docs/guide/diagnosis.md", "diagnosis"): "tests/test_diagnosis_report.py",
+    ("docs/guide/diagnosis.md", "diagnosis-nnx"): "tests/test_trial_builder.py",
 }
 
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
