@@ -23,7 +23,8 @@ from optstab.diagnosis import (
 )
 from optstab.diagnosis import fixes as fix_ladder
 from test_diagnosis_problems import (early_instability_trial,
-                                     early_instability_trial_with_clipping, noisy_numpy_trial)
+                                     early_instability_trial_with_clipping, noisy_numpy_trial,
+                                     quadratic_trial)
 
 GRID = log_grid(1e-3, 1.0, 13)
 
@@ -53,6 +54,9 @@ def test_warmup_is_found_verified_on_two_seeds_and_recommended(early):
   assert c.seeds == (0, 1) and all(c.fix_trains) and len(c.baseline_values) == 2
   assert c.better  # lr* for the same 330 steps ends higher than the warmed-up run
   assert rec.chosen.config.total_steps == 330
+  # Trained twice as long, the same warmup still trains: the curvature has gone down.
+  assert rec.longer_run.config.total_steps == 660 and rec.longer_run.config.warmup_steps == 30
+  assert rec.longer_run.trains
   assert d.findings[-1].topic == "Next steps"
   assert d.findings[-1].text.startswith("Use warmup: prepend 30 warmup steps (optstab.prepend_warmup) "
                                         "and train at 0.3162")
@@ -93,9 +97,9 @@ def test_store_holds_each_trial_once_and_a_rerun_runs_nothing(early):
   # 13 sweep rates; the short check at 2 x lr*; the 5 x long check (10 x lr* = 0.1 is a
   # grid rate: the same trial to 10 digits); lr* on seed 1 (the seed noise); warmup round:
   # 4 lengths and lr* for each of the 4 totals; 2 seeds: the fix's second seed and lr*'s
-  # (its first is the round's), and the fix's rate without warmup on both seeds; clipping:
-  # 6 rates (none trained: nothing to verify).
-  assert len(store) == 13 + 1 + 1 + 1 + 8 + 2 + 2 + 6 and store.ignored_lines == 0
+  # (its first is the round's), and the fix's rate without warmup on both seeds; the fix
+  # trained twice as long; clipping: 6 rates (none trained: nothing to verify).
+  assert len(store) == 13 + 1 + 1 + 1 + 8 + 2 + 2 + 1 + 6 and store.ignored_lines == 0
   calls = []
 
   def counting(config):
@@ -266,6 +270,19 @@ def test_a_fix_is_not_credited_with_a_rate_that_trains_as_well_without_it():
   # The fix chosen at lr*'s own rate: nothing to compare against but lr*.
   alone = fix_ladder.SeedComparison(*common)
   assert alone.better and not alone.without_matches
+
+
+def test_a_fix_that_only_delays_a_divergence_does_not_help(tmp_path):
+  # A quadratic's curvature never goes down: above 2 / L = 0.2 every rate diverges in the
+  # end. lr* is 0.18 and the unstable rate 0.21, just above 2 / L: a warmup first shrinks
+  # the stiff direction far enough that its growth at 0.21 stays unseen for a 60-step budget,
+  # but not when the run is twice as long.
+  d = diagnose(quadratic_trial, [0.02, 0.06, 0.18, 0.21], 60, out_dir=tmp_path, progress=False,
+               log=None, fixes=FixLadder(kinds=("warmup",), rate_factors=(1.0,)))
+  (warmup,) = d.fixes
+  assert d.sweep.best_learning_rate == pytest.approx(0.18)
+  assert warmup.longer_run is not None and warmup.status == fix_ladder.DOES_NOT_HELP
+  assert "only holds off" in warmup.reason and d.recommendation is None
 
 
 def test_no_fix_is_searched_when_lr_star_is_the_grids_largest_rate(early, tmp_path):

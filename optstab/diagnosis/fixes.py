@@ -46,6 +46,7 @@ __all__ = [
     "trains", "warmup_lengths", "plan_families", "search_rounds", "round_succeeded",
     "noise_configs", "seed_noise", "highest_rate_without_fix", "matches_lr_star", "lr_star_for",
     "best_value", "choose", "verification_configs", "compare_seeds", "judge_fix",
+    "longer_run_config", "judge_longer_run",
 ]
 
 WARMUP, CLIPPING, SKIP_SPIKES, OPTIMIZER, ARCHITECTURE = (
@@ -109,6 +110,10 @@ class FixLadder:
       more than this multiple of the highest rate that trained as well as lr*
       without it (in the sweep or a check): a smaller gain is within what a
       finer grid could find without any fix.
+    longer_run_factor: a fix that helps is trained once more, this many times
+      longer (first seed); if that run fails to train, the fix only delayed a
+      divergence (e.g. warmup before a rate the model's curvature never allows)
+      and does not help. ``1`` skips the check.
   """
 
   kinds: tuple[str, ...] = FIX_KINDS
@@ -122,6 +127,7 @@ class FixLadder:
   try_all: bool = False
   match_tolerance: float = 0.02
   min_rate_gain: float = 2.0
+  longer_run_factor: float = 2.0
 
   def __post_init__(self):
     kinds = tuple(_validation.check_sequence("kinds", self.kinds))
@@ -150,6 +156,7 @@ class FixLadder:
     _validation.check_positive_int("seeds", self.seeds, minimum=2)
     _validation.check_non_negative("match_tolerance", self.match_tolerance)
     _validation.check_in_range("min_rate_gain", self.min_rate_gain, 1.0, math.inf)
+    _validation.check_in_range("longer_run_factor", self.longer_run_factor, 1.0, math.inf)
 
 
 def trains(trial: SweepTrial) -> bool:
@@ -588,6 +595,8 @@ class FixResult:
     comparison: the seed comparison, if it ran.
     highest_training_rate: the highest rate at which the fix trained.
     baseline_highest_rate: the highest rate that trained as well as lr* without it.
+    longer_run: the fix that helped, trained ``FixLadder.longer_run_factor`` x
+      longer, if that check ran.
   """
 
   family: FixFamily
@@ -598,6 +607,7 @@ class FixResult:
   comparison: Optional[SeedComparison] = None
   highest_training_rate: Optional[float] = None
   baseline_highest_rate: Optional[float] = None
+  longer_run: Optional[FixTrial] = None
 
   @property
   def helps(self) -> bool:
@@ -614,6 +624,7 @@ class FixResult:
         "highest_training_rate": self.highest_training_rate,
         "baseline_highest_rate": self.baseline_highest_rate,
         "chosen": None if self.chosen is None else self.chosen.to_dict(),
+        "longer_run": None if self.longer_run is None else self.longer_run.to_dict(),
         "comparison": None if self.comparison is None else self.comparison.to_dict(),
         "trials": [t.to_dict() for t in self.trials],
     }
@@ -718,3 +729,41 @@ def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
     why = (f"not more than {ladder.min_rate_gain:g} x the highest rate that trained as well as "
            f"lr* without it ({baseline_rate:.3g}), and not better")
   return FixResult(family, DOES_NOT_HELP, f"{at}: {values}: {why}", **common)
+
+
+def longer_run_config(chosen: FixTrial, ladder: FixLadder) -> Optional[TrialConfig]:
+  """The chosen fix trained ``longer_run_factor`` x as many steps in all (``None``: no check).
+
+  A warmup keeps its length; the steps after it grow.
+  """
+  if ladder.longer_run_factor <= 1.0:
+    return None
+  config = chosen.config
+  total = int(math.ceil(ladder.longer_run_factor * config.total_steps))
+  return config.replace(num_steps=total - config.warmup_steps)
+
+
+def judge_longer_run(sweep: SweepResult, result: FixResult, record: TrialRecord,
+                     ladder: FixLadder) -> FixResult:
+  """``result`` (a fix that helps) with its longer run, which must hold what the fix reached.
+
+  The longer run must train, and end (its final ``metric``) no worse than the
+  chosen run's best, within ``match_tolerance`` or the seed noise. A fix that
+  fails this only delayed a divergence, or an oscillation that clipping
+  bounds, past the budget the search used: it does not help.
+  """
+  longer = judge_trial(sweep, result.chosen.fix, record)
+  final = (math.nan if longer.result is None
+           else metric_value(longer.result, sweep.metric, sweep.mode, "final"))
+  noise = 0.0 if result.comparison is None else result.comparison.noise
+  if longer.trains and _matches(sweep, final, result.chosen.value, ladder, noise):
+    return dataclasses.replace(result, longer_run=longer)
+  steps = f"{longer.config.total_steps} steps instead of {result.chosen.config.total_steps}"
+  if longer.trains:
+    what = (f"it ended at {sweep.metric} {final:.4g}, worse than the {result.chosen.value:.4g} "
+            f"it reached in {result.chosen.config.total_steps} steps ({longer.trial.describe()})")
+  else:
+    what = f"it did not train ({longer.trial.describe()})"
+  reason = (f"{result.reason}; but trained {steps} (seed {longer.config.seed}), {what}: the fix "
+            "only holds off, for the budget searched, an instability that a longer run reaches")
+  return dataclasses.replace(result, status=DOES_NOT_HELP, reason=reason, longer_run=longer)

@@ -156,8 +156,17 @@ def _search_family(runner: _Runner, sweep: SweepResult, family: FixFamily,
           f"searched ({len(trials)} trials), but the budget left no room to verify it on "
           f"{ladder.seeds} seeds"), tuple(trials), chosen)
     comparison = fix_ladder.compare_seeds(sweep, chosen, records, ladder, noise)
-  return fix_ladder.judge_fix(sweep, family, trials, chosen, comparison, ladder, baseline_rate,
-                              matched)
+  result = fix_ladder.judge_fix(sweep, family, trials, chosen, comparison, ladder, baseline_rate,
+                                matched)
+  longer = fix_ladder.longer_run_config(chosen, ladder) if result.helps else None
+  if longer is None:
+    return result
+  records = runner.run(f"{family.name}: {ladder.longer_run_factor:g} x longer", [longer])
+  if records is None:
+    return dataclasses.replace(result, reason=(
+        f"{result.reason} (not trained {ladder.longer_run_factor:g} x longer: the budget left no "
+        "room)"))
+  return fix_ladder.judge_longer_run(sweep, result, records[0], ladder)
 
 
 def _run_ladder(runner: _Runner, sweep: SweepResult, families: Sequence[FixFamily],
@@ -195,9 +204,12 @@ def _ladder_upper_bound(sweep: SweepResult, families: Sequence[FixFamily],
     if family.status is not None:
       continue
     rounds = fix_ladder.search_rounds(sweep, family)
-    trials += sum(len(r) for r in rounds) + 3 * ladder.seeds
+    longer = ladder.longer_run_factor > 1.0
+    trials += sum(len(r) for r in rounds) + 3 * ladder.seeds + int(longer)
     steps += sum(c.total_steps for r in rounds for c in r)
-    steps += 3 * ladder.seeds * max(c.total_steps for r in rounds for c in r)
+    longest = max(c.total_steps for r in rounds for c in r)
+    steps += 3 * ladder.seeds * longest
+    steps += int(math.ceil(ladder.longer_run_factor * longest)) if longer else 0
   return trials, steps
 
 

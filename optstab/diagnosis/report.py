@@ -352,6 +352,10 @@ def _fix_findings(fixes: Sequence[FixResult], best) -> list[Finding]:
     fraction = None if f.chosen is None else f.chosen.clip_fraction
     if fraction is not None:
       text += f" The clipped run clipped {fraction:.0%} of its steps."
+    if f.longer_run is not None and f.helps:
+      text += (f" Trained {f.longer_run.config.total_steps} steps instead of "
+               f"{f.chosen.config.total_steps} (seed {f.longer_run.config.seed}), it still "
+               f"trains: {f.longer_run.trial.describe()}.")
     findings.append(Finding("Fix", text, f.to_dict()))
   return findings
 
@@ -442,6 +446,10 @@ def _plot_all(d: Diagnosis, out_dir: str) -> dict[str, str]:
                "steps"] = without.result.train_loss
       if shown.result is not None:
         curves[f"{shown.fix.name}, lr {shown.learning_rate:.3g}: {f.status}"] = shown.result.train_loss
+      if f.longer_run is not None and f.longer_run.result is not None:
+        curves[f"{shown.fix.name}, lr {shown.learning_rate:.3g}, "
+               f"{f.longer_run.config.total_steps} steps (longer run)"] = (
+                   f.longer_run.result.train_loss)
     files["fixes"] = plots.plot_loss_curves(
         curves, os.path.join(out_dir, "fixes_loss.png"),
         title="Training loss with each fix tried (the verified run, else the highest rate)")
