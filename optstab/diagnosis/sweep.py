@@ -48,10 +48,10 @@ from optstab.diagnosis.detectors import (
     final_loss_level,
     most_severe,
 )
-from optstab.diagnosis import executors
+from optstab import executors
 from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
 from optstab.diagnosis.store import RecordView, TrialRecord, TrialStore
-from optstab.diagnosis.trial import TrialConfig, TrialFn, TrialResult, fix_support
+from optstab.trial import TrialConfig, TrialFn, TrialResult, fix_support
 
 __all__ = [
     "log_grid",
@@ -183,7 +183,7 @@ def run_trials(
     progress: show a tqdm progress bar.
     desc: the progress bar's label.
     executor: a ``concurrent.futures.Executor`` to run the trials on
-      (``optstab.diagnosis.executors``: e.g. ``default_executor()``, a Dask
+      (``optstab.executors``: e.g. ``default_executor()``, a Dask
       ``Client.get_executor()``); ``None`` runs them in turn in this process.
       Only this process writes the store, as each trial finishes.
     trial_timeout: seconds one trial may run (``None``: no limit). On an
