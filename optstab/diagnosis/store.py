@@ -37,7 +37,6 @@ Record format (one line)::
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os

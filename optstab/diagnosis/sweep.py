@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from concurrent.futures import Executor
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from optstab import _validation
+from optstab._types import PathLike
 from optstab.diagnosis.detectors import (
     DIVERGED,
     EARLY_UNSTABLE,
@@ -75,7 +75,6 @@ ERROR = "error"
 _MODES = ("min", "max")
 _REDUCES = ("final", "best")
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def log_grid(low: float, high: float, num: int) -> np.ndarray:
