@@ -230,3 +230,15 @@ def test_run_experiment_rejects_bad_seeds(tmp_path):
   for seeds, match in (((), "at least one seed"), ((0, 0), "distinct"), ((-1,), r"seeds\[0\]")):
     with pytest.raises(ValueError, match=match):
       experiment.run_experiment("tiny", tmp_path, seeds=seeds, progress=False)
+
+
+def test_every_preset_plans_its_independent_trials():
+  # The trial plan of each preset builds (no training): both models, with and without
+  # warmup, on the whole grid, plus the mitigations that need no other trial.
+  for name, preset in PRESETS.items():
+    configs = experiment._independent_configs(preset)
+    warmups = 2 if preset.warmup_steps else 1
+    grid = len(experiment.VARIANTS) * warmups * len(preset.learning_rates)
+    assert len(configs) >= grid, name
+    assert len({c.key() for c in configs}) == len(configs), name
+    assert {c.extra["variant"] for c in configs} == set(experiment.VARIANTS), name

@@ -5,7 +5,7 @@ A demo's ``run_experiment`` is::
     run = harness.start(out_dir, mesh=mesh, executor=executor, progress=progress,
                         trial_timeout=trial_timeout)
     data = ...                                   # the demo's data and setup
-    run.trial_fn = make_trial_fn(setup, source, mesh=mesh, progress=run.trial_progress)
+    run.use(make_trial_fn(setup, source, mesh=mesh, progress=run.trial_progress))
     run.run_ahead(configs)                       # every independent trial, one batch
     sweep = run.sweep(learning_rates, base_config, metric=..., rule=...)
     ...                                          # the demo's own trials and summary
@@ -58,21 +58,22 @@ class Run:
 
   Attributes:
     out_dir: the output folder.
-    store: the folder's resumable trial store.
+    store: the folder's resumable trial store, opened by :meth:`use` (so data that
+      fails to load leaves no store behind).
     executor: where trials run (``None``: one after another in this process).
     progress: show progress bars.
     trial_timeout: seconds one trial may run (``None``: no limit).
     started: ``time.perf_counter()`` when the run started.
-    trial_fn: the demo's training function; set once the data is loaded.
+    trial_fn: the demo's training function, set by :meth:`use` once the data is loaded.
   """
 
   out_dir: str
-  store: TrialStore
   executor: Optional[Executor]
   progress: bool
   trial_timeout: Optional[float]
   started: float
   trial_fn: Optional[TrialFn] = None
+  store: Optional[TrialStore] = None
 
   @property
   def trial_progress(self) -> bool:
@@ -85,9 +86,15 @@ class Run:
     return {"progress": self.progress, "executor": self.executor,
             "trial_timeout": self.trial_timeout}
 
+  def use(self, trial_fn: TrialFn) -> None:
+    """Trains every trial of this run with ``trial_fn``; opens the folder's trial store."""
+    self.trial_fn = trial_fn
+    if self.store is None:
+      self.store = TrialStore(self.out_dir)
+
   def _fn(self) -> TrialFn:
     if self.trial_fn is None:
-      raise ValueError("set Run.trial_fn before running trials.")
+      raise ValueError("call Run.use(trial_fn) before running trials.")
     return self.trial_fn
 
   def trials(self, configs: Sequence[TrialConfig], desc: str) -> list[TrialRecord]:
@@ -120,7 +127,7 @@ class Run:
 
 def start(out_dir: PathLike, *, mesh: Any = None, executor: Optional[Executor] = None,
           progress: bool = True, trial_timeout: Optional[float] = None) -> Run:
-  """Starts an experiment into ``out_dir``: checks, the folder, the store, the clock.
+  """Starts an experiment into ``out_dir``: the placement check, the folder, the clock.
 
   Args:
     out_dir: the output folder (created; a finished trial in it is not run again).
@@ -134,7 +141,7 @@ def start(out_dir: PathLike, *, mesh: Any = None, executor: Optional[Executor] =
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   started = time.perf_counter()
-  return Run(out_dir, TrialStore(out_dir), executor, progress, trial_timeout, started)
+  return Run(out_dir, executor, progress, trial_timeout, started)
 
 
 def write_outputs(out_dir: str, summary: dict[str, Any], figures: dict[str, str],

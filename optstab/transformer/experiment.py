@@ -141,8 +141,8 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
   text = runner.load_data(source)
   setup = setup_for(preset, text)
   corpus_data.check_size(text, preset.seq_len, preset.batch_size, preset.eval_sequences)
-  run.trial_fn = transformer_train.make_trial_fn(setup, source, mesh=mesh,
-                                                 progress=run.trial_progress)
+  run.use(transformer_train.make_trial_fn(setup, source, mesh=mesh,
+                                          progress=run.trial_progress))
   lrs = sorted(preset.learning_rates)
   sweep_bases = {name: _config(preset, norm, preset.warmup_steps if warm else 0)
                  for name, norm, warm in CURVES}

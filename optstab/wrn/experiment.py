@@ -148,8 +148,8 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
                       trial_timeout=trial_timeout)
   source = data_source_for(preset, data_dir) if data is None else data
   data = runner.load_data(source)
-  run.trial_fn = wrn_train.make_trial_fn(setup_for(preset, data), source, mesh=mesh,
-                                         progress=run.trial_progress)
+  run.use(wrn_train.make_trial_fn(setup_for(preset, data), source, mesh=mesh,
+                                  progress=run.trial_progress))
   seed_presets = [preset.replace(seed=seed) for seed in seeds]
   run.run_ahead([c for p in seed_presets for c in _independent_configs(p)])
   runs = [_run_seed(p, run, data) for p in seed_presets]
