@@ -50,6 +50,13 @@ from optstab.telemetry import recorded_grad_norms as recorded_grad_norms
 from optstab.telemetry import summarize_clip_state as summarize_clip_state
 from optstab.telemetry import summarize_clipping as summarize_clipping
 
+# --- trials (what a training function takes and returns) ---
+from optstab.trial import FixSupport as FixSupport
+from optstab.trial import TrialConfig as TrialConfig
+from optstab.trial import TrialFn as TrialFn
+from optstab.trial import TrialResult as TrialResult
+from optstab.trial import with_fix_support as with_fix_support
+
 # --- diagnosis (identifying unstable workloads) ---
 from optstab.diagnosis import DIVERGED as DIVERGED
 from optstab.diagnosis import EARLY_UNSTABLE as EARLY_UNSTABLE
@@ -61,12 +68,8 @@ from optstab.diagnosis import DetectorThresholds as DetectorThresholds
 from optstab.diagnosis import Checks as Checks
 from optstab.diagnosis import Diagnosis as Diagnosis
 from optstab.diagnosis import FixLadder as FixLadder
-from optstab.diagnosis import FixSupport as FixSupport
 from optstab.diagnosis import FeasibilityRule as FeasibilityRule
 from optstab.diagnosis import SweepResult as SweepResult
-from optstab.diagnosis import TrialConfig as TrialConfig
-from optstab.diagnosis import TrialFn as TrialFn
-from optstab.diagnosis import TrialResult as TrialResult
 from optstab.diagnosis import WarmupTuningResult as WarmupTuningResult
 from optstab.diagnosis import classify_run as classify_run
 from optstab.diagnosis import compare_with_baseline as compare_with_baseline
@@ -81,14 +84,13 @@ from optstab.diagnosis import long_check as long_check
 from optstab.diagnosis import rates_above_best as rates_above_best
 from optstab.diagnosis import short_check as short_check
 from optstab.diagnosis import tune_warmup as tune_warmup
-from optstab.diagnosis import with_fix_support as with_fix_support
 
 # --- a TrialFn built from a model, a loss, data and an optimizer ---
 from optstab.trial_builder import make_trial_fn as make_trial_fn
 
 # --- running trials in parallel ---
-from optstab.diagnosis import SINGLE_THREADED_ENV as SINGLE_THREADED_ENV
-from optstab.diagnosis import InProcessExecutor as InProcessExecutor
-from optstab.diagnosis import ProcessPool as ProcessPool
-from optstab.diagnosis import SubmititExecutor as SubmititExecutor
-from optstab.diagnosis import default_executor as default_executor
+from optstab.executors import SINGLE_THREADED_ENV as SINGLE_THREADED_ENV
+from optstab.executors import InProcessExecutor as InProcessExecutor
+from optstab.executors import ProcessPool as ProcessPool
+from optstab.executors import SubmititExecutor as SubmititExecutor
+from optstab.executors import default_executor as default_executor

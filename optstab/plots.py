@@ -1,14 +1,16 @@
 """Every figure optstab draws, with matplotlib, written to PNG.
 
 Plot functions take plain numbers and arrays (never diagnosis or experiment
-objects), so this module depends on nothing else in optstab and any layer can
-call it. Each function writes one PNG and returns its path.
+objects), so this module depends on nothing above optstab's base layer and any
+layer can call it. Each function writes one PNG and returns its path. Figures
+that only one demo draws live in that demo (the WideResNet's Figures 4 and 9
+in ``optstab.wrn.figures``; ``optstab.plots`` still finds them by their names).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Mapping, Union
+from typing import Any, Mapping
 
 # matplotlib.figure.Figure, not pyplot: no global state, no GUI backend needed,
 # so plotting works the same headless, in CI and in a notebook.
@@ -16,7 +18,20 @@ from matplotlib.figure import Figure
 from matplotlib import ticker
 import numpy as np
 
-PathLike = Union[str, "os.PathLike[str]"]
+from optstab._types import PathLike
+
+#: Figures that moved to the demo that draws them: name -> its module now.
+_MOVED = {"plot_stride_error_vs_learning_rate": "optstab.wrn.figures",
+          "plot_stride_grad_norms": "optstab.wrn.figures"}
+
+
+def __getattr__(name: str) -> Any:
+  """The WideResNet demo's figures, at their former path (looked up on first use)."""
+  if name in _MOVED:
+    import importlib  # pylint: disable=import-outside-toplevel
+
+    return getattr(importlib.import_module(_MOVED[name]), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _save(fig: Figure, path: PathLike) -> str:
@@ -422,100 +437,6 @@ def plot_warmup_sweep(warmup_steps, curves, stable, path: PathLike, *, base_lear
   ax.grid(True, which="both", alpha=0.3)
   return _save(fig, path)
 # --- end sweeps and diagnosis ---
-
-# --- WideResNet figures ---
-
-
-def plot_stride_error_vs_learning_rate(curves, path: PathLike, *,
-                                       title: str = "WideResNet stride change") -> str:
-  """Playbook Figure 4: final test error vs base learning rate, one curve per model.
-
-  Args:
-    curves: ``{label: (learning_rates, error_rates, feasible)}``; error rates in
-      [0, 1] (NaN for a trial that produced none); infeasible trials are drawn
-      as hollow markers (and plotted at their error if it is finite, else at
-      the top edge with an ``x``).
-    path: PNG file to write.
-    title: figure title.
-
-  Returns:
-    ``path``.
-  """
-  if not curves:
-    raise ValueError("curves must hold at least one curve; got none.")
-  fig = Figure(figsize=(7, 4.5))
-  ax = fig.subplots()
-  styles = ["o-", "s-", "o--", "s--", "^-", "v-"]
-  for i, (label, (lrs, errors, feasible)) in enumerate(curves.items()):
-    lrs = np.asarray(lrs, np.float64)
-    errors = np.asarray(errors, np.float64)
-    feasible = np.asarray(feasible, bool)
-    if not (lrs.shape == errors.shape == feasible.shape):
-      raise ValueError(f"curve {label!r}: learning_rates, error_rates and feasible must have the "
-                       f"same shape; got {lrs.shape}, {errors.shape}, {feasible.shape}.")
-    shown = np.where(np.isfinite(errors), errors, 1.0)
-    line, = ax.plot(lrs, 100 * shown, styles[i % len(styles)], label=label)
-    bad = ~feasible
-    if bad.any():
-      ax.plot(lrs[bad], 100 * shown[bad], "o", mfc="white", mec=line.get_color(), ms=10,
-              label=f"{label}: infeasible")
-  ax.set_xscale("log")
-  ax.set_xlabel("base learning rate")
-  ax.set_ylabel("test error rate (%)")
-  ax.set_ylim(bottom=0)
-  ax.set_title(title)
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize="small")
-  return _save(fig, path)
-
-
-def plot_stride_grad_norms(curves, thresholds, path: PathLike, *, learning_rate=None) -> str:
-  """Playbook Figure 9: unclipped gradient norm vs step, with and without clipping.
-
-  Args:
-    curves: ``{label: per-step unclipped global gradient norm}``.
-    thresholds: ``{label: clipping threshold}``, a number (a fixed threshold, a
-      dotted line in the curve's colour) or one per step (an adaptive one, e.g.
-      :func:`optstab.thresholds_in_force`, drawn as it adapted; ``inf`` where
-      none was in force).
-    path: PNG file to write.
-    learning_rate: the rate, for the title.
-
-  Returns:
-    ``path``.
-  """
-  fig = Figure(figsize=(7, 4.5), layout="constrained")
-  ax = fig.subplots()
-  for i, (label, norms) in enumerate(curves.items()):
-    norms = np.asarray(norms, np.float64)
-    line, = ax.plot(np.arange(1, norms.size + 1),
-                    np.where(np.isfinite(norms), norms, np.nan), label=label, lw=1,
-                    ls=_LINE_STYLES[i % len(_LINE_STYLES)])
-    if thresholds.get(label) is None:
-      continue
-    thr = _thresholds_in_force(thresholds[label])
-    if thr.ndim == 0:
-      ax.axhline(float(thr), ls=":", color=line.get_color(),
-                 label=f"{label}: threshold {float(thr):.3g}")
-    elif np.isfinite(thr).any():
-      fixed = np.nanmin(thr) == np.nanmax(thr)
-      ax.step(np.arange(1, thr.size + 1), thr, where="post", ls=":", lw=1.5,
-              color=line.get_color(),
-              label=f"{label}: threshold " + (f"{np.nanmin(thr):.3g} (did not adapt)" if fixed
-                                              else "as it adapted"))
-  ax.set_yscale("log")
-  _plain_log_ticks(ax)
-  ax.set_xlabel("global step")
-  ax.set_ylabel("gradient L2 norm (unclipped)")
-  title = "Stride (1,1) WideResNet: gradient norm"
-  if learning_rate is not None:
-    title += f", learning rate {learning_rate:g}"
-  ax.set_title(title)
-  ax.grid(True, which="both", alpha=0.3)
-  if curves:
-    ax.legend(fontsize="small")
-  return _save(fig, path)
-# --- end WideResNet figures ---
 
 # --- Transformer figures ---
 

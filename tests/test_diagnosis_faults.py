@@ -219,7 +219,7 @@ def _hangs(pid_dir) -> set[int]:
 
 def test_process_pool_kills_a_worker_whose_trial_holds_the_interpreter_lock(tmp_path, monkeypatch):
   """Its worker's own watch cannot run: the coordinator gives up on it after the grace."""
-  from optstab.diagnosis import executors
+  from optstab import executors
   monkeypatch.setattr(executors, "TRIAL_TIMEOUT_GRACE", 15.0)  # covers a fresh worker's start
   behaviours = ("gil_hang", "ok")
   with ProcessPool(1) as pool:  # warmed up by the pickling check: the clock starts at once

@@ -11,6 +11,8 @@ import pytest
 
 from optstab.diagnosis import SINGLE_THREADED_ENV, ProcessPool, TrialStore
 from optstab.wrn import cli, experiment
+from optstab.harness.seeds import verdict_support
+from optstab.wrn import report as wrn_report
 from optstab.wrn import train as wrn_train
 from optstab.wrn.presets import PRESETS, get_preset
 
@@ -191,16 +193,16 @@ def test_low_rate_parity_is_two_sided_where_both_models_train():
   labels = {"standard": dict(zip(grid, ("failed-to-train", "stable", "stable"))),
             "stride_1x1": dict(zip(grid, ("stable", "stable", "early-unstable")))}
   # 0.01: the standard model did not train, so parity is judged at 0.03, without warmup.
-  (parity,) = [v for v in experiment._verdicts(_summary(errors, labels)) if v[0] == "parity"]
+  (parity,) = [v for v in wrn_report.claims(_summary(errors, labels)) if v[0] == "parity"]
   assert parity[1] == "REPRODUCED" and "lr 0.03, the lowest such grid point" in parity[2]
   # Two-sided: the stride model being much *better* is not parity either (24.5% vs 2.5% at 0.01
   # would have passed the old one-sided test).
   errors["stride_1x1"][0.03] = 0.005
-  (parity,) = [v for v in experiment._verdicts(_summary(errors, labels)) if v[0] == "parity"]
+  (parity,) = [v for v in wrn_report.claims(_summary(errors, labels)) if v[0] == "parity"]
   assert parity[1] == "NOT reproduced" and "outside the two-sided tolerance" in parity[2]
   # Nothing trains without warmup: the warmup curves give the parity point.
   bad = {v: dict.fromkeys(grid, "failed-to-train") for v in labels}
-  (parity,) = [v for v in experiment._verdicts(_summary(errors, bad, warmup_labels=labels))
+  (parity,) = [v for v in wrn_report.claims(_summary(errors, bad, warmup_labels=labels))
                if v[0] == "parity"]
   assert "lr 0.03 with 20 warmup steps" in parity[2]
 
@@ -211,8 +213,8 @@ def test_verdicts_count_the_seeds_that_support_them():
             "stride_1x1": dict(zip(grid, (0.03, 0.03, 0.5)))}
   labels = {v: dict.fromkeys(grid, "stable") for v in errors}
   other = {"standard": dict(errors["standard"]), "stride_1x1": {**errors["stride_1x1"], 0.01: 0.2}}
-  support = experiment._verdict_support([_summary(errors, labels), _summary(other, labels),
-                                         _summary(errors, labels)], (0, 1, 2))
+  support = verdict_support([_summary(errors, labels), _summary(other, labels),
+                           _summary(errors, labels)], (0, 1, 2), wrn_report.claims)
   (parity,) = [v for v in support if v["key"] == "parity"]
   # Seeds 0 and 2: 20% vs 3% at 0.01 is not parity; seed 1: 20% vs 20% is.
   assert parity["status"] == "NOT reproduced" and parity["seeds_agreeing"] == [0, 2]
@@ -228,3 +230,15 @@ def test_run_experiment_rejects_bad_seeds(tmp_path):
   for seeds, match in (((), "at least one seed"), ((0, 0), "distinct"), ((-1,), r"seeds\[0\]")):
     with pytest.raises(ValueError, match=match):
       experiment.run_experiment("tiny", tmp_path, seeds=seeds, progress=False)
+
+
+def test_every_preset_plans_its_independent_trials():
+  # The trial plan of each preset builds (no training): both models, with and without
+  # warmup, on the whole grid, plus the mitigations that need no other trial.
+  for name, preset in PRESETS.items():
+    configs = experiment._independent_configs(preset)
+    warmups = 2 if preset.warmup_steps else 1
+    grid = len(experiment.VARIANTS) * warmups * len(preset.learning_rates)
+    assert len(configs) >= grid, name
+    assert len({c.key() for c in configs}) == len(configs), name
+    assert {c.extra["variant"] for c in configs} == set(experiment.VARIANTS), name

@@ -1,7 +1,7 @@
 """Diagnosing optimization instability, as the playbook FAQ prescribes ("Identifying unstable workloads",
 "Learning rate warmup")."""
 
-from optstab.diagnosis.trial import (
+from optstab.trial import (
     SCHEDULES,
     FixSupport,
     TrialConfig,
@@ -39,7 +39,7 @@ from optstab.diagnosis.detectors import (
     final_loss_level,
     most_severe,
 )
-from optstab.diagnosis.executors import (
+from optstab.executors import (
     SINGLE_THREADED_ENV,
     TRIAL_TIMEOUT,
     WORKER_CRASHED,

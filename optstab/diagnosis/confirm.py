@@ -32,7 +32,7 @@ from optstab.diagnosis.detectors import DetectorThresholds
 from optstab.diagnosis.feasibility import FeasibilityRule
 from optstab.diagnosis.store import TrialRecord, TrialStore
 from optstab.diagnosis.sweep import JudgedTrialView, PathLike, SweepResult, SweepTrial, run_trials
-from optstab.diagnosis.trial import TrialConfig, TrialFn
+from optstab.trial import TrialConfig, TrialFn
 
 __all__ = ["ConfirmationRun", "rates_above_best", "short_check", "long_check", "short_check_config",
            "long_check_configs", "judge_short_check", "judge_long_checks"]

@@ -32,7 +32,7 @@ from typing import Mapping, NamedTuple, Optional
 import numpy as np
 
 from optstab import _validation
-from optstab.diagnosis.trial import TrialResult
+from optstab.trial import TrialResult
 
 __all__ = ["FeasibilityRule", "Feasibility", "check_feasibility"]
 
@@ -111,7 +111,7 @@ def check_feasibility(result: TrialResult, rule: FeasibilityRule = FeasibilityRu
 
   Example:
     >>> import numpy as np
-    >>> from optstab.diagnosis.trial import TrialConfig, TrialResult
+    >>> from optstab.trial import TrialConfig, TrialResult
     >>> cfg = TrialConfig(learning_rate=0.1, num_steps=3, eval_every=3)
     >>> r = TrialResult(cfg, np.array([1.0, 20.0, 0.5]), np.array([3]),
     ...                 {"loss": np.array([0.5])}, np.ones(3))

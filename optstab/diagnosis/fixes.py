@@ -37,7 +37,7 @@ from optstab import _validation, clipping
 from optstab.diagnosis.detectors import EARLY_UNSTABLE, MID_TRAINING_UNSTABLE, STABLE
 from optstab.diagnosis.store import TrialRecord
 from optstab.diagnosis.sweep import JudgedTrialView, SweepResult, SweepTrial, metric_value
-from optstab.diagnosis.trial import FixSupport, TrialConfig
+from optstab.trial import FixSupport, TrialConfig
 
 __all__ = [
     "WARMUP", "CLIPPING", "SKIP_SPIKES", "OPTIMIZER", "ARCHITECTURE", "FIX_KINDS",

@@ -96,7 +96,7 @@ from optstab.diagnosis.report import Diagnosis, make_diagnosis, write_report
 from optstab.diagnosis.store import TrialRecord
 from optstab.diagnosis.sweep import (TRAIN_LOSS, PathLike, SweepResult, check_metric_names,
                                      check_ranking, judge_sweep)
-from optstab.diagnosis.trial import TrialConfig, TrialResult
+from optstab.trial import TrialConfig, TrialResult
 
 __all__ = ["LOG_COLUMNS", "RunLog", "read_run_log", "sweep_from_logs", "diagnose_logs"]
 

@@ -30,7 +30,7 @@ def _metric_column(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  from optstab import runner  # pylint: disable=import-outside-toplevel
+  from optstab._arguments import positive_float  # pylint: disable=import-outside-toplevel
 
   parser = argparse.ArgumentParser(
       prog="optstab-diagnose-logs",
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="one log per run: .csv/.tsv, .jsonl, .json, or a TensorBoard run "
                            "folder or event file (needs optstab[tensorboard])")
   parser.add_argument("--out", required=True, help="output folder (created)")
-  parser.add_argument("--learning-rates", type=runner.positive_float, nargs="+", default=None,
+  parser.add_argument("--learning-rates", type=positive_float, nargs="+", default=None,
                       help="the runs' learning rates, in the order of the files (default: each "
                            "file's lr / learning_rate column, else its name, e.g. lr=0.1.csv)")
   parser.add_argument("--step-column", default=None, help="default: guessed (step, _step, "

@@ -28,7 +28,7 @@ from concurrent.futures import Executor
 from typing import Callable, Optional, Sequence
 
 from optstab import _validation
-from optstab.diagnosis import executors
+from optstab import executors
 from optstab.diagnosis import fixes as fix_ladder
 from optstab.diagnosis.confirm import (
     ConfirmationRun,
@@ -47,7 +47,7 @@ from optstab.diagnosis.store import TrialRecord, TrialStore
 from optstab.diagnosis.sweep import (PathLike, SweepResult, _check_learning_rates,
                                      check_metric_names, check_ranking, learning_rate_sweep,
                                      run_trials)
-from optstab.diagnosis.trial import TrialConfig, TrialFn, fix_support
+from optstab.trial import TrialConfig, TrialFn, fix_support
 from optstab.diagnosis.verdict import decide_verdict, unstable_learning_rate
 
 __all__ = ["diagnose", "unstable_learning_rate", "Checks"]

@@ -27,7 +27,7 @@ from optstab.diagnosis.detectors import EARLY_UNSTABLE, MID_TRAINING_UNSTABLE, S
 from optstab.diagnosis.fixes import FixResult
 from optstab.diagnosis.plan import Plan
 from optstab.diagnosis.sweep import PathLike, SweepResult
-from optstab.diagnosis.trial import to_jsonable
+from optstab.trial import to_jsonable
 from optstab.diagnosis.verdict import UNSTABLE, VERDICTS, decide_verdict
 
 __all__ = ["Finding", "Diagnosis", "make_diagnosis", "write_report", "VERDICTS"]

@@ -37,7 +37,6 @@ Record format (one line)::
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
@@ -50,7 +49,7 @@ try:
 except ImportError:  # Windows: no advisory locks
   fcntl = None
 
-from optstab.diagnosis.trial import TrialConfig, TrialResult
+from optstab.trial import TrialConfig, TrialRecord, TrialResult
 
 __all__ = ["TrialRecord", "TrialStore", "StoreInUse", "TRIALS_FILE", "LOCK_FILE"]
 
@@ -86,59 +85,6 @@ class RecordView:
   @property
   def result(self) -> Optional[TrialResult]:
     return self.record.result
-
-
-@dataclasses.dataclass(frozen=True)
-class TrialRecord:
-  """One finished trial: its result, or the error it raised.
-
-  Attributes:
-    config: the trial's configuration.
-    result: what the training function returned (``None`` if it raised). Always
-      the JSON round-tripped form, so a resumed sweep sees exactly what an
-      uninterrupted one saw (Inf is stored, like NaN, as non-finite ``NaN``).
-    error: ``"ExceptionType: message"`` if the training function raised.
-    seconds: wall-clock seconds the trial took.
-  """
-
-  config: TrialConfig
-  result: Optional[TrialResult]
-  error: Optional[str] = None
-  seconds: float = 0.0
-
-  @property
-  def key(self) -> str:
-    return self.config.key()
-
-  def to_dict(self) -> dict[str, Any]:
-    return {
-        "key": self.key,
-        "status": "ok" if self.error is None else "error",
-        "config": self.config.to_dict(),
-        "result": None if self.result is None else self.result.to_dict(),
-        "error": self.error,
-        "seconds": float(self.seconds),
-    }
-
-  @classmethod
-  def from_dict(cls, data: dict[str, Any]) -> "TrialRecord":
-    """The record of one stored line; ``ValueError`` if ``data`` is not one."""
-    if not isinstance(data, dict):
-      raise ValueError(f"a trial record is a JSON object; got {type(data).__name__}")
-    result = data.get("result")
-    if result is None and data.get("error") is None:
-      raise ValueError("a trial record holds a result or an error; this one holds neither "
-                       f"(status {data.get('status')!r})")
-    return cls(
-        config=TrialConfig.from_dict(data["config"]),
-        result=None if result is None else TrialResult.from_dict(result),
-        error=data.get("error"),
-        seconds=float(data.get("seconds", 0.0)),
-    )
-
-  def round_tripped(self) -> "TrialRecord":
-    """The record as a reload from disk would return it."""
-    return TrialRecord.from_dict(json.loads(json.dumps(self.to_dict())))
 
 
 class TrialStore:

@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from concurrent.futures import Executor
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from optstab import _validation
+from optstab._types import PathLike
 from optstab.diagnosis.detectors import (
     DIVERGED,
     EARLY_UNSTABLE,
@@ -48,10 +48,10 @@ from optstab.diagnosis.detectors import (
     final_loss_level,
     most_severe,
 )
-from optstab.diagnosis import executors
+from optstab import executors
 from optstab.diagnosis.feasibility import Feasibility, FeasibilityRule, check_feasibility
 from optstab.diagnosis.store import RecordView, TrialRecord, TrialStore
-from optstab.diagnosis.trial import TrialConfig, TrialFn, TrialResult, fix_support
+from optstab.trial import TrialConfig, TrialFn, TrialResult, fix_support
 
 __all__ = [
     "log_grid",
@@ -75,7 +75,6 @@ ERROR = "error"
 _MODES = ("min", "max")
 _REDUCES = ("final", "best")
 
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def log_grid(low: float, high: float, num: int) -> np.ndarray:
@@ -183,7 +182,7 @@ def run_trials(
     progress: show a tqdm progress bar.
     desc: the progress bar's label.
     executor: a ``concurrent.futures.Executor`` to run the trials on
-      (``optstab.diagnosis.executors``: e.g. ``default_executor()``, a Dask
+      (``optstab.executors``: e.g. ``default_executor()``, a Dask
       ``Client.get_executor()``); ``None`` runs them in turn in this process.
       Only this process writes the store, as each trial finishes.
     trial_timeout: seconds one trial may run (``None``: no limit). On an

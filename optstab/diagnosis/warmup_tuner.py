@@ -63,7 +63,7 @@ from optstab.diagnosis.sweep import (
     metric_value,
     run_trials,
 )
-from optstab.diagnosis.trial import TrialConfig, TrialFn
+from optstab.trial import TrialConfig, TrialFn
 
 __all__ = [
     "WarmupTrial",

@@ -8,14 +8,12 @@ Examples::
   optstab-wrn --preset cifar10-gpu --out runs/c10 --data-dir ~/data
   optstab-wrn --preset cifar10-tpu --out gs-mounted/run --distributed   # every TPU host
 
-Re-running the same command into the same ``--out`` resumes: finished trials
-are read back from ``<out>/trials.jsonl`` and skipped.
+The shared options and the resuming into ``--out`` are ``optstab.harness.cli``'s.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
@@ -23,18 +21,15 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+  """The ``optstab-wrn`` parser."""
   from optstab import runner
+  from optstab.harness import cli
   from optstab.wrn.presets import PRESETS
 
-  lines = "\n".join(f"  {name:12s} {p.description}" for name, p in PRESETS.items())
-  parser = argparse.ArgumentParser(
-      prog="optstab-wrn",
-      description="Reproduce the Deep Learning Tuning Playbook's WideResNet stride-instability "
-                  "experiment (Figures 4, 5 and 9) and a mitigation table.",
-      epilog=f"presets:\n{lines}", formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--preset", default="quick", choices=sorted(PRESETS),
-                      help="experiment scale (default: quick)")
-  parser.add_argument("--out", required=True, help="output folder (created; resumes if it exists)")
+  parser = cli.demo_parser(
+      "optstab-wrn",
+      "Reproduce the Deep Learning Tuning Playbook's WideResNet stride-instability "
+      "experiment (Figures 4, 5 and 9) and a mitigation table.", PRESETS, name_width=12)
   parser.add_argument("--data-dir", default=None,
                       help="folder with cifar-10-batches-py (CIFAR-10 presets); default "
                            "$OPTSTAB_DATA_DIR or ~/.cache/optstab")
@@ -55,50 +50,33 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--distributed", action="store_true",
                       help="call jax.distributed.initialize() first (multi-host: run the same "
                            "command on every host)")
-  runner.add_process_options(parser)
-  parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+  cli.add_run_options(parser)
   return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = build_parser()
-  args = parser.parse_args(argv)
-  from optstab import runner
+  """Runs ``optstab-wrn``; the exit status."""
+  from optstab.harness import cli
 
-  runner.check_cli_args(parser, args)
+  parser = build_parser()
+  args = cli.parse_args(parser, argv)
   if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
     parser.error(f"argument --seeds: must be distinct; got {args.seeds}")
-  import jax
-
   from optstab.wrn import experiment, presets
 
-  preset = presets.get_preset(args.preset)
-  changes = {}
-  if args.learning_rates is not None:
-    changes["learning_rates"] = tuple(sorted(args.learning_rates))
-  for name in ("high_learning_rate", "num_steps", "warmup_steps", "batch_size"):
-    if getattr(args, name) is not None:
-      changes[name] = getattr(args, name)
-  if changes:
-    try:
-      preset = preset.replace(**changes)
-    except ValueError as e:  # e.g. --high-learning-rate off the grid: a usage error too
-      parser.error(str(e))
-  executor = runner.start_processes(args, "optstab-wrn", distributed=args.distributed)
-  lead = jax.process_index() == 0
-  out = args.out if lead else os.path.join(args.out, f".process{jax.process_index()}")
-  if lead:
-    print(f"optstab-wrn: preset {preset.name} on {runner.describe_processes(executor)}; "
-          f"writing {args.out}", flush=True)
-  with executor:
-    result = experiment.run_experiment(preset, out, data_dir=args.data_dir,
-                                       progress=lead and not args.no_progress, executor=executor,
-                                       seeds=args.seeds, trial_timeout=args.trial_timeout)
-  if lead:
-    s = result.summary
-    print("\n".join(experiment.verdicts(s)))
-    print(f"wall time {s['wall_seconds']:.0f} s; report: {result.files['report']}")
-  return 0
+  rates = None if args.learning_rates is None else tuple(sorted(args.learning_rates))
+  preset = cli.preset_from_args(parser, presets.get_preset(args.preset), {
+      "learning_rates": rates, "high_learning_rate": args.high_learning_rate,
+      "num_steps": args.num_steps, "warmup_steps": args.warmup_steps,
+      "batch_size": args.batch_size})
+
+  def run(preset, out, executor, progress):
+    return experiment.run_experiment(preset, out, data_dir=args.data_dir, progress=progress,
+                                     executor=executor, seeds=args.seeds,
+                                     trial_timeout=args.trial_timeout)
+
+  return cli.run_demo("optstab-wrn", args, preset, run, experiment.verdicts,
+                      distributed=args.distributed)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,10 @@ from typing import Any, Optional
 
 from optstab import _validation
 
-__all__ = ["Preset", "PRESETS", "MITIGATIONS", "PUBLISHED", "get_preset"]
+__all__ = ["Preset", "PRESETS", "VARIANTS", "MITIGATIONS", "PUBLISHED", "get_preset"]
+
+#: The two models of Figure 4.
+VARIANTS = ("standard", "stride_1x1")
 
 #: Mitigations the table can try on the unstable variant at the high rate
 #: (in the order of the FAQ's "Potential fixes for common instability patterns"), each a change to the unstable trial.
