@@ -21,7 +21,7 @@ from optstab import _validation
 from optstab import optimizers as _optimizers
 from optstab import runner
 from optstab import telemetry
-from optstab.diagnosis.trial import FixSupport
+from optstab.trial import FixSupport
 
 __all__ = ["TrialSpec", "make_trial_fn", "DEFAULT_OPTIMIZERS"]
 

@@ -42,14 +42,15 @@ LAYERS = {
     "spike_guard": 0, "optimizers": 0, "plots": 0,
     "trial": 1,
     "executors": 2,
-    "runner": 3, "diagnosis": 3,
+    "runner": 3, "diagnosis": 3, "trial_builder": 3,
     "": 4,  # optstab/__init__.py
     "harness": 5,
     "wrn": 6, "transformer": 6, "examples": 6,
 }
 
 #: Parts on one layer that must not import each other.
-SIDE_BY_SIDE = ({"runner", "diagnosis"}, {"wrn", "transformer", "examples"})
+SIDE_BY_SIDE = ({"runner", "diagnosis"}, {"trial_builder", "diagnosis"},
+                {"wrn", "transformer", "examples"})
 
 # module -> the optstab.diagnosis modules it may import (its upstream). ``trial``
 # and ``executors`` moved below the diagnosis (layers 1 and 2); their modules
