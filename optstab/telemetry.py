@@ -57,6 +57,12 @@ def _squares_sum(leaves: list, scale: Any = None) -> jax.Array:
   for x in leaves:
     if scale is not None:
       x = x / scale.astype(x.dtype)
+    # The barrier keeps XLA from merging this x * x with an optimizer's own
+    # g * g (Adam's second moment): merged, the square is written to memory
+    # for both users instead of being fused into each (on CPU, a third more
+    # traffic for Adam with a norm). It changes no value, and two global norms
+    # of the same tree are still computed once.
+    x = jax.lax.optimization_barrier(x)
     total = total + jnp.sum(x * x)
   return total
 
@@ -88,8 +94,11 @@ def global_norm(tree: Any) -> jax.Array:
 
   Like ``optax.tree.norm`` (complex leaves count ``|z|^2``), but bfloat16 /
   float16 leaves are squared and summed in float32, so the norm keeps float32
-  precision; for float32 leaves the two are the same computation (XLA
-  computes it once when both appear in one step).
+  precision; for float32 leaves the two give the same value. Two
+  ``global_norm`` of the same tree in one step (the guard's, the recorder's,
+  the clipper's) are computed once; a ``global_norm`` and an
+  ``optax.tree.norm`` are not merged, because the squares are kept apart from
+  an optimizer's own ``g * g`` (see ``benchmarks/spike_guard.py``).
 
   Unlike ``optax.tree.norm``, a finite gradient has a finite, accurate norm
   (unless the norm itself exceeds the float32 range, about ``3.4e38``): when
