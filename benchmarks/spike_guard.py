@@ -14,7 +14,12 @@ ordinary step runs one, so it overstates the guard's traffic).
 
 The guard's cost is a global-norm reduction (an extra pass over the gradient,
 unless the chain computes the norm anyway: the ``record_grad_norm`` rows) and
-one select per update and state leaf.
+one select per update and state leaf. On CPU the selects dominate for a
+stateful optimizer: with the state donated, XLA copies each state buffer
+before updating it in place. The ``optax.apply_if_finite`` rows (optax's own
+skip: a finiteness check over the updates and the same selects) show the same
+cost. The paired CPU-time ratio (``time.process_time``) is steadier than wall
+time on a machine shared with other jobs.
 
 The gradient stream has a spike every 10th step, so skipped and accepted steps
 are both timed.
