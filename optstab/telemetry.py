@@ -57,6 +57,12 @@ def _squares_sum(leaves: list, scale: Any = None) -> jax.Array:
   for x in leaves:
     if scale is not None:
       x = x / scale.astype(x.dtype)
+    # The barrier keeps XLA from merging this x * x with an optimizer's own
+    # g * g (Adam's second moment): merged, the square is written to memory
+    # for both users instead of being fused into each (on CPU, a third more
+    # traffic for Adam with a norm). It changes no value, and two global norms
+    # of the same tree are still computed once.
+    x = jax.lax.optimization_barrier(x)
     total = total + jnp.sum(x * x)
   return total
 
@@ -88,8 +94,11 @@ def global_norm(tree: Any) -> jax.Array:
 
   Like ``optax.tree.norm`` (complex leaves count ``|z|^2``), but bfloat16 /
   float16 leaves are squared and summed in float32, so the norm keeps float32
-  precision; for float32 leaves the two are the same computation (XLA
-  computes it once when both appear in one step).
+  precision; for float32 leaves the two give the same value. Two
+  ``global_norm`` of the same tree in one step (the guard's, the recorder's,
+  the clipper's) are computed once; a ``global_norm`` and an
+  ``optax.tree.norm`` are not merged, because the squares are kept apart from
+  an optimizer's own ``g * g`` (see ``benchmarks/spike_guard.py``).
 
   Unlike ``optax.tree.norm``, a finite gradient has a finite, accurate norm
   (unless the norm itself exceeds the float32 range, about ``3.4e38``): when
@@ -119,23 +128,70 @@ class GradNormLogState(NamedTuple):
       says which slots are valid), so the state works under ``jax_debug_nans``.
     grad_norm_log_count: int32, number of norms written so far (saturates at
       the int32 maximum, after which the last slot is overwritten).
+    spike_norm_window: float32 ``[spike_window]`` ring buffer of the last
+      ``spike_window`` norms (slot ``t % spike_window``), the spike statistics'
+      window.
+    grad_norm_spike_flags: bool ``[spike_score_window]`` ring buffer, whether
+      each of the last judged steps was a spike (the ``j``-th judged step, from
+      0, at slot ``j % spike_score_window``).
+    grad_norm_spikes_in_window: int32, the spikes among the last
+      ``min(judged, spike_score_window)`` judged steps.
+    grad_norm_judged_steps: int32, steps judged so far (every step once the
+      window is full; saturates at the int32 maximum).
+    grad_norm_spike_total: int32, spikes so far (``total / judged`` is the
+      whole run's spike rate).
+    grad_norm_spike_score: float32, the spike score: the fraction of spikes
+      among the last ``min(judged, spike_score_window)`` judged steps (0 before
+      any step is judged).
   """
 
   grad_norm_log: jax.Array
   grad_norm_log_count: jax.Array
+  spike_norm_window: jax.Array
+  grad_norm_spike_flags: jax.Array
+  grad_norm_spikes_in_window: jax.Array
+  grad_norm_judged_steps: jax.Array
+  grad_norm_spike_total: jax.Array
+  grad_norm_spike_score: jax.Array
 
 
-def record_grad_norm(capacity: int = 1000) -> optax.GradientTransformation:
-  r"""Records the global L2 norm of the updates every step, on the device.
+def record_grad_norm(capacity: int = 1000, spike_window: int = 128, spike_threshold: float = 6.0,
+                     spike_score_window: int = 10_000) -> optax.GradientTransformation:
+  r"""Records the global L2 norm of the updates every step, and a spike score, on the device.
 
   .. math::
 
-    \text{log}[t \bmod C] \leftarrow \|g_t\|_2 = \sqrt{\textstyle\sum_i g_{t,i}^2},
+    \text{log}[t \bmod C] \leftarrow x_t = \|g_t\|_2 = \sqrt{\textstyle\sum_i g_{t,i}^2},
     \qquad g'_t = g_t
 
   The updates pass through unchanged. Memory is ``4 * capacity`` bytes
   whatever the run length; the cost is one global-norm reduction per step (on
   sharded arrays, XLA inserts the cross-device sum) and a one-element write.
+
+  *Spike score.* OLMo-core's definition (its ``StabilityMonitorCallback``,
+  used for the spike score of the OLMo 2 report, Team OLMo 2024, "2 OLMo 2
+  Furious"): with :math:`W` = ``spike_window``, :math:`k` = ``spike_threshold``
+  and :math:`\mu_t, \sigma_t` the mean and (population) standard deviation of
+  the finite norms among :math:`x_{t-W}, \dots, x_{t-1}` (every step's norm,
+  spikes included), step :math:`t \geq W` is *judged* and is a spike when
+
+  .. math::
+
+    s_t = \lnot\,\mathrm{isfinite}(x_t) \;\lor\; \big(\sigma_t > 0 \,\land\,
+      x_t > \mu_t + k\,\sigma_t\big),
+    \qquad \text{score}_t = \frac{1}{n_t} \sum_{j \in J_t} s_j,
+
+  with :math:`J_t` the last :math:`n_t = \min(\#\text{judged}, R)` judged
+  steps and :math:`R` = ``spike_score_window``. OLMo-core lets a NaN norm
+  into the window, where it turns the mean into NaN and hides every spike for
+  :math:`W` steps; here a non-finite norm is a spike and is left out of the
+  statistics, and a window of identical norms (:math:`\sigma_t = 0`) flags
+  nothing, as OLMo-core's ``std < 1e-10`` does. Read it anywhere in a chain with
+  ``optax.tree.get(state, "grad_norm_spike_score")``: a device scalar, no
+  transfer until you convert it (for instance every ``capacity`` steps, with
+  the log). :func:`optstab.skip_spikes` keeps a ``spike_score`` of its own
+  rule (the steps it flags as outliers against its window of accepted steps);
+  this one sees every step, which is what a monitor of a run should do.
 
   Where it goes in a chain: first, before any clipping, so it sees the
   unclipped gradient; and *outside* ``optax.apply_if_finite``::
@@ -154,6 +210,13 @@ def record_grad_norm(capacity: int = 1000) -> optax.GradientTransformation:
     capacity: length of the ring buffer, an integer in [1, 2**24]. A reader must fetch
       at least every ``capacity`` steps to lose nothing (:class:`GradNormRecorder`
       does).
+    spike_window: :math:`W`, the number of previous norms the spike statistics
+      are computed over, an integer in [2, 2**24] (OLMo-core's 128 by default).
+    spike_threshold: :math:`k`, standard deviations above the mean beyond which
+      a norm is a spike, a finite real > 0 (OLMo-core's 6 by default).
+    spike_score_window: :math:`R`, the number of recent judged steps the
+      score is the fraction of, an integer in [1, 2**24] (OLMo-core's 10,000
+      by default; one byte each).
 
   Returns:
     An ``optax.GradientTransformation`` with state :class:`GradNormLogState`.
@@ -167,15 +230,33 @@ def record_grad_norm(capacity: int = 1000) -> optax.GradientTransformation:
     ...   _, state = opt.update(jnp.array(g), state, params)
     >>> optstab.recorded_grad_norms(state)
     array([5., 1.], dtype=float32)
+    >>> opt = optstab.record_grad_norm(spike_window=4, spike_score_window=10)
+    >>> state = opt.init(params)
+    >>> for n in (1.0, 1.1, 0.9, 1.0, 1.05, 30.0, 1.0, 0.95):
+    ...   _, state = opt.update(jnp.array([n, 0.0]), state, params)
+    >>> float(optax.tree.get(state, "grad_norm_spike_score"))  # 1 spike in 4 judged steps
+    0.25
   """
   _validation.check_positive_int("capacity", capacity, maximum=_MAX_CAPACITY,
                                  why=" (64 MB of norms; fetch more often instead)")
+  _validation.check_positive_int("spike_window", spike_window, minimum=2, maximum=_MAX_CAPACITY)
+  _validation.check_positive("spike_threshold", spike_threshold)
+  _validation.check_positive_int("spike_score_window", spike_score_window,
+                                 maximum=_MAX_CAPACITY)
+  spike_threshold = float(spike_threshold)
 
   def init_fn(params: optax.Params) -> GradNormLogState:
     del params
+    int32 = lambda: jnp.zeros([], jnp.int32)  # pylint: disable=unnecessary-lambda-assignment
     return GradNormLogState(
         grad_norm_log=jnp.zeros([capacity], jnp.float32),
-        grad_norm_log_count=jnp.zeros([], jnp.int32),
+        grad_norm_log_count=int32(),
+        spike_norm_window=jnp.zeros([spike_window], jnp.float32),
+        grad_norm_spike_flags=jnp.zeros([spike_score_window], jnp.bool_),
+        grad_norm_spikes_in_window=int32(),
+        grad_norm_judged_steps=int32(),
+        grad_norm_spike_total=int32(),
+        grad_norm_spike_score=jnp.zeros([], jnp.float32),
     )
 
   def update_fn(updates, state: GradNormLogState, params=None):
@@ -183,9 +264,42 @@ def record_grad_norm(capacity: int = 1000) -> optax.GradientTransformation:
     norm = global_norm(updates).astype(jnp.float32)
     count = state.grad_norm_log_count
     log = state.grad_norm_log.at[count % capacity].set(norm)
-    return updates, GradNormLogState(log, optax.safe_increment(count))
+    judged = count >= spike_window
+    spike = judged & _is_spike(norm, state.spike_norm_window, spike_threshold)
+    # The flags of the last spike_score_window judged steps, and their sum kept
+    # exactly (integers), so a long score window costs nothing per step.
+    j = state.grad_norm_judged_steps
+    slot = j % spike_score_window
+    dropped = state.grad_norm_spike_flags[slot] & (j >= spike_score_window)
+    flags = state.grad_norm_spike_flags.at[slot].set(
+        jnp.where(judged, spike, state.grad_norm_spike_flags[slot]))
+    in_window = state.grad_norm_spikes_in_window + jnp.where(
+        judged, spike.astype(jnp.int32) - dropped.astype(jnp.int32), 0)
+    j = jnp.where(judged, optax.safe_increment(j), j)
+    n = jnp.minimum(j, spike_score_window)
+    score = in_window.astype(jnp.float32) / jnp.maximum(n, 1).astype(jnp.float32)
+    return updates, GradNormLogState(
+        grad_norm_log=log,
+        grad_norm_log_count=optax.safe_increment(count),
+        spike_norm_window=state.spike_norm_window.at[count % spike_window].set(norm),
+        grad_norm_spike_flags=flags,
+        grad_norm_spikes_in_window=in_window.astype(jnp.int32),
+        grad_norm_judged_steps=j.astype(jnp.int32),
+        grad_norm_spike_total=jnp.where(spike, optax.safe_increment(state.grad_norm_spike_total),
+                                        state.grad_norm_spike_total),
+        grad_norm_spike_score=score,
+    )
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _is_spike(norm: jax.Array, window: jax.Array, threshold: float) -> jax.Array:
+  """``norm`` is non-finite, or above mean + threshold * std of the window's finite values."""
+  finite = jnp.isfinite(window)
+  n = jnp.maximum(jnp.sum(finite), 1).astype(jnp.float32)
+  mean = jnp.sum(jnp.where(finite, window, 0.0)) / n
+  std = jnp.sqrt(jnp.sum(jnp.where(finite, (window - mean) ** 2, 0.0)) / n)
+  return ~jnp.isfinite(norm) | ((std > 0) & (norm > mean + threshold * std))
 
 
 def _find_log(opt_state: Any) -> GradNormLogState:
@@ -228,7 +342,8 @@ def recorded_grad_norms(opt_state: Any, *, with_steps: bool = False):
   Returns:
     ``norms`` (float32 ``[n]``), or ``(steps, norms)`` if ``with_steps``.
   """
-  log, count = jax.device_get(tuple(_find_log(opt_state)))
+  found = _find_log(opt_state)
+  log, count = jax.device_get((found.grad_norm_log, found.grad_norm_log_count))
   count = int(count)
   start = max(0, count - log.shape[0])
   norms = _unroll(np.asarray(log), count, start)
@@ -311,7 +426,7 @@ class GradNormRecorder:
     before = np.asarray(norms, np.float32).ravel()
     log = _find_log(opt_state)
     recorder._check_capacity(log)
-    ring, count = jax.device_get(tuple(log))
+    ring, count = jax.device_get((log.grad_norm_log, log.grad_norm_log_count))
     count = int(count)
     kept = before[:count]
     if kept.size < count:
@@ -344,7 +459,7 @@ class GradNormRecorder:
     """Copies the buffer to the host now and appends the new norms."""
     state = _find_log(opt_state)
     self._check_capacity(state)
-    log, count = jax.device_get(tuple(state))
+    log, count = jax.device_get((state.grad_norm_log, state.grad_norm_log_count))
     count = int(count)
     self.num_fetches += 1
     if count < self._fetched:

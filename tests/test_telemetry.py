@@ -318,3 +318,105 @@ def test_recorder_resumes_after_a_checkpoint_restore_and_a_rollback():
     optstab.GradNormRecorder().norms(checkpoint)
   with pytest.raises(ValueError, match="went backwards.*GradNormRecorder.resume"):
     recorder.fetch(checkpoint)
+
+
+def _spike_series(num_steps=10_000, seed=0):
+  """Norms with a slow drift, a level shift, spikes, a burst, NaNs and Infs."""
+  rng = np.random.default_rng(seed)
+  t = np.arange(num_steps)
+  norms = np.exp(t / num_steps) * np.exp(rng.normal(0.0, 0.2, num_steps))
+  norms[num_steps // 2:] *= 3.0
+  spikes = rng.choice(num_steps, num_steps // 100, replace=False)
+  norms[spikes] *= rng.uniform(3.0, 30.0, spikes.size)
+  norms[7000:7010] *= 20.0  # a burst: its first steps raise the window's std
+  bad = rng.choice(num_steps, 12, replace=False)
+  norms[bad[:8]] = np.nan
+  norms[bad[8:]] = np.inf
+  return norms.astype(np.float32)
+
+
+def _olmo_spike_reference(norms, device_flags, *, window, k, score_window):
+  """The spike score in float64 NumPy (OLMo-core's rule, non-finite norms left out).
+
+  Where a norm is within float32 noise of its threshold, the reference takes the
+  device's flag (and counts the near-tie). Returns (flags, judged, scores, ties).
+  """
+  x64 = norms.astype(np.float64)
+  tol = 4 * window * 2.0**-24
+  flags, judged, scores, ties = [], [], [], 0
+  for t, x in enumerate(x64):
+    if t >= window:
+      win = x64[t - window:t]
+      win = win[np.isfinite(win)]
+      mean, std = (win.mean(), win.std()) if win.size else (0.0, 0.0)
+      spike = not np.isfinite(x) or (std > 0 and x > mean + k * std)
+      if np.isfinite(x) and std > 0 and abs(x - mean - k * std) <= tol * (abs(x) + abs(mean) + k * std):
+        ties += 1
+        spike = bool(device_flags[t])
+      judged.append(t)
+      flags.append(spike)
+    recent = flags[-score_window:]
+    scores.append(float(np.mean(recent)) if recent else 0.0)
+  return np.asarray(flags), np.asarray(judged), np.asarray(scores), ties
+
+
+@pytest.mark.parametrize("window, k, score_window", [(128, 6.0, 10_000), (32, 3.0, 500)])
+def test_spike_score_matches_a_float64_model(window, k, score_window):
+  norms = _spike_series()
+  tx = optstab.record_grad_norm(capacity=16, spike_window=window, spike_threshold=k,
+                                spike_score_window=score_window)
+
+  def step(state, n):
+    _, state = tx.update(n[None], state)
+    return state, (state.grad_norm_spike_total, state.grad_norm_spike_score,
+                   state.grad_norm_judged_steps)
+
+  state0 = tx.init(jnp.zeros(1))
+  final, (totals, scores, judged) = jax.jit(lambda s, xs: jax.lax.scan(step, s, xs))(
+      state0, jnp.asarray(norms))
+  totals = np.asarray(totals)
+  device_flags = np.diff(np.r_[0, totals]) == 1
+  want, want_judged, want_scores, ties = _olmo_spike_reference(
+      norms, device_flags, window=window, k=k, score_window=score_window)
+  assert ties <= len(norms) // 1000, ties
+  np.testing.assert_array_equal(device_flags[want_judged], want)
+  assert not device_flags[:window].any()  # nothing is judged before the window is full
+  np.testing.assert_array_equal(np.asarray(judged), np.maximum(np.arange(1, len(norms) + 1) - window, 0))
+  # The float32 score is an exact count over a float32 denominator: one rounding.
+  np.testing.assert_allclose(np.asarray(scores), want_scores, rtol=2**-23, atol=0)
+  # Every kind of spike is caught, and the clean steps are not flagged.
+  assert want[np.isin(want_judged, np.flatnonzero(~np.isfinite(norms)))].all()
+  assert 50 < want.sum() < len(norms) // 20, want.sum()
+  assert int(final.grad_norm_spike_total) == want.sum()
+  assert int(final.grad_norm_spikes_in_window) == want[-score_window:].sum()
+
+
+def test_spike_score_is_read_in_a_chain_without_a_host_transfer():
+  tx = optax.chain(optstab.record_grad_norm(capacity=8, spike_window=8, spike_score_window=16),
+                   optstab.adam(1e-3))
+  params = jnp.zeros(3)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  grads = [jnp.full(3, 1.0 + 0.01 * (i % 5)) for i in range(30)]
+  grads[20] = jnp.full(3, 50.0)
+  update(grads[0], state, params)  # compile first
+  with jax.transfer_guard_device_to_host("disallow"):
+    for g in grads:
+      _, state = update(g, state, params)
+    score = optax.tree.get(state, "grad_norm_spike_score")
+    assert isinstance(score, jax.Array)
+  assert float(score) == pytest.approx(1 / 16)  # one spike among the last 16 judged steps
+  assert int(optax.tree.get(state, "grad_norm_spike_total")) == 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(spike_window=1), "spike_window"),
+    (dict(spike_window=2.5), "spike_window"),
+    (dict(spike_threshold=0.0), "spike_threshold"),
+    (dict(spike_threshold=float("inf")), "spike_threshold"),
+    (dict(spike_score_window=0), "spike_score_window"),
+    (dict(spike_score_window=2**24 + 1), "spike_score_window"),
+])
+def test_record_grad_norm_bad_spike_arguments(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    optstab.record_grad_norm(**kwargs)
