@@ -37,6 +37,7 @@ from optstab.diagnosis import (
     run_trials,
 )
 from optstab.diagnosis.store import TRIALS_FILE
+from _compile_counter import COMPILES
 from _executor_trials import GRID, UnpicklableInWorker, jax_option, mlp_trial, numpy_trial
 from test_diagnosis_store import _lines, _summary
 
@@ -300,30 +301,6 @@ def _getenv_when_both_run(name, folder):
   return os.environ.get(name)
 
 
-class _CompileCounter:
-  """Counts XLA compilations through ``jax.monitoring`` (one event per backend compile)."""
-
-  def __init__(self):
-    self.names: list[str] = []
-    self.active = False
-    jax.monitoring.register_event_duration_secs_listener(self._on_event)
-
-  def _on_event(self, event, duration, **kwargs):
-    del duration
-    if self.active and event.endswith("backend_compile_duration"):
-      self.names.append(str(kwargs.get("fun_name", "?")))
-
-  @contextlib.contextmanager
-  def counting(self):
-    self.names.clear()
-    self.active = True
-    try:
-      yield self.names
-    finally:
-      self.active = False
-
-
-COMPILES = _CompileCounter()
 
 
 def test_a_four_rate_sweep_compiles_the_model_once():

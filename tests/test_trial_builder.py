@@ -8,7 +8,6 @@ asks for, both model forms, pickling and a spawned worker, and bad input.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import functools
 import json
 import multiprocessing
@@ -28,6 +27,7 @@ import optstab
 from optstab import runner
 from optstab.diagnosis import TrialConfig, learning_rate_sweep, run_trials
 from optstab.trial_builder import TrialSpec
+from _compile_counter import COMPILES
 
 # ----------------------------------------------------------------------------
 # A tiny regression, its models and its data: module level, so trials pickle.
@@ -133,30 +133,6 @@ def nnx_trial(**kwargs):
 
 # ----------------------------------------------------------------------------
 # Compilations, counted through jax.monitoring (one event per backend compile).
-
-
-class _CompileCounter:
-  def __init__(self):
-    self.names: list[str] = []
-    self.active = False
-    jax.monitoring.register_event_duration_secs_listener(self._on_event)
-
-  def _on_event(self, event, duration, **kwargs):
-    del duration
-    if self.active and event.endswith("backend_compile_duration"):
-      self.names.append(str(kwargs.get("fun_name", "?")))
-
-  @contextlib.contextmanager
-  def counting(self):
-    self.names.clear()
-    self.active = True
-    try:
-      yield self.names
-    finally:
-      self.active = False
-
-
-COMPILES = _CompileCounter()
 
 
 def test_a_sweep_of_four_rates_and_warmups_compiles_the_step_once():
