@@ -242,7 +242,7 @@ def claims(s: dict[str, Any]) -> list[tuple[str, Optional[str], str]]:
   edges = [PRETTY[k] for k in CURVE_ORDER
            if curves[k]["at_grid_top"] or curves[k].get("at_grid_bottom")]
   edge_note = ("" if not edges else
-               f"; at the edge of its grid: {', '.join(edges)}, so its optimum may lie beyond")
+               f"; at the edge of the grid: {', '.join(edges)}, so an optimum may lie beyond it")
   out.append(("published_order", REPRODUCED if order else NOT,
               f"{REPRODUCED if order else NOT}: the published order of the best rates, "
               f"Post-LN < Post-LN + warmup < Pre-LN <= Pre-LN + warmup, "

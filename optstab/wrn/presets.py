@@ -34,15 +34,15 @@ mitigations and 2 clipping runs per seed), 13,680 steps.
 Its cost, measured with ``benchmarks/standard_preset_cost.py`` (trials of the
 standard preset in one single-threaded XLA process, the layout of a default
 worker; user + system CPU seconds from ``getrusage``) on the shared 2-core
-Intel Xeon VM while other jobs kept its load average at 6-9: a 100-step trial
-(2 evaluations of the 359 test images included) costs 7.4 CPU s for the
-standard model and 22.4 CPU s for the stride-(1,1) model (its last group runs
-on a 4x larger map), ~10 CPU s more for the first trial of a model
-(compilation). ``CPU_COST`` holds those numbers;
-``trial_plan("standard").estimate(CPU_COST)`` gives ~2300 CPU s, under 20 min
-on 2 idle cores with the default two workers. A busy machine's CPU seconds
+Intel Xeon VM while other jobs kept its load average at 2-9: a 100-step trial
+(2 evaluations of the 359 test images included) costs 7.4-7.7 CPU s for the
+standard model and 21.5-22.4 CPU s for the stride-(1,1) model (its last group
+runs on a 4x larger map) in two runs, 7-11 CPU s more for the first trial of
+a model (compilation). ``CPU_COST`` holds the highest of them;
+``trial_plan("standard").estimate(CPU_COST)`` gives ~2320 CPU s, ~19.4 min on
+2 idle cores with the default two workers. A busy machine's CPU seconds
 overstate an idle one's, so this is an upper bound (the same cost model gives
-~520 CPU s for the quick preset, measured at ~280-305 CPU s); the whole preset
+~530 CPU s for the quick preset, measured at ~280-305 CPU s); the whole preset
 has not been run to the end on an idle machine.
 """
 
@@ -75,10 +75,10 @@ MITIGATIONS = (
 #: The measured cost of the quick and standard presets' model (WRN-10-1 on 16x16 digits, batch
 #: 64, float32, one single-threaded XLA:CPU process), an upper bound (see above).
 CPU_COST = CostModel(
-    step_cpu_seconds={"standard": 0.074, "stride_1x1": 0.224, "*": 0.224},
-    compile_cpu_seconds=10.0,
+    step_cpu_seconds={"standard": 0.077, "stride_1x1": 0.224, "*": 0.224},
+    compile_cpu_seconds=11.0,
     measured="benchmarks/standard_preset_cost.py: 100-step trials of the standard preset, "
-             "single-threaded XLA, on a shared 2-core Intel Xeon VM at load average 6-9")
+             "single-threaded XLA, on a shared 2-core Intel Xeon VM at load average 2-9")
 
 #: The published Figure 4/5 values (read from the playbook's images).
 PUBLISHED = {

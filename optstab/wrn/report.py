@@ -148,6 +148,12 @@ def render_report(s: dict[str, Any]) -> str:
 REPRODUCED, PARTLY, NOT = "REPRODUCED", "PARTLY reproduced", "NOT reproduced"
 
 
+def _span(values: list[float]) -> str:
+  """``low-high`` of ``values``, or the one value when they agree."""
+  low, high = min(values), max(values)
+  return f"{low:g}" if low == high else f"{low:g}-{high:g}"
+
+
 def _per_seed_table(s: dict[str, Any]) -> list[str]:
   """Each seed's best rate of every curve and the first unstable rates, beside the published."""
   seeds = s.get("seeds", [s["preset"]["seed"]])
@@ -169,7 +175,8 @@ def _per_seed_table(s: dict[str, Any]) -> list[str]:
   ]
   for seed in seeds:
     f4 = per_seed[str(seed)]["figure4"]
-    cells = [f"{_fmt(f4[k]['best_learning_rate'], 'g')} ({_pct(f4[k]['best_test_error'])})"
+    cells = [("none" if f4[k]["best_learning_rate"] is None else
+              f"{f4[k]['best_learning_rate']:g} ({_pct(f4[k]['best_test_error'])})")
              for k in curves]
     cells += [_fmt(f4[k]["unstable_from"], "g", "none on the grid") for k in VARIANTS[::-1]]
     lines.append(f"| {seed} | " + " | ".join(cells) + " |")
@@ -178,12 +185,12 @@ def _per_seed_table(s: dict[str, Any]) -> list[str]:
     for k in curves:
       rates = [per_seed[str(x)]["figure4"][k]["best_learning_rate"] for x in seeds]
       rates = [r for r in rates if r is not None]
-      spread.append(f"{min(rates):g}-{max(rates):g}" if rates else "n/a")
+      spread.append(_span(rates) if rates else "none")
     edges = []
     for k in VARIANTS[::-1]:
       rates = [per_seed[str(x)]["figure4"][k]["unstable_from"] for x in seeds]
       found = [r for r in rates if r is not None]
-      edges.append((f"{min(found):g}-{max(found):g}" if found else "none on the grid")
+      edges.append((_span(found) if found else "none on the grid")
                    + (f" ({len(found)} of {len(seeds)} seeds)" if found else ""))
     lines.append("| spread | " + " | ".join(spread + edges) + " |")
   return lines
