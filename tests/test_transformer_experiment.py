@@ -11,7 +11,9 @@ import pytest
 
 import optstab
 from optstab.diagnosis import TrialStore
-from optstab.transformer import cli, experiment
+from optstab.transformer import cli, experiment, presets
+from optstab.transformer import report as transformer_report
+from optstab.harness.seeds import verdict_support
 from optstab.transformer import train as transformer_train
 from optstab.transformer.presets import CURVES, PRESETS, get_preset
 
@@ -155,3 +157,99 @@ def test_figure8_plot_marks_failed_and_infeasible_trials_and_checks_lengths(tmp_
                                      tmp_path / "bad.png")
   with pytest.raises(ValueError, match="at least one curve"):
     plots.plot_loss_vs_learning_rate({}, tmp_path / "none.png")
+
+
+def test_standard_preset_plan_fits_its_budget():
+  # Figure 8's four curves at >= 1000 steps, each on a window of >= 3 rates per decade
+  # around its optimum, and Figure 6, on 3 seeds; built without training.
+  preset = get_preset("standard")
+  assert preset.num_steps >= 1000 and not preset.run_diagnosis
+  for name, _, _ in CURVES:
+    grid = preset.curve_grid(name)
+    assert len(grid) >= 3
+    ratios = [b / a for a, b in zip(grid, grid[1:])]
+    assert max(ratios) <= 10 ** (1 / 3) + 1e-9, (name, grid)  # >= 3 points per decade
+  plan = experiment.trial_plan(preset)
+  grid_trials = sum(len(preset.curve_grid(n)) for n, _, _ in CURVES)
+  # Figure 6's no-warmup run is off Post-LN's grid; its warmup-200 run is Post-LN + warmup's.
+  fig6_new = len(preset.figure6_warmups) - 1
+  assert plan.counts() == {"seeds": 3, "trials": 3 * (grid_trials + fig6_new),
+                           "listed": 3 * (grid_trials + fig6_new), "dependent": 0,
+                           "steps": 3 * (grid_trials + fig6_new) * preset.num_steps,
+                           "models": 2}
+  assert all(c.total_steps == preset.num_steps for c in plan.configs)
+  assert {c.seed for c in plan.configs} == {0, 1, 2}
+  estimate = plan.estimate(presets.CPU_COST, workers=2)
+  assert estimate.wall_seconds <= 20 * 60, estimate.describe()
+  # The quick preset is unchanged: one seed, one grid for every curve.
+  quick = get_preset("quick")
+  assert quick.seeds is None and experiment.trial_plan(quick).seeds == (0,)
+  assert all(quick.curve_grid(n) == quick.learning_rates for n, _, _ in CURVES)
+
+
+def test_curve_grids_are_checked():
+  quick = get_preset("quick")
+  with pytest.raises(ValueError, match="one grid per curve"):
+    quick.replace(curve_learning_rates=((1e-3,),))
+  with pytest.raises(ValueError, match="post_ln grid"):
+    quick.replace(curve_learning_rates=((7e-3,), (1e-3,), (1e-3,), (1e-3,)))
+  with pytest.raises(ValueError, match="curve"):
+    quick.curve_grid("post")
+  # A grid on the command line is every curve's grid.
+  args = ["--preset", "standard", "--out", "x", "--learning-rates", "1e-3", "4.6e-3"]
+  parsed = cli.build_parser().parse_args(args)
+  assert parsed.learning_rates == [1e-3, 4.6e-3]
+  with pytest.raises(SystemExit):
+    cli.main(["--preset", "quick", "--out", "x", "--seeds", "1", "1"])
+
+
+def _fake_summary(best, post_fail=2.2e-3, seed=0):
+  """A results.json-like summary of one seed with the given best rates."""
+  curves = {}
+  for name in ("post_ln", "post_ln_warmup", "pre_ln", "pre_ln_warmup"):
+    grid = [best[name] / 2, best[name], best[name] * 2]
+    fail = post_fail if name == "post_ln" else None
+    trials = [{"learning_rate": lr, "feasible": True,
+               "failed_to_train": fail is not None and lr >= fail} for lr in grid]
+    up = max((t["learning_rate"] for t in trials if not t["failed_to_train"]), default=None)
+    curves[name] = {"grid": grid, "trials": trials, "best_learning_rate": best[name],
+                    "at_grid_top": False, "at_grid_bottom": False,
+                    "failed_to_train_from": fail, "trains_up_to": up}
+  return {
+      "preset": {"seed": seed, "long_check_factors": []},
+      "figure8": {"best_learning_rate": dict(best), "curves": curves,
+                  "trains_up_to": {k: v["trains_up_to"] for k, v in curves.items()}},
+      "figure6": {"learning_rate": 4.6e-3,
+                  "runs": {"0": {"failed_to_train": True}, "200": {"failed_to_train": False}}},
+      "figure7b": {"runs": []},
+      "diagnosis": {},
+  }
+
+
+def test_verdicts_are_two_sided_and_count_seeds():
+  ordered = {"post_ln": 1e-3, "post_ln_warmup": 2.2e-3, "pre_ln": 3.2e-3, "pre_ln_warmup": 4.6e-3}
+  flat = {"post_ln": 2.2e-3, "post_ln_warmup": 2.2e-3, "pre_ln": 3.2e-3, "pre_ln_warmup": 3.2e-3}
+  seeds = (0, 1, 2)
+  summaries = [_fake_summary(ordered), _fake_summary(flat, post_fail=4.4e-3),
+               _fake_summary(ordered)]
+  support = verdict_support(summaries, seeds, transformer_report.claims)
+  status = {v["key"]: v for v in support}
+  order = status["published_order"]
+  assert order["status"] == "REPRODUCED" and order["seeds_agreeing"] == [0, 2]
+  assert order["statuses"][1] == "NOT reproduced"
+  # Seed 1: warmup leaves Post-LN's best rate where it was: said both ways.
+  lines = transformer_report.verdicts({**summaries[0], "verdicts": support, "seeds": list(seeds)})
+  assert all(" of 3 seeds" in line for line in lines)
+  (warm,) = [l for l in lines if "warmup raises Post-LN's best rate" in l]
+  assert warm.endswith("[2 of 3 seeds; seed 1: NOT reproduced]")
+  flat_lines = transformer_report.verdicts(summaries[1])
+  (warm1,) = [l for l in flat_lines if "warmup raises Post-LN's best rate" in l]
+  assert warm1.startswith("NOT reproduced") and "is equal to" in warm1
+  assert warm1.endswith("[1 of 1 seeds]")
+  # The table of every seed's best rates, their spread and the order count.
+  from optstab.transformer.summary import seed_table
+  table = seed_table(summaries, seeds)
+  assert table["order_holds"] == [True, False, True] and table["order_holds_on"] == [0, 2]
+  assert table["spread"]["post_ln"] == [1e-3, 2.2e-3]
+  with pytest.raises(ValueError, match="one summary per seed"):
+    seed_table(summaries, (0, 1))

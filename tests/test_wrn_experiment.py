@@ -14,6 +14,7 @@ from optstab.wrn import cli, experiment
 from optstab.harness.seeds import verdict_support
 from optstab.wrn import report as wrn_report
 from optstab.wrn import train as wrn_train
+from optstab.wrn import presets
 from optstab.wrn.presets import PRESETS, get_preset
 
 EXPECTED_FILES = ("trials.jsonl", "results.json", "report.md", "fig4_test_error_vs_lr.png",
@@ -62,8 +63,9 @@ def test_cli_tiny_end_to_end_then_interrupted_run_resumes_to_the_same_results(tm
   assert summary["seeds"] == [0] and "per_seed" not in summary
   claims = [v for v in summary["verdicts"] if v["status"] is not None]
   assert claims and all(v["seeds_agreeing"] == [0] for v in claims)
-  assert all("[1 of 1 seed(s): 0]" in line for line in experiment.verdicts(summary)
-             if not line.startswith("Mitigations"))
+  # Every verdict is a claim with a seed count, the mitigations' included.
+  assert all(line.endswith("[1 of 1 seeds]") for line in experiment.verdicts(summary))
+  assert any(line.startswith("Mitigation ") for line in experiment.verdicts(summary))
   for curve in summary["figure4"].values():
     for t in curve["trials"]:
       assert t["label"] in ("stable", "early-unstable", "mid-training-unstable",
@@ -220,7 +222,7 @@ def test_verdicts_count_the_seeds_that_support_them():
   assert parity["status"] == "NOT reproduced" and parity["seeds_agreeing"] == [0, 2]
   assert parity["statuses"] == ["NOT reproduced", "REPRODUCED", "NOT reproduced"]
   lines = experiment.verdicts({**_summary(errors, labels), "verdicts": support, "seeds": [0, 1, 2]})
-  assert any("[2 of 3 seed(s): 0, 2; the others: REPRODUCED]" in line for line in lines)
+  assert any("[2 of 3 seeds; seed 1: REPRODUCED]" in line for line in lines)
   # The warmup verdict states the warmup run's own label and the budgets.
   (warm,) = [v for v in support if v["key"] == "warmup"]
   assert "with warmup (stable)" in warm["text"] and "Budgets differ by the warmup" in warm["text"]
@@ -242,3 +244,29 @@ def test_every_preset_plans_its_independent_trials():
     assert len(configs) >= grid, name
     assert len({c.key() for c in configs}) == len(configs), name
     assert {c.extra["variant"] for c in configs} == set(experiment.VARIANTS), name
+
+
+def test_standard_preset_plan_fits_its_budget():
+  # Figure 4 on >= 3 rates per decade from 0.003 to 1, 4 curves, 3 seeds; no training.
+  preset = get_preset("standard")
+  grid = sorted(preset.learning_rates)
+  assert grid[0] <= 0.003 and grid[-1] >= 1.0
+  for low in (0.003, 0.01, 0.1):  # every decade of the grid holds >= 3 of its rates
+    assert sum(low <= lr < 10 * low for lr in grid) >= 3, low
+  assert 0.02 in grid and 0.2 in grid  # the published edge and best rate are grid points
+  plan = experiment.trial_plan(preset)
+  assert plan.seeds == (0, 1, 2)
+  per_seed = len(experiment.VARIANTS) * 2 * len(grid) + 4  # + adam, norm, zero-init, pool
+  assert plan.counts() == {"seeds": 3, "trials": 3 * (per_seed + 2), "listed": 3 * per_seed,
+                           "dependent": 6, "steps": 3 * (len(grid) * 2 * (100 + 120) + 6 * 100),
+                           "models": 6}
+  assert {c.seed for c in plan.configs} == {0, 1, 2}
+  assert all(c.warmup_steps in (0, 20) and c.num_steps == 100 for c in plan.configs)
+  estimate = plan.estimate(presets.CPU_COST, workers=2)
+  assert estimate.wall_seconds <= 20 * 60, estimate.describe()
+  # The quick preset is unchanged: one seed, 4 rates.
+  quick = experiment.trial_plan("quick")
+  assert quick.seeds == (0,) and quick.counts()["trials"] == 22
+  assert experiment.trial_plan("quick", seeds=(3, 4)).seeds == (3, 4)
+  with pytest.raises(ValueError, match="distinct"):
+    get_preset("standard").replace(seeds=(0, 0))

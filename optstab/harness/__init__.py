@@ -11,6 +11,8 @@ checks, record the machine and the timings, write ``results.json`` and
   an experiment (mesh and executor checks, the output folder, the store, the
   clock), run its trials and sweeps (:class:`~optstab.harness.experiment.Run`),
   :func:`~optstab.harness.experiment.write_outputs`.
+* :mod:`optstab.harness.plan` -- a preset's :class:`~optstab.harness.plan.TrialPlan`
+  (its trials and steps, built without training) and its estimated cost.
 * :mod:`optstab.harness.seeds` -- checking seeds, and counting on how many
   seeds each verdict holds.
 * :mod:`optstab.harness.report` -- the number formats and the shared lines of
@@ -28,4 +30,6 @@ from optstab.harness.experiment import ExperimentResult as ExperimentResult
 from optstab.harness.experiment import Run as Run
 from optstab.harness.experiment import start as start
 from optstab.harness.experiment import write_outputs as write_outputs
+from optstab.harness.plan import CostModel as CostModel
+from optstab.harness.plan import TrialPlan as TrialPlan
 from optstab.harness.seeds import check_seeds as check_seeds

@@ -46,14 +46,21 @@ def verdict_support(summaries: Sequence[dict[str, Any]], seeds: Sequence[int],
 
 
 def verdict_lines(support: Sequence[dict[str, Any]], seeds: Sequence[int]) -> list[str]:
-  """Each verdict's sentence; a claim's ends with ``[k of n seed(s): ...]`` and the others' statuses."""
+  """Each verdict's sentence; a claim's ends with ``[k of n seeds]``.
+
+  ``k`` counts the seeds that reach the first seed's status; when some do not,
+  the bracket names them with their status, e.g. ``[2 of 3 seeds; seed 1: NOT
+  reproduced]``. A line that is a list, not a claim (status ``None``), is
+  written as it is.
+  """
   out = []
   for v in support:
     text = v["text"]
     if v["status"] is not None:
-      others = sorted({st for st in v["statuses"] if st != v["status"]} - {None})
-      text += (f" [{len(v['seeds_agreeing'])} of {len(seeds)} seed(s): "
-               f"{', '.join(str(x) for x in v['seeds_agreeing'])}"
-               + (f"; the others: {', '.join(others)}" if others else "") + "]")
+      agree = set(v["seeds_agreeing"])
+      others = [f"seed {seed}: {st if st is not None else 'not judged'}"
+                for seed, st in zip(seeds, v["statuses"]) if seed not in agree]
+      text += (f" [{len(agree)} of {len(seeds)} seeds"
+               + (f"; {'; '.join(others)}" if others else "") + "]")
     out.append(text)
   return out

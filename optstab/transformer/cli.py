@@ -4,6 +4,7 @@ Examples::
 
   optstab-transformer --preset quick --out runs/postln          # CPU, offline, minutes
   optstab-transformer --preset quick --out runs/q1 --workers 1  # every trial in this process
+  optstab-transformer --preset standard --out runs/std          # Figure 8 at 1000 steps, 3 seeds
   optstab-transformer --preset gpu --out runs/postln-gpu        # one H100/H200, about an hour
   optstab-transformer --preset quick --corpus ~/books --out runs/books   # your own text
 
@@ -37,7 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="override the Figure 8 grid (must include the Figure 6 rate)")
   parser.add_argument("--num-steps", type=runner.int_at_least(1), default=None,
                       help="override the steps of every run (warmup included)")
-  parser.add_argument("--no-diagnosis", action="store_true", help="skip optstab.diagnose")
+  parser.add_argument("--seeds", type=runner.int_at_least(0), nargs="+", default=None,
+                      help="run Figures 6-8 once per seed (e.g. --seeds 0 1 2); the report gives "
+                           "every seed's best rates and says how many seeds support each verdict "
+                           "(default: the preset's seeds: 0 1 2 for standard, 0 for the others)")
+  diagnosis = parser.add_mutually_exclusive_group()
+  diagnosis.add_argument("--no-diagnosis", action="store_true", help="skip optstab.diagnose")
+  diagnosis.add_argument("--diagnosis", action="store_true",
+                         help="run optstab.diagnose (on the first seed) where the preset skips "
+                              "it (standard: it adds its own checks and fix trials to the "
+                              "preset's cost)")
   cli.add_run_options(parser)
   return parser
 
@@ -48,16 +58,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   parser = build_parser()
   args = cli.parse_args(parser, argv)
+  if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+    parser.error(f"argument --seeds: must be distinct; got {args.seeds}")
   from optstab.transformer import experiment, presets
 
   rates = None if args.learning_rates is None else tuple(sorted(args.learning_rates))
   preset = cli.preset_from_args(parser, presets.get_preset(args.preset), {
       "learning_rates": rates, "num_steps": args.num_steps,
-      "run_diagnosis": False if args.no_diagnosis else None})
+      # A grid given on the command line is every curve's grid.
+      "curve_learning_rates": None if rates is None else (),
+      "run_diagnosis": False if args.no_diagnosis else True if args.diagnosis else None})
 
   def run(preset, out, executor, progress):
     return experiment.run_experiment(preset, out, corpus=args.corpus, progress=progress,
-                                     executor=executor, trial_timeout=args.trial_timeout)
+                                     executor=executor, trial_timeout=args.trial_timeout,
+                                     seeds=args.seeds)
 
   return cli.run_demo("optstab-transformer", args, preset, run, experiment.verdicts)
 

@@ -33,6 +33,14 @@ run *failed to train* when its final validation loss is within
 frequencies: the model learned nothing else). ``results.json`` carries that
 level (``trivial_loss``) for the diagnosis's failed-to-train detection.
 
+Seeds and grids. ``seeds=`` (default: the preset's ``seeds``) runs Figures 6,
+7 and 8 once per seed; the report gives every seed's best rate per curve and
+its spread, says on how many seeds the published order holds, and counts the
+seeds behind every verdict. A preset may give each curve its own grid
+(``Preset.curve_learning_rates``), a window around that curve's optimum, so a
+fine grid costs few trials. ``trial_plan(preset)`` lists every trial without
+training.
+
 Where it breaks. At CPU scale (a 6-layer width-64 character model, hundreds
 of steps) the effect appears two orders of magnitude earlier in steps and an
 order of magnitude higher in rate than published, and the ratios between the
@@ -49,23 +57,23 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import Executor
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 from optstab import harness, runner
 from optstab._types import PathLike
 from optstab.diagnosis import Checks, FixLadder, SweepResult, TrialStore, diagnose, long_check
 from optstab.diagnosis.store import TRIALS_FILE
-from optstab.harness import ExperimentResult
+from optstab.harness import ExperimentResult, TrialPlan
 from optstab.trial import TrialConfig
 from optstab.transformer import data as corpus_data
 from optstab.transformer import train as transformer_train
 from optstab.transformer.figures import write_figures
 from optstab.transformer.model import TransformerConfig
 from optstab.transformer.presets import CURVES, Preset, get_preset
-from optstab.transformer.report import render_report, verdicts
-from optstab.transformer.summary import RULE, STALL_MARGIN, summarize
+from optstab.transformer.report import claims, render_report, verdicts
+from optstab.transformer.summary import RULE, STALL_MARGIN, seed_table, summarize
 
-__all__ = ["run_experiment", "setup_for", "data_source_for", "ExperimentResult", "verdicts",
+__all__ = ["run_experiment", "trial_plan", "setup_for", "data_source_for", "ExperimentResult", "verdicts",
            "render_report", "STALL_MARGIN", "RULE"]
 
 
@@ -104,15 +112,51 @@ def _seed_store(source: TrialStore, folder: str) -> None:
       target.append(record)
 
 
+def trial_plan(preset: Union[str, Preset], seeds: Optional[Sequence[int]] = None) -> TrialPlan:
+  """Every trial of ``preset`` on ``seeds`` (default: the preset's), built without training.
+
+  The listed trials are Figure 8's four curves, each on its own grid, and
+  Figure 6's warmups (a trial both figures hold runs once), for every seed;
+  Figure 7b's long checks, at multiples of Post-LN's lr*, are counted (one per
+  factor and seed, ``num_steps`` steps each). The diagnosis's own trials (short
+  checks, its fix ladder) are not in the plan: they depend on what it finds.
+  """
+  preset = get_preset(preset) if isinstance(preset, str) else preset
+  seeds = harness.check_seeds(preset.seeds if seeds is None else seeds, preset.seed)
+  configs = []
+  for seed in seeds:
+    p = preset.replace(seed=seed)
+    configs += [c for name, base in _sweep_bases(p).items()
+                for c in _grid_configs(p, name, base)]
+    configs += _figure6_configs(p)
+  long_checks = [("post_ln", preset.num_steps)] * (len(preset.long_check_factors) * len(seeds))
+  return TrialPlan.build(seeds, configs, long_checks)
+
+
+def _sweep_bases(preset: Preset) -> dict[str, TrialConfig]:
+  return {name: _config(preset, norm, preset.warmup_steps if warm else 0)
+          for name, norm, warm in CURVES}
+
+
+def _grid_configs(preset: Preset, name: str, base: TrialConfig) -> list[TrialConfig]:
+  return [base.replace(learning_rate=lr) for lr in preset.curve_grid(name)]
+
+
+def _figure6_configs(preset: Preset) -> list[TrialConfig]:
+  return [_config(preset, "post", w, preset.figure6_learning_rate) for w in preset.figure6_warmups]
+
+
 def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
                    corpus: Union[None, PathLike, corpus_data.CharCorpus] = None,
                    progress: bool = True, mesh=None,
                    executor: Optional[Executor] = None,
-                   trial_timeout: Optional[float] = None) -> ExperimentResult:
+                   trial_timeout: Optional[float] = None,
+                   seeds: Optional[Sequence[int]] = None) -> ExperimentResult:
   """Runs (or resumes) the whole experiment of ``preset`` into ``out_dir``.
 
   Args:
-    preset: a ``Preset`` or its name (``"tiny"``, ``"quick"``, ``"gpu"``).
+    preset: a ``Preset`` or its name (``"tiny"``, ``"quick"``, ``"standard"``,
+      ``"gpu"``).
     out_dir: output folder: ``trials.jsonl`` (resumable store), PNG figures,
       ``results.json``, ``report.md`` and ``diagnosis/{post_ln,pre_ln}/``.
     corpus: a text file or folder, or a loaded ``CharCorpus`` (default: the
@@ -129,12 +173,18 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
       trial past it is recorded as timed out and the experiment goes on
       (``optstab.diagnosis.run_trials`` says what the limit can stop).
       ``None``: no limit.
+    seeds: run Figures 6, 7 and 8 once per seed (default: the preset's
+      ``seeds``, else its one ``seed``); the report's tables and figures show
+      the first seed, a table gives every seed's best rates, and every
+      verdict says on how many seeds it holds. The diagnosis runs on the
+      first seed.
 
   Returns:
     An ``ExperimentResult`` with ``summary`` (the content of ``results.json``)
     and ``files`` (name -> path).
   """
   preset = get_preset(preset) if isinstance(preset, str) else preset
+  plan = trial_plan(preset, seeds)
   run = harness.start(out_dir, mesh=mesh, executor=executor, progress=progress,
                       trial_timeout=trial_timeout)
   source = corpus if isinstance(corpus, corpus_data.CharCorpus) else data_source_for(preset, corpus)
@@ -143,51 +193,65 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
   corpus_data.check_size(text, preset.seq_len, preset.batch_size, preset.eval_sequences)
   run.use(transformer_train.make_trial_fn(setup, source, mesh=mesh,
                                           progress=run.trial_progress))
-  lrs = sorted(preset.learning_rates)
-  sweep_bases = {name: _config(preset, norm, preset.warmup_steps if warm else 0)
-                 for name, norm, warm in CURVES}
-  fig6_configs = [_config(preset, "post", w, preset.figure6_learning_rate)
-                  for w in preset.figure6_warmups]
-  run.run_ahead([base.replace(learning_rate=lr) for base in sweep_bases.values()
-                 for lr in lrs] + fig6_configs)
-
-  # Figure 8: four sweeps, every run preset.num_steps steps in all.
-  sweeps: dict[str, SweepResult] = {
-      name: run.sweep(lrs, base, metric="loss", rule=RULE, trivial_loss=text.unigram_entropy)
-      for name, base in sweep_bases.items()}
-
-  # Figure 6: Post-LN at one high rate, warmup lengths.
-  fig6 = dict(zip(preset.figure6_warmups, run.trials(fig6_configs, "figure 6")))
-
-  # Figure 7b: the FAQ's long checks at 5 x and 10 x Post-LN's lr*.
-  long_runs = ()
-  if sweeps["post_ln"].best is not None:
-    long_runs = long_check(run.trial_fn, sweeps["post_ln"], factors=preset.long_check_factors,
-                           rule=RULE, store=run.store, **run.options)
-
-  # The diagnosis, on each model, over the same grid (reusing the sweep trials).
-  diagnoses = {}
-  if preset.run_diagnosis:
-    for name, norm in (("post_ln", "post"), ("pre_ln", "pre")):
-      folder = os.path.join(run.out_dir, "diagnosis", name)
-      _seed_store(run.store, folder)
-      diagnoses[name] = diagnose(
-          run.trial_fn, lrs, base_config=_config(preset, norm, 0), out_dir=folder,
-          metric="loss", rule=RULE, checks=Checks(short_steps=preset.short_check_steps,
-                                                  long_factors=preset.long_check_factors),
-          fixes=FixLadder(kinds=preset.fix_kinds, rate_factors=preset.fix_rate_factors,
-                          warmup_candidates=preset.warmup_candidates),
-          trivial_loss=text.unigram_entropy, log=None, **run.options)
-
+  run.run_ahead(plan.configs)
   trivial = {
       "train_unigram_entropy": text.unigram_entropy,
       "eval_unigram_loss": text.unigram_loss(
           corpus_data.eval_windows(text, preset.seq_len, preset.eval_sequences)[:, 1:]),
       "valid_unigram_loss": text.valid_unigram_loss,
   }
-  summary = run.measured(summarize(preset, text, sweeps, fig6, long_runs, diagnoses, trivial,
-                                   run.out_dir))
+  runs = [_run_seed(preset.replace(seed=seed), run, text, trivial, diagnosis=i == 0)
+          for i, seed in enumerate(plan.seeds)]
+  summary, sweeps, fig6, long_runs = runs[0]
+  summary = dict(summary)
+  per_seed = [r[0] for r in runs]
+  summary["seeds"] = list(plan.seeds)
+  if len(plan.seeds) > 1:
+    summary["per_seed"] = {str(seed): s for seed, s in zip(plan.seeds, per_seed)}
+  summary["figure8_seeds"] = seed_table(per_seed, plan.seeds)
+  summary["plan"] = plan.counts()
+  summary["verdicts"] = harness.seeds.verdict_support(per_seed, plan.seeds, claims)
+  run.measured(summary)
   figures = write_figures(preset, run.out_dir, sweeps, fig6, long_runs, summary)
   files = harness.write_outputs(run.out_dir, summary, figures, render_report)
   files["trials"] = os.path.join(run.out_dir, TRIALS_FILE)
   return ExperimentResult(summary, files)
+
+
+def _run_seed(preset: Preset, run: harness.Run, text: corpus_data.CharCorpus,
+              trivial: dict[str, float], *, diagnosis: bool):
+  """One seed's trials and summary: ``(summary, sweeps, figure 6 records, long checks)``."""
+  # Figure 8: four sweeps, each on its curve's grid, every run preset.num_steps steps in all.
+  sweeps: dict[str, SweepResult] = {
+      name: run.sweep(list(preset.curve_grid(name)), base, metric="loss", rule=RULE,
+                      trivial_loss=text.unigram_entropy)
+      for name, base in _sweep_bases(preset).items()}
+
+  # Figure 6: Post-LN at one high rate, warmup lengths.
+  fig6 = dict(zip(preset.figure6_warmups, run.trials(_figure6_configs(preset), "figure 6")))
+
+  # Figure 7b: the FAQ's long checks at multiples of Post-LN's lr*.
+  long_runs = ()
+  if preset.long_check_factors and sweeps["post_ln"].best is not None:
+    long_runs = long_check(run.trial_fn, sweeps["post_ln"], factors=preset.long_check_factors,
+                           rule=RULE, store=run.store, **run.options)
+
+  # The diagnosis, on each model, over the same grid (reusing the sweep trials).
+  diagnoses = {}
+  if preset.run_diagnosis and diagnosis:
+    lrs = sorted(preset.learning_rates)
+    for name, norm in (("post_ln", "post"), ("pre_ln", "pre")):
+      folder = os.path.join(run.out_dir, "diagnosis", name)
+      _seed_store(run.store, folder)
+      diagnoses[name] = diagnose(
+          run.trial_fn, lrs, base_config=_config(preset, norm, 0), out_dir=folder,
+          metric="loss", rule=RULE, checks=Checks(
+              short_steps=preset.short_check_steps,
+              # A preset without long checks of its own leaves the diagnosis its defaults.
+              **({"long_factors": preset.long_check_factors} if preset.long_check_factors else {})),
+          fixes=FixLadder(kinds=preset.fix_kinds, rate_factors=preset.fix_rate_factors,
+                          warmup_candidates=preset.warmup_candidates),
+          trivial_loss=text.unigram_entropy, log=None, **run.options)
+
+  summary = summarize(preset, text, sweeps, fig6, long_runs, diagnoses, trivial, run.out_dir)
+  return summary, sweeps, fig6, long_runs

@@ -22,6 +22,35 @@ stall, 30 trains part way and then rises, 100 and 300 train. Its warmups are 0
 Measured cost (a shared 2-core machine, other jobs running, so an upper
 bound): ~0.04 s per training step of the quick model in one process; the
 quick preset is 29 trials, ~11,000 steps plus evaluations.
+
+The standard preset: Figure 8 at 1000 steps, 3 seeds. An independent study of
+this model at 1000 steps (200 warmup steps, 2 seeds) found the best rates
+Post-LN ~1e-3, Post-LN + warmup 1.5-2.2e-3, Pre-LN ~3.2e-3, Pre-LN + warmup
+3.2-4.6e-3 -- the published order, which 400 steps do not show. Each curve
+gets its own window of 5 rates, 6 per decade, centred on that optimum
+(``curve_learning_rates``), so 3 seeds cost 20 Figure 8 trials each; Figure 6
+runs at 4.6e-3 (where Post-LN stalls without warmup and trains with 200 steps
+of it) with warmups of 0, 50, 200 (shared with Figure 8) and 600 steps, on
+every seed. No Figure 7b long checks and no diagnosis: ``optstab.diagnose``
+adds its short checks and a fix ladder of up to tens of 1000-step trials per
+model, beyond the budget (``--diagnosis`` runs it on the first seed anyway).
+The plan (``optstab.transformer.experiment.trial_plan``): 69 trials of 1000
+steps, 2 compiled models.
+
+Its cost, measured with ``benchmarks/standard_preset_cost.py`` (a trial of the
+standard preset in one single-threaded XLA process, the layout of a default
+worker; user + system CPU seconds from ``getrusage``) on the shared 2-core
+Intel Xeon VM while other jobs kept its load average at 2-9: 30.6-32.5 CPU s
+per 1000-step trial in three runs (4 evaluations of 128 windows included),
+9-12 CPU s for the first trial of a model beyond that (compilation).
+``CPU_COST`` holds the highest of them; ``trial_plan("standard").estimate(
+CPU_COST)`` gives ~2290 CPU s, ~19 min on 2 idle cores with the default two
+workers. A busy machine's
+CPU seconds overstate an idle one's (the cores' shared caches and execution
+units), so this is an upper bound (the same cost model gives ~370 CPU s for
+the quick preset's planned trials alone; the whole quick preset, its diagnosis
+included, measured 256 CPU s on an idle machine); the whole standard preset
+has not been run to the end on an idle machine.
 """
 
 from __future__ import annotations
@@ -30,9 +59,11 @@ import dataclasses
 from typing import Any, Optional
 
 from optstab import _validation
+from optstab.harness import seeds as harness_seeds
+from optstab.harness.plan import CostModel
 from optstab.transformer.model import COMPUTE_DTYPES
 
-__all__ = ["Preset", "PRESETS", "PUBLISHED", "CURVES", "get_preset"]
+__all__ = ["Preset", "PRESETS", "PUBLISHED", "CURVES", "CPU_COST", "get_preset"]
 
 #: The four curves of Figure 8: (name, norm position, with warmup).
 CURVES = (
@@ -41,6 +72,13 @@ CURVES = (
     ("pre_ln", "pre", False),
     ("pre_ln_warmup", "pre", True),
 )
+
+#: The measured cost of the quick and standard presets' model (6 layers, width 64, seq 32,
+#: batch 16, float32, one single-threaded XLA:CPU process), an upper bound (see above).
+CPU_COST = CostModel(
+    step_cpu_seconds={"*": 0.0325}, compile_cpu_seconds=12.0,
+    measured="benchmarks/standard_preset_cost.py: a 1000-step trial of the standard preset, "
+             "single-threaded XLA, on a shared 2-core Intel Xeon VM at load average 2-9")
 
 #: The published values (read from the playbook's figures).
 PUBLISHED = {
@@ -78,7 +116,13 @@ class Preset:
     eval_every: evaluation cadence.
     eval_sequences: validation windows per evaluation.
     seed: the seed of every trial.
-    run_diagnosis: run ``optstab.diagnose`` on Post-LN and Pre-LN.
+    run_diagnosis: run ``optstab.diagnose`` on Post-LN and Pre-LN (on the
+      first seed).
+    curve_learning_rates: one grid per curve of ``CURVES``, in its order, each
+      a window around that curve's optimum and part of ``learning_rates``;
+      ``()``: every curve on ``learning_rates``.
+    seeds: the seeds the experiment runs by default, each the whole
+      experiment again (``None``: ``(seed,)``; ``--seeds`` overrides it).
   """
 
   name: str
@@ -105,8 +149,23 @@ class Preset:
   eval_sequences: int = 128
   seed: int = 0
   run_diagnosis: bool = True
+  curve_learning_rates: tuple[tuple[float, ...], ...] = ()
+  seeds: Optional[tuple[int, ...]] = None
 
   def __post_init__(self):
+    if self.seeds is not None:
+      harness_seeds.check_seeds(self.seeds, self.seed)
+    if self.curve_learning_rates:
+      if len(self.curve_learning_rates) != len(CURVES):
+        raise ValueError(f"curve_learning_rates must hold one grid per curve "
+                         f"({', '.join(c[0] for c in CURVES)}) or none; got "
+                         f"{len(self.curve_learning_rates)}.")
+      for (name, _, _), grid in zip(CURVES, self.curve_learning_rates):
+        missing = [lr for lr in grid if lr not in self.learning_rates]
+        if not grid or missing:
+          raise ValueError(f"the {name} grid {tuple(grid)} must be a non-empty part of "
+                           f"learning_rates {self.learning_rates}"
+                           + (f"; {missing} are not." if missing else "."))
     for name in ("seq_len", "depth", "width", "num_heads", "batch_size", "num_steps",
                  "short_check_steps", "eval_every", "eval_sequences"):
       _validation.check_positive_int(name, getattr(self, name))
@@ -126,6 +185,14 @@ class Preset:
     if self.figure6_learning_rate not in self.learning_rates:
       raise ValueError(f"figure6_learning_rate {self.figure6_learning_rate} must be on the "
                        f"grid {self.learning_rates} (Figure 6 reuses its trials).")
+
+  def curve_grid(self, name: str) -> tuple[float, ...]:
+    """The sorted learning-rate grid of the curve ``name`` (one of ``CURVES``)."""
+    names = [c[0] for c in CURVES]
+    _validation.check_one_of("curve", name, names)
+    grid = (self.curve_learning_rates[names.index(name)] if self.curve_learning_rates
+            else self.learning_rates)
+    return tuple(sorted(grid))
 
   def replace(self, **changes: Any) -> "Preset":
     return dataclasses.replace(self, **changes)
@@ -148,6 +215,23 @@ PRESETS: dict[str, Preset] = {
         name="quick",
         description="CPU, offline, a few minutes on 2 cores (measured in the guide): 6 layers, width 64, seq 32, batch 16, 400 steps "
                     "on the Python standard library's sources",
+    ),
+    "standard": Preset(
+        name="standard",
+        description="CPU, offline, under 20 min on 2 cores (estimated): the quick model, 1000 steps, "
+                    "200 warmup steps, a 6-per-decade window around each curve's optimum, 3 seeds; "
+                    "no diagnosis",
+        num_steps=1000, warmup_steps=200, eval_every=250,
+        learning_rates=(4.6e-4, 6.8e-4, 1e-3, 1.5e-3, 2.2e-3, 3.2e-3, 4.6e-3, 6.8e-3, 1e-2),
+        curve_learning_rates=(
+            (4.6e-4, 6.8e-4, 1e-3, 1.5e-3, 2.2e-3),   # Post-LN: ~1e-3, stalls from ~2.2e-3
+            (1e-3, 1.5e-3, 2.2e-3, 3.2e-3, 4.6e-3),   # Post-LN + warmup: 1.5-2.2e-3
+            (1.5e-3, 2.2e-3, 3.2e-3, 4.6e-3, 6.8e-3),  # Pre-LN: ~3.2e-3
+            (2.2e-3, 3.2e-3, 4.6e-3, 6.8e-3, 1e-2),   # Pre-LN + warmup: 3.2-4.6e-3
+        ),
+        figure6_learning_rate=4.6e-3, figure6_warmups=(0, 50, 200, 600),
+        long_check_factors=(), short_check_steps=500, warmup_candidates=(20, 50, 100),
+        run_diagnosis=False, seeds=(0, 1, 2),
     ),
     "gpu": Preset(
         name="gpu",

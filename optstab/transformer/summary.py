@@ -10,7 +10,7 @@ demo's own and uses no detector.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -19,7 +19,12 @@ from optstab.harness.report import finite
 from optstab.trial import TrialRecord
 from optstab.transformer.presets import PUBLISHED, Preset
 
-__all__ = ["RULE", "STALL_MARGIN", "SMOOTHING", "running_mean", "run_summary", "summarize"]
+__all__ = ["RULE", "STALL_MARGIN", "SMOOTHING", "CURVE_ORDER", "running_mean", "run_summary",
+           "summarize", "published_order_holds", "seed_table"]
+
+#: The curves in the published order of their best rates (Figure 8):
+#: Post-LN < Post-LN + warmup < Pre-LN <= Pre-LN + warmup.
+CURVE_ORDER = ("post_ln", "post_ln_warmup", "pre_ln", "pre_ln_warmup")
 
 #: How trials are judged infeasible (the toolkit's default rule, spelled out).
 RULE = FeasibilityRule(max_loss_ratio=10.0, scope="any")
@@ -137,11 +142,14 @@ def summarize(preset: Preset, text, sweeps, fig6, long_runs, diagnoses, trivial,
       s.update(feasible=t.feasible, reason=t.reason, label=t.label, diagnosis=t.describe())
       trials.append(s)
     best = sweep.best
+    grid = [float(lr) for lr in sweep.learning_rates]
     fig8[name] = {
+        "grid": grid,
         "best_learning_rate": sweep.best_learning_rate,
         "best_eval_loss": None if best is None else finite(best.metric_value),
         "at_edge_of_feasibility": sweep.at_edge_of_feasibility,
         "at_grid_top": sweep.at_grid_top,
+        "at_grid_bottom": best is not None and sweep.best_learning_rate == min(grid),
         "failed_to_train_from": next((t["learning_rate"] for t in trials
                                       if t["failed_to_train"]), None),
         "trains_up_to": _trains_up_to(trials),
@@ -181,3 +189,45 @@ def summarize(preset: Preset, text, sweeps, fig6, long_runs, diagnoses, trivial,
       "figure7b": fig7b,
       "diagnosis": {k: _diagnosis_summary(d, out_dir) for k, d in diagnoses.items()},
   }
+
+
+def published_order_holds(best: dict[str, Optional[float]]) -> Optional[bool]:
+  """Whether best rates follow Post-LN < Post-LN + warmup < Pre-LN <= Pre-LN + warmup.
+
+  ``None`` when a curve has no feasible rate (the order cannot be judged).
+  """
+  b = [best.get(k) for k in CURVE_ORDER]
+  if any(x is None for x in b):
+    return None
+  return b[0] < b[1] < b[2] <= b[3]
+
+
+def seed_table(summaries: Sequence[dict[str, Any]], seeds: Sequence[int]) -> dict[str, Any]:
+  """Every seed's best rate per curve, each curve's spread, and the seeds where the order holds.
+
+  Args:
+    summaries: one :func:`summarize` result per seed.
+    seeds: the seeds, in the same order.
+
+  Returns:
+    ``best_learning_rate`` (curve -> one rate or ``None`` per seed),
+    ``spread`` (curve -> ``[lowest, highest]`` of the seeds' rates, or ``None``),
+    ``at_grid_edge`` (curve -> per seed, whether lr* is its grid's lowest or
+    highest rate), ``order_holds`` (per seed: ``True``, ``False`` or ``None``
+    when not judged) and ``order_holds_on`` (the seeds where it holds).
+  """
+  if len(summaries) != len(seeds):
+    raise ValueError(f"one summary per seed: got {len(summaries)} summaries for "
+                     f"{len(seeds)} seeds.")
+  best = {k: [s["figure8"]["best_learning_rate"][k] for s in summaries] for k in CURVE_ORDER}
+  spread = {}
+  for k, rates in best.items():
+    found = [r for r in rates if r is not None]
+    spread[k] = [min(found), max(found)] if found else None
+  edge = {k: [bool(s["figure8"]["curves"][k]["at_grid_top"]
+                   or s["figure8"]["curves"][k].get("at_grid_bottom"))
+              for s in summaries] for k in CURVE_ORDER}
+  holds = [published_order_holds(s["figure8"]["best_learning_rate"]) for s in summaries]
+  return {"seeds": list(seeds), "best_learning_rate": best, "spread": spread,
+          "at_grid_edge": edge, "order_holds": holds,
+          "order_holds_on": [seed for seed, h in zip(seeds, holds) if h]}

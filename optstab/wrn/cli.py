@@ -4,6 +4,7 @@ Examples::
 
   optstab-wrn --preset quick --out runs/quick            # CPU, offline, a few minutes
   optstab-wrn --preset quick --out runs/quick --seeds 0 1 2 3   # four seeds, verdicts counted
+  optstab-wrn --preset standard --out runs/std           # Figure 4, 9 rates, 3 seeds
   optstab-wrn --preset quick --out runs/q1 --workers 1   # every trial in this process
   optstab-wrn --preset cifar10-gpu --out runs/c10 --data-dir ~/data
   optstab-wrn --preset cifar10-tpu --out gs-mounted/run --distributed   # every TPU host
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--seeds", type=runner.int_at_least(0), nargs="+", default=None,
                       help="run the whole experiment once per seed (e.g. --seeds 0 1 2 3); the "
                            "report says how many seeds support each verdict (default: the "
-                           "preset's one seed)")
+                           "preset's seeds: 0 1 2 for standard, 0 for the others)")
   parser.add_argument("--distributed", action="store_true",
                       help="call jax.distributed.initialize() first (multi-host: run the same "
                            "command on every host)")

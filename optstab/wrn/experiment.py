@@ -60,7 +60,7 @@ from typing import Any, Optional, Sequence, Union
 from optstab import clipping, harness, runner
 from optstab._types import PathLike
 from optstab.diagnosis import SweepResult
-from optstab.harness import ExperimentResult
+from optstab.harness import ExperimentResult, TrialPlan
 from optstab.trial import TrialConfig, TrialRecord
 from optstab.wrn import data as wrn_data
 from optstab.wrn import train as wrn_train
@@ -70,8 +70,8 @@ from optstab.wrn.presets import VARIANTS, Preset, get_preset
 from optstab.wrn.report import claims, render_report, verdicts
 from optstab.wrn.summary import RULE, summarize
 
-__all__ = ["run_experiment", "load_preset_data", "data_source_for", "setup_for", "VARIANTS",
-           "ExperimentResult", "verdicts", "render_report"]
+__all__ = ["run_experiment", "trial_plan", "load_preset_data", "data_source_for", "setup_for",
+           "VARIANTS", "ExperimentResult", "verdicts", "render_report"]
 
 
 def data_source_for(preset: Preset, data_dir: Optional[PathLike] = None) -> wrn_train.ImageDataSource:
@@ -127,9 +127,9 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
     progress: tqdm progress bars.
     mesh: a ``'data'`` mesh (default: every device); not with ``executor``.
     data: the data set (default: the preset's).
-    seeds: run the whole experiment once per seed (default: the preset's one
-      seed); the report's tables show the first seed and every verdict says
-      how many seeds support it.
+    seeds: run the whole experiment once per seed (default: the preset's
+      ``seeds``, else its one ``seed``); the report's tables show the first
+      seed and every verdict says how many seeds support it.
     executor: a ``concurrent.futures.Executor`` to run the trials on (e.g.
       ``optstab.default_executor()``: one process per CPU core or per GPU);
       ``None``: one after another in this process. Each worker loads the data
@@ -143,7 +143,8 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
     and ``files`` (name -> path).
   """
   preset = get_preset(preset) if isinstance(preset, str) else preset
-  seeds = harness.check_seeds(seeds, preset.seed)
+  plan = trial_plan(preset, seeds)
+  seeds = plan.seeds
   run = harness.start(out_dir, mesh=mesh, executor=executor, progress=progress,
                       trial_timeout=trial_timeout)
   source = data_source_for(preset, data_dir) if data is None else data
@@ -151,7 +152,7 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
   run.use(wrn_train.make_trial_fn(setup_for(preset, data), source, mesh=mesh,
                                   progress=run.trial_progress))
   seed_presets = [preset.replace(seed=seed) for seed in seeds]
-  run.run_ahead([c for p in seed_presets for c in _independent_configs(p)])
+  run.run_ahead(plan.configs)
   runs = [_run_seed(p, run, data) for p in seed_presets]
   summary, sweeps, clip_records, unstable = runs[0]
   summary = dict(summary)
@@ -163,6 +164,22 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
   figures = write_figures(preset, run.out_dir, sweeps, clip_records, unstable)
   return ExperimentResult(summary, harness.write_outputs(run.out_dir, summary, figures,
                                                          render_report))
+
+
+def trial_plan(preset: Union[str, Preset], seeds: Optional[Sequence[int]] = None) -> TrialPlan:
+  """Every trial of ``preset`` on ``seeds`` (default: the preset's), built without training.
+
+  The listed trials are Figure 4's four curves on the whole grid and the
+  mitigations that need no other trial, for every seed; the clipping runs
+  (Figure 9 and the table), whose thresholds come from the unclipped run's
+  gradient norms, are counted: one per clip percentile and seed, ``num_steps``
+  steps each.
+  """
+  preset = get_preset(preset) if isinstance(preset, str) else preset
+  seeds = harness.check_seeds(preset.seeds if seeds is None else seeds, preset.seed)
+  configs = [c for seed in seeds for c in _independent_configs(preset.replace(seed=seed))]
+  clips = [("stride_1x1", preset.num_steps)] * (len(preset.clip_percentiles) * len(seeds))
+  return TrialPlan.build(seeds, configs, clips)
 
 
 def _mitigation_configs(preset: Preset) -> dict[str, TrialConfig]:
@@ -231,25 +248,26 @@ def _run_seed(preset: Preset, run: harness.Run, data: wrn_data.ImageDataset):
   extra_records = dict(zip(mitigation_configs,
                            run.trials(list(mitigation_configs.values()), "mitigations")))
 
-  rows = [("none (baseline)", high, unstable)]
+  rows = [("none", "none (baseline)", high, unstable)]
   changed = sweeps["stride_1x1"]
   for m in preset.mitigations:
     if m == "warmup" and preset.warmup_steps:
-      rows.append((f"warmup {preset.warmup_steps} steps", high,
+      rows.append(("warmup", f"warmup {preset.warmup_steps} steps", high,
                    sweep_record(f"stride_1x1+warmup{preset.warmup_steps}", high)))
     elif m == "clip":
       for p, record in clip_records.items():
-        rows.append((f"percentile clipping (p{p:g}, threshold "
+        rows.append((f"clip_p{p:g}", f"percentile clipping (p{p:g}, threshold "
                      f"{record.config.extra['clip_initial_threshold']:.3g})", high, record))
     elif m == "lower_lr" and changed.best_learning_rate is not None:
       best = changed.best_learning_rate
-      rows.append((f"lower learning rate (lr* = {best:g})", best, sweep_record("stride_1x1", best)))
+      rows.append(("lower_lr", f"lower learning rate (lr* = {best:g})", best,
+                   sweep_record("stride_1x1", best)))
     elif m in extra_records:
       label = {"adam": f"Adam (lr {preset.adam_learning_rate:g})",
                "residual_norm": "x + Norm(f(x))",
                "zero_init": "zero-init residual branches",
                "global_pool": "global-average-pool head"}[m]
-      rows.append((label, extra_records[m].config.learning_rate, extra_records[m]))
+      rows.append((m, label, extra_records[m].config.learning_rate, extra_records[m]))
 
   summary = summarize(preset, sweeps, unstable, clip_records, rows, data)
   return summary, sweeps, clip_records, unstable

@@ -22,6 +22,28 @@ downsampling less: the standard model uses strides (1,1),(1,1),(2,2) (last map
 8x8, pooled 1x1) and the changed model (1,1),(1,1),(1,1) (last map 16x16,
 pooled 9x9, 81x the Dense inputs). The CIFAR-10 presets use the reference
 strides and change group 1, as init2winit's ``group_strides`` does.
+
+The standard preset. The quick preset's model, data and budget (100 steps,
+batch 64, 20 warmup steps), with Figure 4 on 9 rates from 0.003 to 1 (1, 2 and
+5 per decade: the published edge of the changed model, ~0.02, and the
+standard model's best, 0.2, are grid points) and 3 seeds; the mitigation table
+and Figures 5 and 9 on every seed. The plan
+(``optstab.wrn.experiment.trial_plan``): 126 trials (36 Figure 4 trials, 4
+mitigations and 2 clipping runs per seed), 13,680 steps.
+
+Its cost, measured with ``benchmarks/standard_preset_cost.py`` (trials of the
+standard preset in one single-threaded XLA process, the layout of a default
+worker; user + system CPU seconds from ``getrusage``) on the shared 2-core
+Intel Xeon VM while other jobs kept its load average at 2-9: a 100-step trial
+(2 evaluations of the 359 test images included) costs 7.4-7.7 CPU s for the
+standard model and 21.5-22.4 CPU s for the stride-(1,1) model (its last group
+runs on a 4x larger map) in two runs, 7-11 CPU s more for the first trial of
+a model (compilation). ``CPU_COST`` holds the highest of them;
+``trial_plan("standard").estimate(CPU_COST)`` gives ~2320 CPU s, ~19.4 min on
+2 idle cores with the default two workers. A busy machine's CPU seconds
+overstate an idle one's, so this is an upper bound (the same cost model gives
+~530 CPU s for the quick preset, measured at ~280-305 CPU s); the whole preset
+has not been run to the end on an idle machine.
 """
 
 from __future__ import annotations
@@ -30,8 +52,10 @@ import dataclasses
 from typing import Any, Optional
 
 from optstab import _validation
+from optstab.harness import seeds as harness_seeds
+from optstab.harness.plan import CostModel
 
-__all__ = ["Preset", "PRESETS", "VARIANTS", "MITIGATIONS", "PUBLISHED", "get_preset"]
+__all__ = ["Preset", "PRESETS", "VARIANTS", "MITIGATIONS", "PUBLISHED", "CPU_COST", "get_preset"]
 
 #: The two models of Figure 4.
 VARIANTS = ("standard", "stride_1x1")
@@ -47,6 +71,14 @@ MITIGATIONS = (
     "global_pool",       # the head fix: average over the whole map (Dense input 64k whatever the strides)
     "lower_lr",          # fix 7: the changed model's own best rate from the sweep
 )
+
+#: The measured cost of the quick and standard presets' model (WRN-10-1 on 16x16 digits, batch
+#: 64, float32, one single-threaded XLA:CPU process), an upper bound (see above).
+CPU_COST = CostModel(
+    step_cpu_seconds={"standard": 0.077, "stride_1x1": 0.224, "*": 0.224},
+    compile_cpu_seconds=11.0,
+    measured="benchmarks/standard_preset_cost.py: 100-step trials of the standard preset, "
+             "single-threaded XLA, on a shared 2-core Intel Xeon VM at load average 2-9")
 
 #: The published Figure 4/5 values (read from the playbook's images).
 PUBLISHED = {
@@ -96,6 +128,8 @@ class Preset:
     augment: random crops and flips (CIFAR-10).
     seed: the seed of every trial.
     train_size: cap on training images (``None``: all).
+    seeds: the seeds the experiment runs by default, each the whole
+      experiment again (``None``: ``(seed,)``; ``--seeds`` overrides it).
   """
 
   name: str
@@ -124,8 +158,11 @@ class Preset:
   augment: bool = False
   seed: int = 0
   train_size: Optional[int] = None
+  seeds: Optional[tuple[int, ...]] = None
 
   def __post_init__(self):
+    if self.seeds is not None:
+      harness_seeds.check_seeds(self.seeds, self.seed)
     _validation.check_one_of("dataset", self.dataset, ("digits", "cifar10"))
     for name in ("image_size", "depth", "width", "batch_size", "num_steps", "eval_every",
                  "fig5_steps", "fig5_eval_every", "clip_window"):
@@ -161,6 +198,11 @@ class Preset:
 
 
 _DIGITS_STRIDES = ((1, 1), (1, 1), (2, 2))
+
+#: The standard preset's Figure 4 grid: 1-2-5 per decade from 0.003 to 1, with the
+#: published changed-model edge (~0.02), the high rate (0.1) and the published
+#: standard-model best (0.2) on it.
+STANDARD_LEARNING_RATES = (0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 _REFERENCE_STRIDES = ((1, 1), (2, 2), (2, 2))
 
 _CIFAR10_GPU = Preset(
@@ -194,6 +236,17 @@ PRESETS: dict[str, Preset] = {
         batch_size=64, num_steps=100, learning_rates=(0.01, 0.03, 0.1, 1.0), warmup_steps=20,
         high_learning_rate=0.1, clip_percentiles=(90.0, 50.0), clip_window=100,
         adam_learning_rate=3e-3, eval_every=50, fig5_steps=25, fig5_eval_every=25,
+    ),
+    "standard": Preset(
+        name="standard",
+        description="CPU, offline, under 20 min on 2 cores (estimated): the quick model and budget, "
+                    "Figure 4 on 9 rates from 0.003 to 1 (3 per decade), 3 seeds",
+        dataset="digits", image_size=16, depth=10, width=1,
+        standard_strides=_DIGITS_STRIDES, changed_group=2,
+        batch_size=64, num_steps=100, learning_rates=STANDARD_LEARNING_RATES, warmup_steps=20,
+        high_learning_rate=0.1, clip_percentiles=(90.0, 50.0), clip_window=100,
+        adam_learning_rate=3e-3, eval_every=50, fig5_steps=25, fig5_eval_every=25,
+        seeds=(0, 1, 2),
     ),
     "cifar10-gpu": _CIFAR10_GPU,
     # The same experiment; only the device setup differs (the batch is split over the chips).

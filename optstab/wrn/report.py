@@ -93,6 +93,7 @@ def render_report(s: dict[str, Any]) -> str:
     lines.append(f"| stride (1,1) + warmup: best lr / test error | warmup fixes it at lr 0.1 | "
                  f"{_fmt(w['best_learning_rate'], 'g')} / {_pct(w['best_test_error'])}, "
                  f"unstable from {_fmt(w['unstable_from'], 'g', 'none on the grid')} |")
+  lines += _per_seed_table(s)
   f5 = s["figure5"]
   lines += [
       "",
@@ -145,6 +146,54 @@ def render_report(s: dict[str, Any]) -> str:
 
 
 REPRODUCED, PARTLY, NOT = "REPRODUCED", "PARTLY reproduced", "NOT reproduced"
+
+
+def _span(values: list[float]) -> str:
+  """``low-high`` of ``values``, or the one value when they agree."""
+  low, high = min(values), max(values)
+  return f"{low:g}" if low == high else f"{low:g}-{high:g}"
+
+
+def _per_seed_table(s: dict[str, Any]) -> list[str]:
+  """Each seed's best rate of every curve and the first unstable rates, beside the published."""
+  seeds = s.get("seeds", [s["preset"]["seed"]])
+  per_seed = s.get("per_seed") or {str(seeds[0]): s}
+  pub = s["published"]
+  curves = list(s["figure4"])
+  lines = [
+      "",
+      "Per seed: lr* (final test error) of each curve, and the lowest rate above lr* where "
+      "each model without warmup is unstable.",
+      "",
+      "| seed | " + " | ".join(f"{pretty(k)}: lr*" for k in curves)
+      + " | stride (1,1): unstable from | standard: unstable from |",
+      "|---|" + "---|" * (len(curves) + 2),
+      "| published | " + " | ".join(
+          {"standard": f"{pub['standard_best_learning_rate']:g}",
+           "stride_1x1": f"{pub['changed_best_learning_rate']:g}"}.get(k, "n/a") for k in curves)
+      + f" | ~{pub['changed_unstable_from']:g} | none up to 1 |",
+  ]
+  for seed in seeds:
+    f4 = per_seed[str(seed)]["figure4"]
+    cells = [("none" if f4[k]["best_learning_rate"] is None else
+              f"{f4[k]['best_learning_rate']:g} ({_pct(f4[k]['best_test_error'])})")
+             for k in curves]
+    cells += [_fmt(f4[k]["unstable_from"], "g", "none on the grid") for k in VARIANTS[::-1]]
+    lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+  if len(seeds) > 1:
+    spread = []
+    for k in curves:
+      rates = [per_seed[str(x)]["figure4"][k]["best_learning_rate"] for x in seeds]
+      rates = [r for r in rates if r is not None]
+      spread.append(_span(rates) if rates else "none")
+    edges = []
+    for k in VARIANTS[::-1]:
+      rates = [per_seed[str(x)]["figure4"][k]["unstable_from"] for x in seeds]
+      found = [r for r in rates if r is not None]
+      edges.append((_span(found) if found else "none on the grid")
+                   + (f" ({len(found)} of {len(seeds)} seeds)" if found else ""))
+    lines.append("| spread | " + " | ".join(spread + edges) + " |")
+  return lines
 
 
 def _trial_at(sweep: dict[str, Any], lr: float) -> Optional[dict[str, Any]]:
@@ -232,10 +281,16 @@ def claims(s: dict[str, Any]) -> list[tuple[str, Optional[str], str]]:
                 f"vs {_fmt(su, 'g', 'none')}; the preset may be too small to show it)."))
   sb, cb = std["best_learning_rate"], chg["best_learning_rate"]
   if sb is not None and cb is not None:
+    relation = "below" if cb < sb else "equal to" if cb == sb else "above"
     out.append(("best_lr", REPRODUCED if cb < sb else NOT,
                 ("REPRODUCED" if cb < sb else "NOT reproduced") +
-                f": lr* of the stride (1,1) model ({cb:g}) is below the standard model's "
-                f"({sb:g}); published 0.01 vs 0.2."))
+                f": lr* of the stride (1,1) model ({cb:g}) is {relation} the standard model's "
+                f"({sb:g}); published 0.01, below 0.2."))
+  else:
+    out.append(("best_lr", NOT,
+                "NOT reproduced: lr* of the stride (1,1) model is below the standard model's -- "
+                f"not comparable, a model has no feasible rate (standard {_fmt(sb, 'g', 'none')}, "
+                f"stride (1,1) {_fmt(cb, 'g', 'none')}); published 0.01 vs 0.2."))
   warm_key = f"stride_1x1+warmup{p['warmup_steps']}"
   if warm_key in f4:
     t = _trial_at(f4[warm_key], p["high_learning_rate"])
@@ -273,14 +328,24 @@ def claims(s: dict[str, Any]) -> list[tuple[str, Optional[str], str]]:
                 f"peaks at {c['early_peak_loss']:.3g} at step {c['early_peak_step']} "
                 f"({ratio:.3g} x the initial loss; published ~70, ~30 x, at steps 3-8) while the "
                 f"standard model peaks at {_fmt(d['early_peak_loss'])}."))
-  rows = s["mitigations"][1:]
-  for verdict, text in (("yes", "restore training"), ("partly", "help only partly"),
-                        ("no", "do not help")):
-    names = [r["mitigation"] + ("" if r.get("label") in (None, STABLE) else f" ({r['label']})")
-             for r in rows if r["restored"] == verdict]
-    out.append((f"mitigations_{verdict}", None,
-                f"Mitigations that {text}: " + (", ".join(names) or "none") + "."))
+  else:
+    out.append(("spike", NOT,
+                "NOT reproduced: the every-step view shows an early spike only in the stride "
+                f"(1,1) model -- its run at lr {p['high_learning_rate']:g} has no finite loss in "
+                "the first steps to judge."))
+  for r in s["mitigations"][1:]:
+    status = MITIGATION_STATUS[r["restored"]]
+    label = r.get("label") or "n/a"
+    out.append((f"mitigation:{r.get('kind', r['mitigation'])}", status,
+                f"Mitigation {r['mitigation']}: {status} (test error "
+                f"{_pct(r.get('final_test_error'))}, {label}"
+                + ("" if r.get("feasible") else ", infeasible") + ")."))
   return out
+
+
+#: A mitigation row's outcome (``restored``) as the status its verdict states.
+MITIGATION_STATUS = {"yes": "restores training", "partly": "helps only partly",
+                     "no": "does not restore training"}
 
 
 def verdicts(s: dict[str, Any]) -> list[str]:

@@ -1,6 +1,7 @@
 """One seed's numbers: every trial of the stride experiment, summarized for the report.
 
-``summarize`` turns one seed's sweeps, clipping runs and mitigation rows into
+``summarize`` turns one seed's sweeps, clipping runs and mitigation rows
+(``(kind, label, learning rate, record)``, the unmitigated run first) into
 the dictionary ``results.json`` holds (``figure4``, ``figure5``,
 ``figure9``, ``mitigations``); the report and the verdicts read only that.
 """
@@ -112,7 +113,7 @@ def summarize(preset: Preset, sweeps: dict[str, SweepResult], unstable: TrialRec
   best_err = fig4["stride_1x1"]["best_test_error"]
   bound = None if best_err is None else RESTORED_FACTOR * best_err + RESTORED_SLACK
   base_err = None
-  for label, lr, rec in rows:
+  for kind, label, lr, rec in rows:
     s = run_summary(judge(rec), preset.fig5_steps)
     err = s.get("final_test_error")
     if base_err is None:
@@ -125,7 +126,7 @@ def summarize(preset: Preset, sweeps: dict[str, SweepResult], unstable: TrialRec
       restored = "partly"
     else:
       restored = "no"
-    table.append({"mitigation": label, "learning_rate": lr, "restored": restored,
+    table.append({"kind": kind, "mitigation": label, "learning_rate": lr, "restored": restored,
                   **{k: s.get(k) for k in ("feasible", "final_test_error", "early_peak_loss",
                                            "max_loss_ratio", "label", "recovered", "reason",
                                            "total_steps")}})
