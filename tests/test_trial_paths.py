@@ -8,6 +8,7 @@ Objects pickled now name ``optstab.trial``, their defining module.
 from __future__ import annotations
 
 import base64
+import io
 import pickle
 
 import numpy as np
@@ -40,9 +41,18 @@ OLD_PICKLE = base64.b64decode(
     "SFlIwNYXJjaGl0ZWN0dXJlc5R9lGgSiXVidWJ0lC4=")
 
 
+class _AcrossNumpyVersions(pickle.Unpickler):
+  """The blob was written under numpy 2 (``numpy._core``); numpy 1 names that ``numpy.core``."""
+
+  def find_class(self, module, name):
+    if module.startswith("numpy._core") and np.lib.NumpyVersion(np.__version__) < "2.0.0":
+      module = "numpy.core" + module[len("numpy._core"):]
+    return super().find_class(module, name)
+
+
 def test_pickles_written_before_the_move_load():
   assert b"optstab.diagnosis.trial" in OLD_PICKLE and b"optstab.diagnosis.store" in OLD_PICKLE
-  config, result, record, fn = pickle.loads(OLD_PICKLE)
+  config, result, record, fn = _AcrossNumpyVersions(io.BytesIO(OLD_PICKLE)).load()
   assert type(config) is trial.TrialConfig
   assert config == trial.TrialConfig(0.1, num_steps=2, warmup_steps=1, eval_every=3,
                                      extra={"variant": "a"}, clip_norm=1.5)
