@@ -271,8 +271,8 @@ def gallery_page() -> str:
   parts = [
       "<!-- Written by docs/make_gallery.py; edit that script, not this page. -->",
       "# Figure gallery", "",
-      "Every figure the demos draw, from real runs of their `quick` presets (CPU, offline, "
-      "minutes), copied here by `python docs/make_gallery.py`. Each demo's report, written by "
+      "Every figure the demos draw, from real runs of their `quick` presets (on a CPU, "
+      "offline; their cost is measured in [Reproducing the figures](guide/figures.md)), copied here by `python docs/make_gallery.py`. Each demo's report, written by "
       "the same run, is a page below; the measured tables and what reproduced are also in "
       "[Reproducing the figures](guide/figures.md). Results vary across machines: your run "
       "may land on the other side of the stability edge in a few cells.", ""]
