@@ -8,8 +8,9 @@ Build it (warnings are errors, as CI builds it through ``tests/test_docs.py``)::
 The build needs no network: cross-links to Python, NumPy, JAX, optax, flax and
 chex are made by ``_ext/external_links.py`` from the object's import path, not
 from downloaded intersphinx inventories. The API pages (``_ext/optstab_api.py``)
-and the figure gallery (``_ext/gallery.py``, which trains the demos' ``tiny``
-presets) are generated when the build starts.
+are generated when the build starts. The figure gallery (``gallery.md`` and
+``gallery/``) is committed: ``python docs/make_gallery.py`` regenerates it from
+the demos' ``quick`` presets, so the build trains nothing.
 """
 
 import os
@@ -33,12 +34,12 @@ extensions = [
     "sphinx.ext.mathjax",
     "optstab_api",
     "external_links",
-    "gallery",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "**/.ipynb_checkpoints", "_gallery/**"]
+# gallery/*/measured.md: the measured tables, included by guide/figures.md.
+exclude_patterns = ["_build", "**/.ipynb_checkpoints", "gallery/*/measured.md"]
 
 # Every cross-reference must resolve: to optstab's own API, or (external_links)
 # to the page of a Python, NumPy, JAX, optax, flax or chex object.
@@ -68,7 +69,6 @@ myst_heading_anchors = 3
 
 html_theme = "furo"
 html_title = f"optstab {release}"
-html_static_path = ["_static"]
 # No source-repository links: the package has no public address yet, and the API pages are
 # generated at build time (docs/api/_generated is not in the repository).
 html_theme_options = {}

@@ -136,7 +136,7 @@ def test_site_builds_without_warnings_and_documents_every_public_name(tmp_path):
   pytest.importorskip("sphinx", reason="the docs extra: pip install -e '.[docs]'")
   pytest.importorskip("myst_parser", reason="the docs extra: pip install -e '.[docs]'")
   src = tmp_path / "src"
-  shutil.copytree(DOCS, src, ignore=shutil.ignore_patterns("_build", "_generated", "_gallery"))
+  shutil.copytree(DOCS, src, ignore=shutil.ignore_patterns("_build", "_generated"))
   out = tmp_path / "html"
   build = subprocess.run(
       [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html", "-q", str(src), str(out)],
@@ -163,10 +163,19 @@ def test_site_builds_without_warnings_and_documents_every_public_name(tmp_path):
   # The update rules render as math; the gallery shows the demos' figures.
   api_page = (out / "api" / "_generated" / "optstab.html").read_text(encoding="utf-8")
   assert 'class="math notranslate nohighlight"' in api_page and "\\epsilon" in api_page
+  # The committed gallery (tests/test_gallery.py checks its files) renders its
+  # figures, and the demos' reports as pages: tables, not code blocks.
   gallery = (out / "gallery.html").read_text(encoding="utf-8")
-  for figure in ("fig4_test_error_vs_lr.png", "fig5_loss_first_steps.png", "fig9_grad_norms.png"):
+  for figure in ("fig4_test_error_vs_lr.png", "fig5_loss_first_steps.png", "fig9_grad_norms.png",
+                 "fig8_loss_vs_lr.png", "fig6_warmup_sweep.png"):
     assert figure in gallery, figure
     assert (out / "_images" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  for report in ("gallery/wrn/report.html", "gallery/transformer/report.html",
+                 "gallery/transformer/diagnosis/post_ln/diagnosis.html"):
+    page = (out / report).read_text(encoding="utf-8")
+    assert "<table" in page and "highlight-markdown" not in page, report
+  figures_page = (out / "guide" / "figures.html").read_text(encoding="utf-8")
+  assert figures_page.count("<table") >= 4  # the measured tables, included from gallery/
 
 
 def _resolve(dotted: str):
