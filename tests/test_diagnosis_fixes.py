@@ -292,3 +292,16 @@ def test_no_fix_is_searched_when_lr_star_is_the_grids_largest_rate(early, tmp_pa
   assert d.fixes == () and d.recommendation is None
   assert any(f.topic == "Note" and f.text.startswith("No fix was searched: lr* is the largest rate")
              for f in d.findings)
+
+
+@pytest.mark.parametrize("rate, without_trains, counts", [
+    (0.25, (), True),               # beyond 2 x: more than a finer grid could find
+    (0.15, (), False),              # 1.5 x, never tried without the fix: a finer grid may find it
+    (0.15, (False, False), True),   # 1.5 x, and without the fix it failed on every seed
+    (0.15, (True, False), False),   # 1.5 x, but it trained without the fix on a seed
+    (0.10, (False, False), False),  # not above the baseline at all
+    (0.08, (False, False), False),
+])
+def test_a_higher_rate_counts_beyond_the_gain_or_when_it_fails_without_the_fix(
+    rate, without_trains, counts):
+  assert fix_ladder.higher_rate_counts(rate, 0.1, 2.0, without_trains) is counts

@@ -44,7 +44,8 @@ __all__ = [
     "HELPS", "DOES_NOT_HELP", "NOT_SUPPORTED", "NOT_TRIED", "NOT_APPLICABLE", "DROPPED",
     "Fix", "FixLadder", "FixFamily", "FixTrial", "SeedComparison", "FixResult",
     "trains", "warmup_lengths", "plan_families", "search_rounds", "round_succeeded",
-    "noise_configs", "seed_noise", "highest_rate_without_fix", "matches_lr_star", "lr_star_for",
+    "noise_configs", "seed_noise", "highest_rate_without_fix", "higher_rate_counts",
+    "matches_lr_star", "lr_star_for",
     "best_value", "choose", "verification_configs", "compare_seeds", "judge_fix",
     "longer_run_config", "judge_longer_run",
 ]
@@ -109,7 +110,9 @@ class FixLadder:
     min_rate_gain: a fix that is only as good as lr* helps when it trains at
       more than this multiple of the highest rate that trained as well as lr*
       without it (in the sweep or a check): a smaller gain is within what a
-      finer grid could find without any fix.
+      finer grid could find without any fix. A smaller gain counts when the
+      seed check trained that very rate without the fix and it failed on
+      every seed.
     longer_run_factor: a fix that helps is trained once more, this many times
       longer (first seed); if that run fails to train, the fix only delayed a
       divergence (e.g. warmup before a rate the model's curvature never allows)
@@ -659,6 +662,21 @@ def highest_rate_without_fix(sweep: SweepResult, runs: Sequence[Any] = (),
   return max(rates + [best.learning_rate])
 
 
+def higher_rate_counts(rate: float, baseline_rate: float, min_rate_gain: float,
+                       without_trains: Sequence[bool] = ()) -> bool:
+  """Whether a fix is credited with training at a higher rate than lr* allows without it.
+
+  ``rate`` must be above ``baseline_rate`` (the highest rate that trained as well
+  as lr* without the fix) and either more than ``min_rate_gain`` times it, beyond
+  what a finer grid could find without any fix, or that very rate was trained
+  without the fix on the seeds (``without_trains``) and failed on every one.
+  """
+  if rate <= baseline_rate:
+    return False
+  failed_without = bool(without_trains) and not any(without_trains)
+  return rate > min_rate_gain * baseline_rate or failed_without
+
+
 def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
               chosen: Optional[FixTrial], comparison: Optional[SeedComparison],
               ladder: FixLadder, baseline_rate: Optional[float] = None,
@@ -707,7 +725,8 @@ def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
         f"{ladder.max_clip_fraction:.0%}: that is in effect a lower learning rate; lower the "
         f"learning rate instead"), **common)
   higher = (family.kind != OPTIMIZER and baseline_rate is not None
-            and chosen.learning_rate > ladder.min_rate_gain * baseline_rate)
+            and higher_rate_counts(chosen.learning_rate, baseline_rate, ladder.min_rate_gain,
+                                   c.without_trains))
   if c.better:
     return FixResult(family, HELPS, f"{at}: {values}: better beyond the seed noise", **common)
   if higher and c.not_worse and matched_in_search and not c.without_matches:
@@ -725,9 +744,16 @@ def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
            f"{chosen.value:.4g}), so it is no better on the seeds either")
   elif family.kind == OPTIMIZER:
     why = "not better beyond the seed noise"
+  elif chosen.learning_rate <= baseline_rate:
+    why = (f"not above the highest rate that trained as well as lr* without it "
+           f"({baseline_rate:.3g}), and not better")
   else:
     why = (f"not more than {ladder.min_rate_gain:g} x the highest rate that trained as well as "
-           f"lr* without it ({baseline_rate:.3g}), and not better")
+           f"lr* without it ({baseline_rate:.3g}), "
+           + (f"{chosen.learning_rate:.3g} trained without the fix on "
+              f"{sum(c.without_trains)} of {len(c.without_trains)} seeds"
+              if c.without_trains else f"{chosen.learning_rate:.3g} not tried without the fix")
+           + ", and not better")
   return FixResult(family, DOES_NOT_HELP, f"{at}: {values}: {why}", **common)
 
 
