@@ -88,7 +88,8 @@ def run_demo(demo: str, out: pathlib.Path, workers: Optional[str]) -> None:
 
   A folder with ``results.json`` holds a finished run and is left alone (delete it to
   train again). ``out/gallery_run.json`` records the command, its wall and CPU time
-  (the demo's worker processes included) and the machine's load average.
+  (the demo's worker processes included) and the machine's load average; a resumed
+  run adds its times to the record's and counts the invocations.
   """
   module, command, _ = DEMOS[demo]
   if (out / "results.json").exists():
@@ -109,7 +110,15 @@ def run_demo(demo: str, out: pathlib.Path, workers: Optional[str]) -> None:
       "load_average_at_start": [round(x, 2) for x in load],
       "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
       "cpu_count": os.cpu_count(),
+      "invocations": 1,
   }
+  if (out / RUN_RECORD).exists():  # a resumed run: its cost is the sum of every invocation's
+    before = json.loads((out / RUN_RECORD).read_text(encoding="utf-8"))
+    record.update(
+        wall_seconds=round(before["wall_seconds"] + record["wall_seconds"], 1),
+        cpu_seconds=round(before["cpu_seconds"] + record["cpu_seconds"], 1),
+        load_average_at_start=before["load_average_at_start"],
+        invocations=before.get("invocations", 1) + 1)
   (out / RUN_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
@@ -164,9 +173,12 @@ def _machine(demo: str, s: dict[str, Any]) -> str:
   record_path = GALLERY / demo / RUN_RECORD
   if record_path.exists():
     r = json.loads(record_path.read_text(encoding="utf-8"))
+    runs = r.get("invocations", 1)
     text += (f"; `{r['command']}` took {r['wall_seconds']:.0f} s wall time and "
-             f"{r['cpu_seconds']:.0f} CPU-seconds (worker processes included); the machine's "
-             f"1-minute load average was {r['load_average_at_start'][0]:.1f} at its start and "
+             f"{r['cpu_seconds']:.0f} CPU-seconds (worker processes included"
+             + (f"; summed over {runs} invocations, each resuming the last" if runs > 1 else "")
+             + f"); the machine's 1-minute load average was "
+             f"{r['load_average_at_start'][0]:.1f} at its start and "
              f"{r['load_average_at_end'][0]:.1f} at its end")
     if max(r["load_average_at_start"][0], r["load_average_at_end"][0]) >= 1:
       text += f" (other jobs were sharing its {r['cpu_count']} cores: an idle machine is faster)"
