@@ -253,3 +253,21 @@ def test_verdicts_are_two_sided_and_count_seeds():
   assert table["spread"]["post_ln"] == [1e-3, 2.2e-3]
   with pytest.raises(ValueError, match="one summary per seed"):
     seed_table(summaries, (0, 1))
+
+
+def test_claims_on_windows_say_what_the_grids_cannot_show():
+  claims = dict((k, (status, text)) for k, status, text in transformer_report.claims(
+      _fake_summary({"post_ln": 1e-3, "post_ln_warmup": 2.2e-3, "pre_ln": 3.2e-3,
+                     "pre_ln_warmup": 4.6e-3}, post_fail=None)))
+  # Post-LN trains on its whole window: its failure edge is not on the grid, so not judged.
+  for key in ("post_ln_fails_first", "highest_trainable_raised"):
+    status, text = claims[key]
+    assert status == "NOT reproduced" and "not judged: Post-LN trains on its whole grid" in text
+  # Warmup's gains x2.2 (Post-LN) and x1.44 (Pre-LN) are apart by more than half a grid step
+  # (the fake grids step by 2): it helps Post-LN more.
+  assert claims["warmup_helps_post_ln_more"][0] == "REPRODUCED"
+  # x2.2 against x2 is grid rounding, not a larger gain.
+  (_, status, text), = [c for c in transformer_report.claims(_fake_summary(
+      {"post_ln": 1e-3, "post_ln_warmup": 2.2e-3, "pre_ln": 3.2e-3, "pre_ln_warmup": 6.4e-3}))
+      if c[0] == "warmup_helps_post_ln_more"]
+  assert status == "NOT reproduced" and "within half a grid step (x2) of each other" in text

@@ -62,9 +62,10 @@ def write_figures(preset: Preset, out_dir: str, sweeps: dict[str, SweepResult],
     if run.result is not None:
       long_curves[f"{run.factor:g} x lr* = {run.learning_rate:.3g}"] = \
           running_mean(run.result.train_loss)
-  if long_curves:
+  if long_runs:  # lr* alone is not Figure 7b: a preset without long checks draws none
+    factors = " and ".join(f"{run.factor:g}x" for run in long_runs)
     files["fig7b"] = plots.plot_loss_curves(
         long_curves, os.path.join(out_dir, "fig7b_long_checks.png"), log_y=False,
         ylabel=f"training loss (running mean, {SMOOTHING} steps)",
-        title="Post-LN long checks at 5x and 10x lr* (Figure 7b)")
+        title=f"Post-LN long checks at {factors} lr* (Figure 7b)")
   return files
