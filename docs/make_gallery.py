@@ -5,6 +5,7 @@ Run from the repository root::
   python docs/make_gallery.py                  # train both quick presets, then copy
   python docs/make_gallery.py --workers 1      # every trial in one process per demo
   python docs/make_gallery.py --no-run         # only rewrite the pages from docs/gallery/
+  python docs/make_gallery.py --preset standard   # the standard presets' measured tables
 
 It runs ``optstab-wrn --preset quick`` and ``optstab-transformer --preset
 quick`` into ``--runs`` (default ``runs/gallery``; an existing folder resumes:
@@ -21,6 +22,11 @@ contents) and ``docs/gallery/<demo>/measured.md``, the measured tables that
 ``docs/guide/figures.md`` includes. Those tables are made from the committed
 ``results.json`` only, so ``--no-run`` rebuilds them, and the docs build trains
 nothing.
+
+``--preset standard`` runs both demos' ``standard`` presets (3 seeds, about 20
+minutes each on 2 idle cores) into ``runs/standard`` and keeps only their
+``results.json`` and run record, in ``docs/gallery/<demo>/standard/``, with the
+``measured.md`` made from them.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 GALLERY = DOCS / "gallery"
 PAGE = DOCS / "gallery.md"
-PRESET = "quick"
+PRESET = "quick"  # the gallery's figures and reports
+STANDARD = "standard"  # measured tables only, in docs/gallery/<demo>/standard/
 RUN_RECORD = "gallery_run.json"  # the command, its wall and CPU time, the load
 COLORS = 128  # palette size of the committed PNGs: the figures use a few dozen colours
 
@@ -83,8 +90,13 @@ CAPTIONS = {
 }
 
 
-def run_demo(demo: str, out: pathlib.Path, workers: Optional[str]) -> None:
-  """Runs ``demo``'s quick preset into ``out``, resuming whatever trials are there.
+def destination(demo: str, preset: str = PRESET) -> pathlib.Path:
+  """Where a preset's committed outputs live: the gallery's own folder, or its ``standard/``."""
+  return GALLERY / demo if preset == PRESET else GALLERY / demo / preset
+
+
+def run_demo(demo: str, out: pathlib.Path, workers: Optional[str], preset: str = PRESET) -> None:
+  """Runs ``demo``'s ``preset`` into ``out``, resuming whatever trials are there.
 
   A folder with ``results.json`` holds a finished run and is left alone (delete it to
   train again). ``out/gallery_run.json`` records the command, its wall and CPU time
@@ -95,7 +107,7 @@ def run_demo(demo: str, out: pathlib.Path, workers: Optional[str]) -> None:
   if (out / "results.json").exists():
     print(f"{out}: finished already (delete the folder to train again)", flush=True)
     return
-  flags = ["--preset", PRESET, "--out", str(out)] + (["--workers", workers] if workers else [])
+  flags = ["--preset", preset, "--out", str(out)] + (["--workers", workers] if workers else [])
   print(f"$ {command} {' '.join(flags)}", flush=True)
   env = {**os.environ, "MPLBACKEND": "Agg",
          "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -132,12 +144,25 @@ def optimize_png(src: pathlib.Path, dst: pathlib.Path) -> None:
   small.save(dst, optimize=True)
 
 
-def copy_outputs(demo: str, out: pathlib.Path) -> None:
-  """Copies a finished run's figures, reports and ``results.json`` into ``docs/gallery/<demo>``."""
-  dest = GALLERY / demo
+def copy_outputs(demo: str, out: pathlib.Path, preset: str = PRESET) -> None:
+  """Copies a finished run's outputs into ``destination(demo, preset)``.
+
+  The quick preset's figures, reports and ``results.json`` make the gallery; of the
+  standard preset only ``results.json`` and the run record are kept, for its tables.
+  """
+  dest = destination(demo, preset)
   if not (out / "results.json").exists():
     raise SystemExit(f"{out} has no results.json: the run did not finish")
-  shutil.rmtree(dest, ignore_errors=True)
+  if preset != PRESET:
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for name in ("results.json", RUN_RECORD):
+      if (out / name).exists():
+        shutil.copyfile(out / name, dest / name)
+    return
+  for old in (dest.iterdir() if dest.exists() else ()):  # keep the other presets' folders
+    if old.name != STANDARD:
+      shutil.rmtree(old) if old.is_dir() else old.unlink()
   for src in sorted(out.rglob("*")):
     rel = src.relative_to(out)
     if rel.parts[0].startswith(".") or not src.is_file():
@@ -152,8 +177,8 @@ def copy_outputs(demo: str, out: pathlib.Path) -> None:
       shutil.copyfile(src, target)
 
 
-def _load(demo: str) -> dict[str, Any]:
-  return json.loads((GALLERY / demo / "results.json").read_text(encoding="utf-8"))
+def _load(folder: pathlib.Path) -> dict[str, Any]:
+  return json.loads((folder / "results.json").read_text(encoding="utf-8"))
 
 
 def _pct(x: Optional[float]) -> str:
@@ -164,13 +189,15 @@ def _g(x: Optional[float], spec: str = "g", none: str = "n/a") -> str:
   return none if x is None else format(x, spec)
 
 
-def _machine(demo: str, s: dict[str, Any]) -> str:
-  """Where and how the committed run was measured."""
+def _machine(folder: pathlib.Path, s: dict[str, Any]) -> str:
+  """Where and how the committed run in ``folder`` was measured."""
   env = s.get("environment") or {}
   v = env.get("versions", {})
-  text = (f"one seed, on {env.get('cpu', 'an unrecorded CPU')} ({env.get('cpu_count', '?')} "
-          f"cores), jax {v.get('jax')}, optax {v.get('optax')}, flax {v.get('flax')}")
-  record_path = GALLERY / demo / RUN_RECORD
+  seeds = s.get("seeds", [s["preset"]["seed"]])
+  text = ("one seed" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}")
+  text += (f", on {env.get('cpu', 'an unrecorded CPU')} ({env.get('cpu_count', '?')} "
+           f"cores), jax {v.get('jax')}, optax {v.get('optax')}, flax {v.get('flax')}")
+  record_path = folder / RUN_RECORD
   if record_path.exists():
     r = json.loads(record_path.read_text(encoding="utf-8"))
     runs = r.get("invocations", 1)
@@ -194,13 +221,13 @@ def _wrn_label(t: dict[str, Any]) -> str:
   return f" ({report._headline(t)})"  # pylint: disable=protected-access
 
 
-def wrn_tables(s: dict[str, Any]) -> str:
-  """The WideResNet demo's measured tables, from its ``results.json``."""
+def wrn_tables(s: dict[str, Any], folder: pathlib.Path) -> str:
+  """The WideResNet demo's measured tables, from the ``results.json`` in ``folder``."""
   from optstab.wrn import report  # pylint: disable=import-outside-toplevel
 
   p, f4 = s["preset"], s["figure4"]
   rates = [t["learning_rate"] for t in f4["standard"]["trials"]]
-  lines = [f"Measured by `optstab-wrn --preset {p['name']}`: {_machine('wrn', s)}. "
+  lines = [f"Measured by `optstab-wrn --preset {p['name']}`: {_machine(folder, s)}. "
            f"{s['data']['test_images']} test images, so one image is "
            f"{100 / s['data']['test_images']:.2f} points. In brackets the run's label when not "
            "stable; **bold**: the curve's lr*.", "",
@@ -225,31 +252,38 @@ def wrn_tables(s: dict[str, Any]) -> str:
     lines.append(f"| {name} | {_pct(r.get('final_test_error'))}"
                  f"{'' if r.get('feasible', True) else ' (infeasible)'} | "
                  f"{_g(r.get('max_loss_ratio'), '.3g')} | {report._headline(r)} |")  # pylint: disable=protected-access
+  if len(s.get("seeds", ())) > 1:
+    lines += report.seed_table_lines(s)
   lines += ["", "What reproduced (the report's verdicts):", ""]
   lines += [f"- {v}" for v in report.verdicts(s)]
   return "\n".join(lines) + "\n"
 
 
-def transformer_tables(s: dict[str, Any]) -> str:
-  """The Transformer demo's measured tables, from its ``results.json``."""
+def transformer_tables(s: dict[str, Any], folder: pathlib.Path) -> str:
+  """The Transformer demo's measured tables, from the ``results.json`` in ``folder``."""
   from optstab.transformer import report  # pylint: disable=import-outside-toplevel
 
   p, c, f8 = s["preset"], s["corpus"], s["figure8"]
   curves = f8["curves"]
-  rates = [t["learning_rate"] for t in next(iter(curves.values()))["trials"]]
-  lines = [f"Measured by `optstab-transformer --preset {p['name']}`: {_machine('transformer', s)}. "
+  rates = sorted({t["learning_rate"] for curve in curves.values() for t in curve["trials"]})
+  lines = [f"Measured by `optstab-transformer --preset {p['name']}`: {_machine(folder, s)}. "
            f"Corpus: {c['name']}" + (f" (Python {c['python_version']})" if "python_version" in c
                                       else "")
            + f", {c.get('num_files', '?')} files, {c['train_chars']:,} training / "
            f"{c['valid_chars']:,} validation characters, {c['vocab_size']} symbols; unigram level "
            f"of the validation windows {s['trivial_levels']['eval_unigram_loss']:.2f} nats. "
            "*failed*: failed to train (within 0.1 nats of that level); **bold**: the curve's "
-           "best rate.", "",
+           "best rate; a dash: the rate is not on that curve's grid.", "",
            f"| validation loss at step {f8['step']} | " + " | ".join(f"{r:g}" for r in rates)
            + " |", "|---|" + "---|" * len(rates)]
   for key, curve in curves.items():
     cells = []
-    for t in curve["trials"]:
+    by_rate = {t["learning_rate"]: t for t in curve["trials"]}
+    for lr in rates:
+      t = by_rate.get(lr)
+      if t is None:
+        cells.append("-")
+        continue
       cell = _g(t.get("final_eval_loss"), ".3f")
       if t["learning_rate"] == curve.get("best_learning_rate"):
         cell = f"**{cell}**"
@@ -266,6 +300,8 @@ def transformer_tables(s: dict[str, Any]) -> str:
             "| validation loss at the last step | " + " | ".join(
                 _g(r.get("final_eval_loss"), ".3f") + (" (failed)" if r["failed_to_train"] else "")
                 for r in runs.values()) + " |"]
+  if len(s.get("seeds", ())) > 1:
+    lines += report.seed_table_lines(s)
   lines += ["", "What reproduced (the report's verdicts):", ""]
   lines += [f"- {v}" for v in report.verdicts(s)]
   return "\n".join(lines) + "\n"
@@ -326,11 +362,12 @@ def write_pages() -> dict[pathlib.Path, str]:
   """Writes the gallery page and the measured tables from the committed files; returns them."""
   written = {}
   for demo in DEMOS:
-    if not (GALLERY / demo / "results.json").exists():
-      continue
     for md in (GALLERY / demo / "diagnosis").glob("*/diagnosis.md"):
       retitle_diagnosis(md, md.parent.name)
-    written[GALLERY / demo / "measured.md"] = TABLES[demo](_load(demo))
+    for preset in (PRESET, STANDARD):
+      folder = destination(demo, preset)
+      if (folder / "results.json").exists():
+        written[folder / "measured.md"] = TABLES[demo](_load(folder), folder)
   written[PAGE] = gallery_page()
   for path, text in written.items():
     path.write_text(text, encoding="utf-8")
@@ -343,21 +380,25 @@ def _size(paths) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--runs", default="runs/gallery",
-                      help="the runs' folder (default runs/gallery; an existing one resumes)")
+  parser.add_argument("--runs", default=None,
+                      help="the runs' folder (default runs/gallery, runs/standard for "
+                      "--preset standard; an existing one resumes)")
+  parser.add_argument("--preset", choices=(PRESET, STANDARD), default=PRESET,
+                      help="quick: the gallery's figures, reports and tables (default); "
+                      "standard: the standard presets' measured tables only")
   parser.add_argument("--workers", default=None,
                       help="the demos' --workers (default: theirs, one process per core)")
   parser.add_argument("--no-run", action="store_true",
                       help="train nothing: rewrite the pages from docs/gallery/ as committed")
   args = parser.parse_args(argv)
   if not args.no_run:
-    runs = pathlib.Path(args.runs)
+    runs = pathlib.Path(args.runs or f"runs/{'gallery' if args.preset == PRESET else STANDARD}")
     for demo in DEMOS:
-      run_demo(demo, runs / demo, args.workers)
+      run_demo(demo, runs / demo, args.workers, args.preset)
     before = _size(p for demo in DEMOS for p in (runs / demo).rglob("*.png")
                    if not p.relative_to(runs / demo).parts[0].startswith("."))
     for demo in DEMOS:
-      copy_outputs(demo, runs / demo)
+      copy_outputs(demo, runs / demo, args.preset)
     after = _size(GALLERY.rglob("*.png"))
     print(f"PNGs: {before / 1e6:.2f} MB as drawn, {after / 1e6:.2f} MB optimized")
   write_pages()

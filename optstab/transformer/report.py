@@ -16,7 +16,7 @@ from optstab.harness.report import fmt as _fmt
 from optstab.harness.report import timing_line
 from optstab.transformer.summary import CURVE_ORDER, published_order_holds
 
-__all__ = ["render_report", "verdicts", "claims", "PRETTY", "REPRODUCED", "NOT"]
+__all__ = ["render_report", "seed_table_lines", "verdicts", "claims", "PRETTY", "REPRODUCED", "NOT"]
 
 REPRODUCED, NOT = "REPRODUCED", "NOT reproduced"
 
@@ -93,7 +93,7 @@ def render_report(s: dict[str, Any]) -> str:
                  f"({_fmt(v['best_margin'], '.3f')}) | "
                  f"{_fmt(v['trains_up_to'], 'g', 'none')} | "
                  f"{_fmt(v['failed_to_train_from'], 'g', 'none on the grid')} |")
-  lines += _seed_lines(s)
+  lines += seed_table_lines(s)
   f6 = s["figure6"]
   lines += [
       "",
@@ -141,7 +141,7 @@ def render_report(s: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def _seed_lines(s: dict[str, Any]) -> list[str]:
+def seed_table_lines(s: dict[str, Any]) -> list[str]:
   """The per-seed table of best rates, each curve's spread, and the seeds where the order holds."""
   t = s.get("figure8_seeds")
   if not t:

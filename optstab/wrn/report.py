@@ -18,7 +18,7 @@ from optstab.harness.report import pct as _pct
 from optstab.harness.report import timing_line
 from optstab.wrn.presets import VARIANTS
 
-__all__ = ["render_report", "verdicts", "claims", "pretty", "REPRODUCED", "PARTLY", "NOT"]
+__all__ = ["render_report", "seed_table_lines", "verdicts", "claims", "pretty", "REPRODUCED", "PARTLY", "NOT"]
 
 
 def pretty(name: str) -> str:
@@ -93,7 +93,7 @@ def render_report(s: dict[str, Any]) -> str:
     lines.append(f"| stride (1,1) + warmup: best lr / test error | warmup fixes it at lr 0.1 | "
                  f"{_fmt(w['best_learning_rate'], 'g')} / {_pct(w['best_test_error'])}, "
                  f"unstable from {_fmt(w['unstable_from'], 'g', 'none on the grid')} |")
-  lines += _per_seed_table(s)
+  lines += seed_table_lines(s)
   f5 = s["figure5"]
   lines += [
       "",
@@ -154,7 +154,7 @@ def _span(values: list[float]) -> str:
   return f"{low:g}" if low == high else f"{low:g}-{high:g}"
 
 
-def _per_seed_table(s: dict[str, Any]) -> list[str]:
+def seed_table_lines(s: dict[str, Any]) -> list[str]:
   """Each seed's best rate of every curve and the first unstable rates, beside the published."""
   seeds = s.get("seeds", [s["preset"]["seed"]])
   per_seed = s.get("per_seed") or {str(seeds[0]): s}
