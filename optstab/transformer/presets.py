@@ -27,14 +27,15 @@ The standard preset: Figure 8 at 1000 steps, 3 seeds. An independent study of
 this model at 1000 steps (200 warmup steps, 2 seeds) found the best rates
 Post-LN ~1e-3, Post-LN + warmup 1.5-2.2e-3, Pre-LN ~3.2e-3, Pre-LN + warmup
 3.2-4.6e-3 -- the published order, which 400 steps do not show. Each curve
-gets its own window of 5 rates, 6 per decade, centred on that optimum
-(``curve_learning_rates``), so 3 seeds cost 20 Figure 8 trials each; Figure 6
+gets its own window of 4 rates, 6 per decade, around that optimum
+(``curve_learning_rates``; a first full run of this preset with 5 rates per
+curve found the optima of all 3 seeds inside these windows and took ~21 min),
+so 3 seeds cost 16 Figure 8 trials each; Figure 6
 runs at 4.6e-3 (where Post-LN stalls without warmup and trains with 200 steps
-of it) with warmups of 0, 50, 200 (shared with Figure 8) and 600 steps, on
-every seed. No Figure 7b long checks and no diagnosis: ``optstab.diagnose``
+of it) with warmups of 0, 50, 200 and 600 steps, on every seed. No Figure 7b long checks and no diagnosis: ``optstab.diagnose``
 adds its short checks and a fix ladder of up to tens of 1000-step trials per
 model, beyond the budget (``--diagnosis`` runs it on the first seed anyway).
-The plan (``optstab.transformer.experiment.trial_plan``): 69 trials of 1000
+The plan (``optstab.transformer.experiment.trial_plan``): 60 trials of 1000
 steps, 2 compiled models.
 
 Its cost, measured with ``benchmarks/standard_preset_cost.py`` (a trial of the
@@ -43,14 +44,11 @@ worker; user + system CPU seconds from ``getrusage``) on the shared 2-core
 Intel Xeon VM while other jobs kept its load average at 2-9: 30.6-32.5 CPU s
 per 1000-step trial in three runs (4 evaluations of 128 windows included),
 9-12 CPU s for the first trial of a model beyond that (compilation).
-``CPU_COST`` holds the highest of them; ``trial_plan("standard").estimate(
-CPU_COST)`` gives ~2290 CPU s, ~19 min on 2 idle cores with the default two
-workers. A busy machine's
-CPU seconds overstate an idle one's (the cores' shared caches and execution
-units), so this is an upper bound (the same cost model gives ~370 CPU s for
-the quick preset's planned trials alone; the whole quick preset, its diagnosis
-included, measured 256 CPU s on an idle machine); the whole standard preset
-has not been run to the end on an idle machine.
+The whole preset's first run (69 trials, two workers, an otherwise idle
+machine) measured more: 2449 s of trial time in all, 35.5 s per trial, so
+``CPU_COST`` holds that (0.0355 s per step, evaluations included), and
+``trial_plan("standard").estimate(CPU_COST)`` gives ~18 min on 2 cores
+with the default two workers.
 """
 
 from __future__ import annotations
@@ -74,11 +72,12 @@ CURVES = (
 )
 
 #: The measured cost of the quick and standard presets' model (6 layers, width 64, seq 32,
-#: batch 16, float32, one single-threaded XLA:CPU process), an upper bound (see above).
+#: batch 16, float32, one single-threaded XLA:CPU process), measured (see above).
 CPU_COST = CostModel(
-    step_cpu_seconds={"*": 0.0325}, compile_cpu_seconds=12.0,
-    measured="benchmarks/standard_preset_cost.py: a 1000-step trial of the standard preset, "
-             "single-threaded XLA, on a shared 2-core Intel Xeon VM at load average 2-9")
+    step_cpu_seconds={"*": 0.0355}, compile_cpu_seconds=12.0,
+    measured="the standard preset's first whole run (69 trials of 1000 steps, 2 workers, "
+             "an idle 2-core AMD EPYC VM): 35.5 s per trial, evaluations included; "
+             "compilation from benchmarks/standard_preset_cost.py")
 
 #: The published values (read from the playbook's figures).
 PUBLISHED = {
@@ -218,16 +217,16 @@ PRESETS: dict[str, Preset] = {
     ),
     "standard": Preset(
         name="standard",
-        description="CPU, offline, under 20 min on 2 cores (estimated): the quick model, 1000 steps, "
-                    "200 warmup steps, a 6-per-decade window around each curve's optimum, 3 seeds; "
-                    "no diagnosis",
+        description="CPU, offline, under 20 min on 2 cores (measured in the guide): the quick "
+                    "model, 1000 steps, 200 warmup steps, a 4-rate, 6-per-decade window around "
+                    "each curve's optimum, 3 seeds; no diagnosis",
         num_steps=1000, warmup_steps=200, eval_every=250,
-        learning_rates=(4.6e-4, 6.8e-4, 1e-3, 1.5e-3, 2.2e-3, 3.2e-3, 4.6e-3, 6.8e-3, 1e-2),
+        learning_rates=(6.8e-4, 1e-3, 1.5e-3, 2.2e-3, 3.2e-3, 4.6e-3, 6.8e-3),
         curve_learning_rates=(
-            (4.6e-4, 6.8e-4, 1e-3, 1.5e-3, 2.2e-3),   # Post-LN: ~1e-3, stalls from ~2.2e-3
-            (1e-3, 1.5e-3, 2.2e-3, 3.2e-3, 4.6e-3),   # Post-LN + warmup: 1.5-2.2e-3
-            (1.5e-3, 2.2e-3, 3.2e-3, 4.6e-3, 6.8e-3),  # Pre-LN: ~3.2e-3
-            (2.2e-3, 3.2e-3, 4.6e-3, 6.8e-3, 1e-2),   # Pre-LN + warmup: 3.2-4.6e-3
+            (6.8e-4, 1e-3, 1.5e-3, 2.2e-3),   # Post-LN: ~1e-3 (study), 1.5e-3 (first run)
+            (1e-3, 1.5e-3, 2.2e-3, 3.2e-3),   # Post-LN + warmup: 1.5-2.2e-3
+            (1.5e-3, 2.2e-3, 3.2e-3, 4.6e-3),  # Pre-LN: 2.2-3.2e-3
+            (2.2e-3, 3.2e-3, 4.6e-3, 6.8e-3),  # Pre-LN + warmup: 3.2-4.6e-3
         ),
         figure6_learning_rate=4.6e-3, figure6_warmups=(0, 50, 200, 600),
         long_check_factors=(), short_check_steps=500, warmup_candidates=(20, 50, 100),
