@@ -300,7 +300,7 @@ def plot_learning_rate_sweep(learning_rates, metric_values, feasible, path: Path
   odd = (np.zeros(lrs.size, bool) if names is None
          else ok & ~failed & (names[order] != "stable"))
   shown = ok & np.isfinite(values)
-  fig = Figure(figsize=(7, 4.5))
+  fig = Figure(figsize=(7, 5), layout="constrained")
   ax = fig.add_subplot()
   ax.plot(lrs[shown], values[shown], "o-", color="tab:blue", label="feasible")
   top = values[shown].max() if shown.any() else 1.0
@@ -318,7 +318,8 @@ def plot_learning_rate_sweep(learning_rates, metric_values, feasible, path: Path
     kinds = ", ".join(dict.fromkeys(names[order][odd]))
     ax.plot(lrs[odd & shown], values[odd & shown], "^", color="tab:orange", ms=10, mfc="none",
             mew=1.5, label=(f"feasible, labelled {kinds} ({odd.sum()})" if stalled is None
-                            else f"trained, though the run detector labels it {kinds} ({odd.sum()})"))
+                            else f"trained, though the run detector labels it {kinds} "
+                                 f"({odd.sum()})"))
   if best_learning_rate is not None:
     i = int(np.argmin(np.abs(lrs - float(best_learning_rate))))
     ax.axvline(float(best_learning_rate), color="goldenrod", ls="--", lw=1)
@@ -328,7 +329,8 @@ def plot_learning_rate_sweep(learning_rates, metric_values, feasible, path: Path
   ax.set_xlabel("base learning rate")
   ax.set_ylabel(metric_name)
   ax.set_title(title)
-  ax.legend(loc="best", fontsize="small")
+  # Below the axes: inside, a legend with a rule in it covers lr* or the failed trials.
+  fig.legend(loc="outside lower center", ncols=2, fontsize="small")
   ax.grid(True, which="both", alpha=0.3)
   return _save(fig, path)
 
