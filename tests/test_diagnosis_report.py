@@ -56,6 +56,21 @@ def test_diagnose_no_feasible_rate(tmp_path):
   assert d.verdict == "no-feasible-rate" and os.path.exists(d.files["markdown"])
 
 
+def test_the_sweep_figure_names_the_model_and_its_metric(tmp_path, monkeypatch):
+  """The title names the model given; the y axis says the ranking metric is an evaluation one."""
+  drawn = {}
+
+  def keep(fig, path):
+    ax = fig.axes[0]
+    drawn[os.path.basename(path)] = (ax.get_title(), ax.get_ylabel())
+    return str(path)
+
+  monkeypatch.setattr(plots, "_save", keep)
+  diagnose(noisy_numpy_trial, [3.0, 4.0], 50, out_dir=tmp_path, progress=False, log=None,
+           name="Toy model")
+  assert drawn["sweep.png"] == ("Toy model: Learning-rate sweep", "final evaluation loss")
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"learning_rates": []}, "empty grid"),
     ({"learning_rates": [0.1, -0.1]}, r"learning_rates\[1\]"),
@@ -65,6 +80,7 @@ def test_diagnose_no_feasible_rate(tmp_path):
     ({"fixes": (10,)}, "fixes must be a FixLadder"),
     ({"budget": 0}, "budget"),
     ({"budget": 100}, r"budget must be an integer >= 500 \(the sweep needs 200"),
+    ({"name": 3}, "name must be a string or None"),
 ])
 def test_diagnose_bad_input_fails_before_any_trial(tmp_path, kwargs, match):
   calls = []

@@ -39,6 +39,8 @@ def _texts(fig):
     legend = ax.get_legend()
     if legend is not None:
       artists += list(legend.get_texts()) + [legend.get_title()]
+  for legend in fig.legends:
+    artists += list(legend.get_texts()) + [legend.get_title()]
   out = []
   for artist in {id(a): a for a in artists if a is not None}.values():
     if not artist.get_visible() or not artist.get_text().strip():
@@ -60,8 +62,7 @@ def _overlaps(fig):
 
 def _legend_entries_visible(fig):
   problems = []
-  for ax in fig.axes:
-    legend = ax.get_legend()
+  for legend in [ax.get_legend() for ax in fig.axes] + list(fig.legends):
     if legend is None:
       continue
     for handle, text in zip(legend.legend_handles, legend.get_texts()):
@@ -102,6 +103,10 @@ CASES = {
         [1e-3, 1e-2, 1e-1, 1.0], [2.0, 1.1, 2.2, np.nan], [True, True, True, False], p,
         best_learning_rate=1e-2, labels=["stable", "stable", "failed-to-train", "diverged"],
         title="Transformer (Post-LN): validation loss vs learning rate"),
+    "learning_rate_sweep_own_rule": lambda p: plots.plot_learning_rate_sweep(
+        [1e-3, 1e-2, 1e-1, 1.0], [2.0, 1.1, 2.2, 3.0], [True] * 4, p, best_learning_rate=1e-2,
+        labels=["stable", "stable", "failed-to-train", "failed-to-train"],
+        failed_to_train=[False, False, False, True], failed_rule="loss >= unigram level - 0.1"),
     "loss_curves_coinciding": lambda p: plots.plot_loss_curves(
         {"lr* = 0.01": LOSS, "5 x lr*": SPIKY, "10 x lr*": SPIKY}, p,
         title="Long checks above lr*"),
@@ -116,11 +121,21 @@ CASES = {
         labels=["early-unstable", "stable", "stable"]),
     "stride_error_vs_learning_rate": lambda p: plots.plot_stride_error_vs_learning_rate(
         {"standard (2,2)": ([0.01, 0.1, 1.0], [0.24, 0.019, 0.028], [True, True, True]),
-         "stride (1,1)": ([0.01, 0.1, 1.0], [0.025, 0.546, 0.499], [True, True, False])}, p),
+         "standard (2,2) + warmup": ([0.01, 0.1, 1.0], [0.15, 0.021, 0.022], [True] * 3),
+         "stride (1,1)": ([0.01, 0.1, 1.0], [0.025, 0.546, 0.499], [True, True, False])}, p,
+        unstable_from={"stride (1,1)": 0.1, "standard (2,2)": None}),
     "stride_grad_norms_adaptive": lambda p: plots.plot_stride_grad_norms(
         {"no clipping": NORMS, "percentile clip p90": NORMS * 1.5, "percentile clip p50": NORMS * 2},
         {"percentile clip p90": np.where(np.arange(60) < 20, 1.3, 1.1 + 0.01 * np.arange(60)),
-         "percentile clip p50": 0.9}, p, learning_rate=0.1),
+         "percentile clip p50": 0.9}, p, learning_rate=0.1,
+        labels={"no clipping": "failed-to-train", "percentile clip p90": "stable"}),
+    "every_step_loss_short_run": lambda p: plots.plot_every_step_loss(
+        {"a": LOSS, "b": LOSS * 1.2}, p, coarse_every=40, first_steps=30),
+    "fix_curves": lambda p: plots.plot_fix_curves(
+        {"lr* = 0.01, 60 steps (sweep)": LOSS},
+        {"warmup, lr 0.03: helps": {"with the fix": LOSS * 0.9, "without the fix": SPIKY},
+         "clipping, lr 0.03: does not help": {"with the fix": LOSS * 1.1,
+                                             "without the fix": SPIKY}}, p),
     "loss_vs_learning_rate_shared_best": lambda p: plots.plot_loss_vs_learning_rate(
         {"Post-LN": ([1e-3, 3e-3, 1e-2], [2.0, 1.5, np.nan], [True, True, False], [False] * 3),
          "Post-LN + warmup": ([1e-3, 3e-3, 1e-2], [2.1, 1.5, 3.0], [True] * 3, [False, False, True]),
@@ -161,3 +176,95 @@ def test_the_checks_catch_what_they_check(monkeypatch):
   ax.legend()
   fig.canvas.draw()
   assert _overlaps(fig) and _legend_entries_visible(fig) == ["invisible"]
+
+
+def _legend_texts(fig) -> list[str]:
+  legends = [ax.get_legend() for ax in fig.axes] + list(fig.legends)
+  return [t.get_text() for legend in legends if legend is not None for t in legend.get_texts()]
+
+
+def test_curves_drawn_on_top_of_each_other_are_noted(monkeypatch):
+  """Not equal, but within a few pixels over the whole run: the legend says they coincide."""
+  noise = 0.5 * RNG.random(400)
+  stalled = 3.3 + noise
+  cases = {
+      "close": {"lr*": 4.0 - np.linspace(0, 2, 400) + noise, "5 x lr*": stalled,
+                "10 x lr*": stalled + 0.005},
+      # Apart by a tenth of the range: two curves a reader can tell apart.
+      "apart": {"lr*": 4.0 - np.linspace(0, 2, 400) + noise, "5 x lr*": stalled,
+                "10 x lr*": stalled + 0.25},
+  }
+  close = _legend_texts(_render(monkeypatch, lambda p: plots.plot_loss_curves(cases["close"], p)))
+  assert any(t.startswith("10 x lr* (coincides with 5 x lr*") for t in close), close
+  apart = _legend_texts(_render(monkeypatch, lambda p: plots.plot_loss_curves(cases["apart"], p)))
+  assert not any("coincides" in t for t in apart), apart
+
+
+def test_curves_that_part_early_do_not_coincide_on_a_log_step_axis(monkeypatch):
+  """The same last 380 steps, different first 20: on a log step axis they are two curves."""
+  late = 3.3 + 0.1 * RNG.random(400)
+  early = late.copy()
+  early[:20] = np.linspace(4.8, 3.4, 20)
+  curves = {"warmup 0": late, "warmup 20": early}
+  linear = _legend_texts(_render(monkeypatch, lambda p: plots.plot_loss_curves(curves, p)))
+  assert any("coincides" in t for t in linear)
+  log = _legend_texts(_render(monkeypatch, lambda p: plots.plot_loss_curves(curves, p, log_x=True)))
+  assert not any("coincides" in t for t in log), log
+
+
+def test_a_coarse_panel_with_too_few_points_is_left_out(monkeypatch):
+  """200 steps evaluated every 100: two points, no panel; the title gives their values."""
+  loss = np.linspace(4.0, 3.0, 200)
+  fig = _render(monkeypatch, lambda p: plots.plot_every_step_loss(loss, p, coarse_every=100))
+  assert len(fig.axes) == 1
+  title = fig._suptitle.get_text().replace("\n", " ")
+  assert "every 100 steps would see only" in title and "at step 200" in title
+  fig = _render(monkeypatch, lambda p: plots.plot_every_step_loss(loss, p, coarse_every=50))
+  assert len(fig.axes) == 2
+
+
+def test_a_log_axis_over_about_a_decade_has_several_tick_labels(monkeypatch):
+  norms = np.geomspace(0.55, 5.7, 100)
+  fig = _render(monkeypatch, lambda p: plots.plot_grad_norms(norms, p))
+  ax = fig.axes[0]
+  low, high = ax.get_ylim()
+  shown = [t.label1.get_text() for t in ax.yaxis._update_ticks() if t.label1.get_text()]
+  assert ax.get_yscale() == "log" and len(shown) >= 3, (low, high, shown)
+
+
+def test_the_sweep_marks_failures_by_the_rule_it_is_given(monkeypatch):
+  fig = _render(monkeypatch, CASES["learning_rate_sweep_own_rule"])
+  texts = _legend_texts(fig)
+  assert "failed to train (1)\n(loss >= unigram level - 0.1)" in texts
+  assert "trained, though the run detector labels it failed-to-train (1)" in texts
+
+
+def test_best_rate_stars_on_one_rate_are_set_apart(monkeypatch):
+  fig = _render(monkeypatch, CASES["loss_vs_learning_rate_shared_best"])
+  stars = [l for l in fig.axes[0].get_lines() if l.get_marker() == "*" and len(l.get_xdata())]
+  xs = [float(l.get_xdata()[0]) for l in stars]
+  assert len(stars) == 3 and len(set(xs)) == 3
+  assert all(x == pytest.approx(3e-3, rel=0.2) for x in xs)
+
+
+def test_unstable_rates_and_stopped_runs_are_named_on_their_curves(monkeypatch):
+  fig = _render(monkeypatch, CASES["stride_error_vs_learning_rate"])
+  texts = _legend_texts(fig)
+  assert "stride (1,1): unstable from 0.1" in texts
+  assert not any(t.startswith("standard (2,2): unstable") for t in texts)
+  arrows = [a for a in fig.axes[0].texts if getattr(a, "xy", None) is not None]
+  assert [tuple(a.xy) for a in arrows] == [(0.1, pytest.approx(54.6))]
+  fig = _render(monkeypatch, CASES["stride_grad_norms_adaptive"])
+  assert "no clipping (failed-to-train)" in _legend_texts(fig)
+  assert "percentile clip p90" in _legend_texts(fig)
+  assert any(t.get_text().startswith("no clipping failed to train") for t in fig.texts)
+
+
+def test_fix_curves_group_the_legend(monkeypatch):
+  """Two fixes with two runs each: one entry per fix and per run kind, not per curve."""
+  fig = _render(monkeypatch, CASES["fix_curves"])
+  texts = _legend_texts(fig)
+  assert sorted(texts) == sorted(["lr* = 0.01, 60 steps (sweep)", "with the fix", "without the fix",
+                                  "warmup, lr 0.03: helps", "clipping, lr 0.03: does not help"])
+  # The run without the fix is the same for both fixes: drawn once.
+  assert sum(np.array_equal(l.get_ydata(), SPIKY) for l in fig.axes[0].get_lines()) == 1

@@ -268,6 +268,7 @@ def diagnose(
     trial_timeout: Optional[float] = None,
     progress: bool = True,
     log: Optional[Callable[[str], None]] = print,
+    name: Optional[str] = None,
 ) -> Diagnosis:
   """Runs the playbook's instability diagnosis, finds a fix that works, writes the report.
 
@@ -302,6 +303,8 @@ def diagnose(
     progress: show progress bars.
     log: where the plan and its cost go before training (default ``print``;
       ``None``: nowhere).
+    name: the model or workload diagnosed (e.g. ``"Post-LN Transformer"``),
+      named in the figures' titles; ``None``: unnamed.
 
   Returns:
     The ``Diagnosis``, with ``files`` naming what was written.
@@ -318,6 +321,8 @@ def diagnose(
   """
   checks = Checks() if checks is None else checks
   trial_timeout = executors.check_trial_timeout(trial_timeout)
+  if name is not None and not isinstance(name, str):
+    raise ValueError(f"name must be a string or None; got {type(name).__name__}.")
   rates, base_config = _check_args(learning_rates, num_steps, base_config, metric, mode, reduce,
                                    rule, thresholds, trivial_loss, checks, fixes, budget)
   support = fix_support(train_fn)
@@ -340,7 +345,8 @@ def diagnose(
       rule=rule, store=store, progress=progress, trivial_loss=trivial_loss,
       thresholds=thresholds, executor=executor, trial_timeout=trial_timeout)
   if sweep.best is None:
-    return write_report(make_diagnosis(sweep, plan=Plan(budget, tuple(runner.rounds))), out_dir)
+    return write_report(make_diagnosis(sweep, plan=Plan(budget, tuple(runner.rounds))), out_dir,
+                        name=name)
 
   above = rates_above_best(sweep, count=checks.above_count)
   configs = [short_check_config(sweep, factor=checks.short_factor, num_steps=short_steps,
@@ -381,4 +387,4 @@ def diagnose(
   diagnosis = make_diagnosis(sweep, above_best=above, short_check=short, long_checks=longs,
                              fixes=results, notes=tuple(notes), plan=plan, verdict=verdict,
                              clip_percentile=90.0 if fixes is None else fixes.clip_percentile)
-  return write_report(diagnosis, out_dir)
+  return write_report(diagnosis, out_dir, name=name)

@@ -26,7 +26,7 @@ from optstab.diagnosis.confirm import ConfirmationRun
 from optstab.diagnosis.detectors import EARLY_UNSTABLE, MID_TRAINING_UNSTABLE, STABLE
 from optstab.diagnosis.fixes import FixResult
 from optstab.diagnosis.plan import Plan
-from optstab.diagnosis.sweep import PathLike, SweepResult
+from optstab.diagnosis.sweep import TRAIN_LOSS, PathLike, SweepResult
 from optstab.trial import to_jsonable
 from optstab.diagnosis.verdict import UNSTABLE, VERDICTS, decide_verdict
 
@@ -391,13 +391,36 @@ def _next_steps(verdict: str, fixes: Sequence[FixResult], best) -> str:
           + f"Train at lr* = {best.learning_rate:.4g}, or try what was not tried. " + advice)
 
 
-def _plot_all(d: Diagnosis, out_dir: str) -> dict[str, str]:
+def _titled(title: str, name: Optional[str]) -> str:
+  """``title``, prefixed with the model's name when the diagnosis was given one."""
+  return title if name is None else f"{name}: {title}"
+
+
+def _metric_name(sweep) -> str:
+  """What the sweep ranks rates by, as the y axis names it: an evaluation metric is not the
+  training loss (the detector's labels read the training loss; the ranking reads this)."""
+  if sweep.metric == TRAIN_LOSS:
+    return f"{sweep.reduce} training loss"
+  return f"{sweep.reduce} evaluation {sweep.metric}"
+
+
+def _failed_rule(sweep) -> str:
+  """The detector's failed-to-train rule, as the sweep applied it, in a few words."""
+  upper = "the trivial level" if sweep.trivial_loss is not None else "its initial level"
+  if sweep.reference_loss is not None:
+    return (f"training loss closes < {sweep.thresholds.min_progress_fraction:.0%} of the gap "
+            f"from {upper} to lr*'s")
+  return f"training loss not clearly below {upper}"
+
+
+def _plot_all(d: Diagnosis, out_dir: str, name: Optional[str] = None) -> dict[str, str]:
   files: dict[str, str] = {}
   sweep = d.sweep
   files["learning-rate sweep"] = plots.plot_learning_rate_sweep(
       sweep.learning_rates, sweep.metric_values, sweep.feasible,
       os.path.join(out_dir, "sweep.png"), best_learning_rate=sweep.best_learning_rate,
-      metric_name=f"{sweep.reduce} {sweep.metric}", labels=sweep.labels,
+      metric_name=_metric_name(sweep), labels=sweep.labels, failed_rule=_failed_rule(sweep),
+      title=_titled("Learning-rate sweep", name),
   )
   best = sweep.best
   if best is None:
@@ -408,12 +431,13 @@ def _plot_all(d: Diagnosis, out_dir: str) -> dict[str, str]:
       curves[f"lr = {run.learning_rate:.3g}"] = run.result.train_loss
   files["rates above lr*"] = plots.plot_loss_curves(
       curves, os.path.join(out_dir, "above_best_loss.png"),
-      title="Training loss at lr* and the rates just above it")
+      title=_titled("Training loss at lr* and the rates just above it", name))
   if d.short_check is not None and d.short_check.result is not None:
     files["short check, every step"] = plots.plot_every_step_loss(
         d.short_check.result.train_loss, os.path.join(out_dir, "short_check_every_step.png"),
         coarse_every=sweep.base_config.eval_every,
-        title=f"Short check at {d.short_check.factor:g} x lr* = {d.short_check.learning_rate:.3g}")
+        title=_titled(f"Short check at {d.short_check.factor:g} x lr* = "
+                      f"{d.short_check.learning_rate:.3g}", name))
   long_curves = {f"lr* = {best.learning_rate:.3g}": best.result.train_loss}
   for run in d.long_checks:
     if run.result is not None:
@@ -421,54 +445,63 @@ def _plot_all(d: Diagnosis, out_dir: str) -> dict[str, str]:
   if len(long_curves) > 1:
     files["long checks"] = plots.plot_loss_curves(
         long_curves, os.path.join(out_dir, "long_checks_loss.png"),
-        title="Training loss at " + " and ".join(f"{r.factor:g} x" for r in d.long_checks) + " lr*")
+        title=_titled("Training loss at " + " and ".join(f"{r.factor:g} x" for r in d.long_checks)
+                      + " lr*", name))
   norms = best.result.grad_norms
   if np.isfinite(norms).any():
     threshold = clipping.clip_threshold(norms[np.isfinite(norms)], d.clip_percentile)
     files["gradient norm at lr*"] = plots.plot_grad_norms(
         norms, os.path.join(out_dir, "grad_norms.png"), threshold=threshold,
-        steps=np.arange(1, norms.size + 1), title=f"Unclipped gradient norm at lr* = {best.learning_rate:.3g}")
+        steps=np.arange(1, norms.size + 1),
+        title=_titled(f"Unclipped gradient norm at lr* = {best.learning_rate:.3g}", name))
     files["gradient norm histogram at lr*"] = plots.plot_grad_norm_histogram(
-        norms, os.path.join(out_dir, "grad_norm_histogram.png"), threshold=threshold)
+        norms, os.path.join(out_dir, "grad_norm_histogram.png"), threshold=threshold,
+        title=_titled("Gradient norms over all steps at lr*", name))
   searched = [f for f in d.fixes if f.trials]
   if searched:
-    curves = {f"lr* = {best.learning_rate:.3g}, {best.config.total_steps} steps (sweep)":
-              best.result.train_loss}
+    reference = {f"lr* = {best.learning_rate:.3g}, {best.config.total_steps} steps (sweep)":
+                 best.result.train_loss}
+    # Colour: which fix; line style: which run of it (the same kinds for every fix).
+    fix_runs = {}
     for f in searched:
       shown = f.chosen if f.chosen is not None else max(f.trials, key=lambda t: t.learning_rate)
-      baseline = None if f.comparison is None else f.comparison.baseline_trial
-      if baseline is not None and baseline.result is not None:
-        curves[f"lr* = {best.learning_rate:.3g}, {baseline.config.total_steps} steps "
-               "(same steps as the fix)"] = baseline.result.train_loss
+      runs = {}
+      if shown.result is not None:
+        runs["with the fix (the verified rate, else the highest tried)"] = (
+            shown.result.train_loss)
+      if f.longer_run is not None and f.longer_run.result is not None:
+        runs["with the fix, trained longer"] = f.longer_run.result.train_loss
       without = None if f.comparison is None else f.comparison.without_trial
       if without is not None and without.result is not None:
-        curves[f"lr {without.learning_rate:.3g} without the fix, {without.config.total_steps} "
-               "steps"] = without.result.train_loss
-      if shown.result is not None:
-        curves[f"{shown.fix.name}, lr {shown.learning_rate:.3g}: {f.status}"] = shown.result.train_loss
-      if f.longer_run is not None and f.longer_run.result is not None:
-        curves[f"{shown.fix.name}, lr {shown.learning_rate:.3g}, "
-               f"{f.longer_run.config.total_steps} steps (longer run)"] = (
-                   f.longer_run.result.train_loss)
-    files["fixes"] = plots.plot_loss_curves(
-        curves, os.path.join(out_dir, "fixes_loss.png"),
-        title="Training loss with each fix tried (the verified run, else the highest rate)")
+        runs["same rate without the fix"] = without.result.train_loss
+      baseline = None if f.comparison is None else f.comparison.baseline_trial
+      if baseline is not None and baseline.result is not None:
+        runs[f"lr* = {best.learning_rate:.3g}, the fix's steps"] = baseline.result.train_loss
+      longer = ("" if f.longer_run is None or f.longer_run.result is None
+                else f", longer {f.longer_run.config.total_steps}")
+      fix_runs[f"{shown.fix.name}, lr {shown.learning_rate:.3g} ({shown.config.total_steps} "
+               f"steps{longer}): {f.status}"] = runs
+    files["fixes"] = plots.plot_fix_curves(
+        reference, fix_runs, os.path.join(out_dir, "fixes_loss.png"),
+        title=_titled("Training loss with each fix tried", name))
   return files
 
 
-def write_report(diagnosis: Diagnosis, out_dir: PathLike) -> Diagnosis:
+def write_report(diagnosis: Diagnosis, out_dir: PathLike, *,
+                 name: Optional[str] = None) -> Diagnosis:
   """Writes ``diagnosis.md``, ``diagnosis.json`` and the figures into ``out_dir``.
 
   Args:
     diagnosis: from ``make_diagnosis``.
     out_dir: the output folder (created if missing).
+    name: the model or workload diagnosed, named in the figures' titles.
 
   Returns:
     The diagnosis with ``files`` filled in (name -> path).
   """
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  files = _plot_all(diagnosis, out_dir)
+  files = _plot_all(diagnosis, out_dir, name)
   files["markdown"] = os.path.join(out_dir, "diagnosis.md")
   files["json"] = os.path.join(out_dir, "diagnosis.json")
   diagnosis = dataclasses.replace(diagnosis, files=files)

@@ -70,7 +70,7 @@ from optstab.transformer import train as transformer_train
 from optstab.transformer.figures import write_figures
 from optstab.transformer.model import TransformerConfig
 from optstab.transformer.presets import CURVES, Preset, get_preset
-from optstab.transformer.report import claims, render_report, verdicts
+from optstab.transformer.report import PRETTY, claims, render_report, verdicts
 from optstab.transformer.summary import RULE, STALL_MARGIN, seed_table, summarize
 
 __all__ = ["run_experiment", "trial_plan", "setup_for", "data_source_for", "ExperimentResult", "verdicts",
@@ -251,7 +251,8 @@ def _run_seed(preset: Preset, run: harness.Run, text: corpus_data.CharCorpus,
               **({"long_factors": preset.long_check_factors} if preset.long_check_factors else {})),
           fixes=FixLadder(kinds=preset.fix_kinds, rate_factors=preset.fix_rate_factors,
                           warmup_candidates=preset.warmup_candidates),
-          trivial_loss=text.unigram_entropy, log=None, **run.options)
+          trivial_loss=text.unigram_entropy, log=None, name=f"{PRETTY[name]} Transformer",
+          **run.options)
 
   summary = summarize(preset, text, sweeps, fig6, long_runs, diagnoses, trivial, run.out_dir)
   return summary, sweeps, fig6, long_runs

@@ -14,7 +14,7 @@ from optstab.diagnosis import ConfirmationRun, SweepResult
 from optstab.trial import TrialRecord
 from optstab.transformer.presets import Preset
 from optstab.transformer.report import PRETTY
-from optstab.transformer.summary import SMOOTHING, running_mean
+from optstab.transformer.summary import SMOOTHING, STALL_MARGIN, running_mean
 
 __all__ = ["write_figures"]
 
@@ -37,10 +37,15 @@ def write_figures(preset: Preset, out_dir: str, sweeps: dict[str, SweepResult],
       ylabel=f"validation loss at step {preset.num_steps} (nats)",
       title=f"Post-LN vs Pre-LN, with and without warmup ({preset.name} preset)")
   post = sweeps["post_ln"]
+  # The squares follow the report's rule (the unigram level), as Figure 8 and the tables do; a
+  # run that rule says trained while the detector labels it otherwise shows that label.
   files["fig7a"] = plots.plot_learning_rate_sweep(
       post.learning_rates, post.metric_values, post.feasible,
       os.path.join(out_dir, "fig7a_post_ln_sweep.png"), best_learning_rate=post.best_learning_rate,
       labels=post.labels,
+      failed_to_train=[t["failed_to_train"]
+                       for t in summary["figure8"]["curves"]["post_ln"]["trials"]],
+      failed_rule=(f"validation loss >= unigram level {level:.3g} - {STALL_MARGIN:g} nats"),
       metric_name=f"validation loss at step {preset.num_steps}",
       title="Post-LN learning-rate sweep (Figure 7a)")
   warm = {}
@@ -63,7 +68,7 @@ def write_figures(preset: Preset, out_dir: str, sweeps: dict[str, SweepResult],
       long_curves[f"{run.factor:g} x lr* = {run.learning_rate:.3g}"] = \
           running_mean(run.result.train_loss)
   if long_runs:  # lr* alone is not Figure 7b: a preset without long checks draws none
-    factors = " and ".join(f"{run.factor:g}x" for run in long_runs)
+    factors = " and ".join(f"{r.factor:g}x" for r in long_runs)
     files["fig7b"] = plots.plot_loss_curves(
         long_curves, os.path.join(out_dir, "fig7b_long_checks.png"), log_y=False,
         ylabel=f"training loss (running mean, {SMOOTHING} steps)",
