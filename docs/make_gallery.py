@@ -399,8 +399,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                    if not p.relative_to(runs / demo).parts[0].startswith("."))
     for demo in DEMOS:
       copy_outputs(demo, runs / demo, args.preset)
-    after = _size(GALLERY.rglob("*.png"))
-    print(f"PNGs: {before / 1e6:.2f} MB as drawn, {after / 1e6:.2f} MB optimized")
+    if args.preset == PRESET:  # the standard presets' PNGs are not copied
+      after = _size(GALLERY.rglob("*.png"))
+      print(f"PNGs: {before / 1e6:.2f} MB as drawn, {after / 1e6:.2f} MB optimized")
   write_pages()
   print(f"docs/gallery/: {_size(p for p in GALLERY.rglob('*') if p.is_file()) / 1e6:.2f} MB")
   return 0
