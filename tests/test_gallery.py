@@ -93,9 +93,11 @@ def test_pages_and_tables_are_what_the_script_writes(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("demo", ["wrn", "transformer"])
-def test_figures_md_includes_the_measured_tables(demo):
+@pytest.mark.parametrize("folder", ["", "standard/"])
+def test_figures_md_includes_the_measured_tables(demo, folder):
   figures = (DOCS / "guide" / "figures.md").read_text(encoding="utf-8")
-  assert f"```{{include}} ../gallery/{demo}/measured.md" in figures
+  assert (GALLERY / demo / folder / "results.json").is_file()
+  assert f"```{{include}} ../gallery/{demo}/{folder}measured.md" in figures
 
 
 def test_the_pngs_are_small():
