@@ -633,7 +633,9 @@ def plot_loss_vs_learning_rate(curves, path: PathLike, *, reference=None,
       curves that share a best rate are set side by side, each tied to its point.
     path: PNG file to write.
     reference: a horizontal dotted line (e.g. the loss of a model that learned
-      nothing), if given.
+      nothing), if given; when every run trained and it lies more than the
+      curves' own range above them, the legend names it instead, so that the
+      curves keep the axes.
     reference_label: its legend entry.
     ylabel: y-axis label.
     title: figure title.
@@ -658,9 +660,14 @@ def plot_loss_vs_learning_rate(curves, path: PathLike, *, reference=None,
     parsed.append((label, lrs, losses, feasible, failed))
   shown_all = np.concatenate([l[f & np.isfinite(l)] for _, _, l, f, _ in parsed])
   top = shown_all.max() if shown_all.size else 1.0
-  if reference is not None:
-    top = max(top, float(reference))
   low = shown_all.min() if shown_all.size else 0.0
+  any_off = any((~f | fl).any() for _, _, _, f, fl in parsed)
+  # A reference far above curves that all trained would squash them into a sliver of the
+  # axes: it is then named in the legend instead of drawn.
+  reference_drawn = reference is not None and (
+      any_off or float(reference) <= top + max(top - low, 1e-12))
+  if reference_drawn:
+    top = max(top, float(reference))
   edge = top + 0.05 * max(top - low, 1e-12)
   styles = ["o-", "s-", "o--", "s--", "^-", "v-"]
   any_failed = any_bad = False
@@ -702,8 +709,11 @@ def plot_loss_vs_learning_rate(curves, path: PathLike, *, reference=None,
     ax.plot([], [], "o", mfc="white", mec="gray", ms=10, mew=1.5, label="failed to train")
   if any_bad:
     ax.plot([], [], "x", color="gray", ms=9, mew=2, label="infeasible (drawn at the top)")
-  if reference is not None:
+  if reference_drawn:
     ax.axhline(float(reference), color="gray", ls=":", label=reference_label)
+  elif reference is not None:
+    ax.plot([], [], color="gray", ls=":",
+            label=f"{reference_label}: {float(reference):.3g}, above the axes")
   ax.set_xscale("log")
   ax.set_xlabel("peak learning rate")
   ax.set_ylabel(ylabel)

@@ -141,6 +141,10 @@ CASES = {
          "Post-LN + warmup": ([1e-3, 3e-3, 1e-2], [2.1, 1.5, 3.0], [True] * 3, [False, False, True]),
          "Pre-LN": ([1e-3, 3e-3, 1e-2], [2.2, 1.5, 1.9], [True] * 3, [False] * 3)}, p,
         reference=3.07, reference_label="unigram level"),
+    "loss_vs_learning_rate_all_trained": lambda p: plots.plot_loss_vs_learning_rate(
+        {"Post-LN": ([1e-3, 2e-3], [1.87, 1.85], [True] * 2, [False] * 2),
+         "Pre-LN": ([2e-3, 3e-3], [1.85, 1.84], [True] * 2, [False] * 2)}, p,
+        reference=3.07, reference_label="unigram level"),
 }
 
 
@@ -268,3 +272,13 @@ def test_fix_curves_group_the_legend(monkeypatch):
                                   "warmup, lr 0.03: helps", "clipping, lr 0.03: does not help"])
   # The run without the fix is the same for both fixes: drawn once.
   assert sum(np.array_equal(l.get_ydata(), SPIKY) for l in fig.axes[0].get_lines()) == 1
+
+
+def test_a_far_reference_is_named_not_drawn_when_every_run_trained(monkeypatch):
+  # Every run trained, 1.84-1.87 nats: a line at 3.07 would leave them a sliver of the axes.
+  fig = _render(monkeypatch, CASES["loss_vs_learning_rate_all_trained"])
+  assert fig.axes[0].get_ylim()[1] < 2.0
+  assert "unigram level: 3.07, above the axes" in _legend_texts(fig)
+  # A curve that failed to train sits near the level: the line is drawn, on the axes.
+  fig = _render(monkeypatch, CASES["loss_vs_learning_rate_shared_best"])
+  assert fig.axes[0].get_ylim()[1] > 3.07 and "unigram level" in _legend_texts(fig)
