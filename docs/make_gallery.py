@@ -207,7 +207,8 @@ def _machine(folder: pathlib.Path, s: dict[str, Any]) -> str:
              + f"); the machine's 1-minute load average was "
              f"{r['load_average_at_start'][0]:.1f} at its start and "
              f"{r['load_average_at_end'][0]:.1f} at its end")
-    if max(r["load_average_at_start"][0], r["load_average_at_end"][0]) >= 1:
+    # The run's own workers load the machine by the end; only the load it started on is other jobs'.
+    if r["load_average_at_start"][0] >= 1:
       text += f" (other jobs were sharing its {r['cpu_count']} cores: an idle machine is faster)"
   return text
 
