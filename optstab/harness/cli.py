@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from optstab import runner
 from optstab.harness.experiment import ExperimentResult
+from optstab.harness.seeds import check_seeds
 
 __all__ = ["demo_parser", "add_run_options", "parse_args", "preset_from_args", "run_demo"]
 
@@ -49,9 +50,15 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def parse_args(parser: argparse.ArgumentParser,
                argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-  """The parsed flags, checked across flags (``runner.check_cli_args``: a usage error exits 2)."""
+  """The parsed flags, checked across flags (``runner.check_cli_args``) and ``--seeds``
+  (``check_seeds``): a usage error exits 2."""
   args = parser.parse_args(argv)
   runner.check_cli_args(parser, args)
+  if getattr(args, "seeds", None) is not None:
+    try:
+      check_seeds(args.seeds, 0)
+    except ValueError as e:
+      parser.error(f"argument --seeds: {e}")
   return args
 
 

@@ -61,8 +61,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   parser = build_parser()
   args = cli.parse_args(parser, argv)
-  if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
-    parser.error(f"argument --seeds: must be distinct; got {args.seeds}")
   from optstab.wrn import experiment, presets
 
   rates = None if args.learning_rates is None else tuple(sorted(args.learning_rates))
