@@ -396,11 +396,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs = pathlib.Path(args.runs or f"runs/{'gallery' if args.preset == PRESET else STANDARD}")
     for demo in DEMOS:
       run_demo(demo, runs / demo, args.workers, args.preset)
-    before = _size(p for demo in DEMOS for p in (runs / demo).rglob("*.png")
-                   if not p.relative_to(runs / demo).parts[0].startswith("."))
     for demo in DEMOS:
       copy_outputs(demo, runs / demo, args.preset)
     if args.preset == PRESET:  # the standard presets' PNGs are not copied
+      before = _size(p for demo in DEMOS for p in (runs / demo).rglob("*.png")
+                     if not p.relative_to(runs / demo).parts[0].startswith("."))
       after = _size(GALLERY.rglob("*.png"))
       print(f"PNGs: {before / 1e6:.2f} MB as drawn, {after / 1e6:.2f} MB optimized")
   write_pages()
