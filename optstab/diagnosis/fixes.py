@@ -748,11 +748,11 @@ def judge_fix(sweep: SweepResult, family: FixFamily, trials: Sequence[FixTrial],
     why = (f"not above the highest rate that trained as well as lr* without it "
            f"({baseline_rate:.3g}), and not better")
   else:
+    # How often the rate trained without the fix is in ``values`` already.
     why = (f"not more than {ladder.min_rate_gain:g} x the highest rate that trained as well as "
-           f"lr* without it ({baseline_rate:.3g}), "
-           + (f"{chosen.learning_rate:.3g} trained without the fix on "
-              f"{sum(c.without_trains)} of {len(c.without_trains)} seeds"
-              if c.without_trains else f"{chosen.learning_rate:.3g} not tried without the fix")
+           f"lr* without it ({baseline_rate:.3g}) "
+           + ("while it trained without the fix on some seed" if c.without_trains
+              else "and not tried without the fix")
            + ", and not better")
   return FixResult(family, DOES_NOT_HELP, f"{at}: {values}: {why}", **common)
 
