@@ -177,6 +177,13 @@ def copy_outputs(demo: str, out: pathlib.Path, preset: str = PRESET) -> None:
       shutil.copyfile(src, target)
 
 
+def _seeds(s: dict[str, Any]) -> list[int]:
+  """The seeds a ``results.json`` covers (``optstab.harness.seeds.summary_seeds``)."""
+  from optstab.harness.seeds import summary_seeds  # pylint: disable=import-outside-toplevel
+
+  return summary_seeds(s)
+
+
 def _load(folder: pathlib.Path) -> dict[str, Any]:
   return json.loads((folder / "results.json").read_text(encoding="utf-8"))
 
@@ -193,7 +200,7 @@ def _machine(folder: pathlib.Path, s: dict[str, Any]) -> str:
   """Where and how the committed run in ``folder`` was measured."""
   env = s.get("environment") or {}
   v = env.get("versions", {})
-  seeds = s.get("seeds", [s["preset"]["seed"]])
+  seeds = _seeds(s)
   text = ("one seed" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}")
   text += (f", on {env.get('cpu', 'an unrecorded CPU')} ({env.get('cpu_count', '?')} "
            f"cores), jax {v.get('jax')}, optax {v.get('optax')}, flax {v.get('flax')}")
@@ -253,7 +260,7 @@ def wrn_tables(s: dict[str, Any], folder: pathlib.Path) -> str:
     lines.append(f"| {name} | {_pct(r.get('final_test_error'))}"
                  f"{'' if r.get('feasible', True) else ' (infeasible)'} | "
                  f"{_g(r.get('max_loss_ratio'), '.3g')} | {report._headline(r)} |")  # pylint: disable=protected-access
-  if len(s.get("seeds", ())) > 1:
+  if len(_seeds(s)) > 1:
     lines += report.seed_table_lines(s)
   lines += ["", "What reproduced (the report's verdicts):", ""]
   lines += [f"- {v}" for v in report.verdicts(s)]
@@ -301,7 +308,7 @@ def transformer_tables(s: dict[str, Any], folder: pathlib.Path) -> str:
             "| validation loss at the last step | " + " | ".join(
                 _g(r.get("final_eval_loss"), ".3f") + (" (failed)" if r["failed_to_train"] else "")
                 for r in runs.values()) + " |"]
-  if len(s.get("seeds", ())) > 1:
+  if len(_seeds(s)) > 1:
     lines += report.seed_table_lines(s)
   lines += ["", "What reproduced (the report's verdicts):", ""]
   lines += [f"- {v}" for v in report.verdicts(s)]

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from optstab import _validation
 
-__all__ = ["check_seeds", "verdict_support", "verdict_lines"]
+__all__ = ["check_seeds", "summary_seeds", "verdict_support", "verdict_lines"]
 
 #: ``summary -> [(key, status, sentence)]``: a demo's verdicts on one seed.
 Judge = Callable[[dict[str, Any]], list[tuple[str, Optional[str], str]]]
@@ -30,6 +30,11 @@ def check_seeds(seeds: Optional[Sequence[int]], default: int) -> tuple[int, ...]
   if len(set(seeds)) != len(seeds):
     raise ValueError(f"seeds must be distinct; got {list(seeds)}.")
   return seeds
+
+
+def summary_seeds(summary: dict[str, Any]) -> list[int]:
+  """The seeds a demo's ``results.json`` covers: its ``seeds``, else its preset's one ``seed``."""
+  return summary.get("seeds", [summary["preset"]["seed"]])
 
 
 def verdict_support(summaries: Sequence[dict[str, Any]], seeds: Sequence[int],

@@ -36,17 +36,13 @@ def _cell(t: dict[str, Any]) -> str:
   return cell
 
 
-def _seeds_of(s: dict[str, Any]) -> list[int]:
-  return s.get("seeds", [s["preset"]["seed"]])
-
-
 def render_report(s: dict[str, Any]) -> str:
   """The markdown report: our numbers beside the published ones, and what reproduced."""
   p, c, pub = s["preset"], s["corpus"], s["published"]
   f8 = s["figure8"]
   curves = f8["curves"]
   env = s["environment"]
-  seeds = _seeds_of(s)
+  seeds = harness_seeds.summary_seeds(s)
   lines = [
       f"# Post-LN vs Pre-LN warmup experiment: preset `{p['name']}`",
       "",
@@ -338,6 +334,6 @@ def _rates(b: list[Optional[float]]) -> str:
 
 def verdicts(s: dict[str, Any]) -> list[str]:
   """Plain sentences: which published findings our numbers reproduce, and on how many seeds."""
-  seeds = _seeds_of(s)
+  seeds = harness_seeds.summary_seeds(s)
   support = s.get("verdicts") or harness_seeds.verdict_support([s], seeds, claims)
   return harness_seeds.verdict_lines(support, seeds)

@@ -34,6 +34,7 @@ def render_report(s: dict[str, Any]) -> str:
   f4 = s["figure4"]
   std, chg = f4["standard"], f4["stride_1x1"]
   warm_key = f"stride_1x1+warmup{p['warmup_steps']}"
+  seeds = harness_seeds.summary_seeds(s)
   lines = [
       f"# Stride-instability experiment: preset `{p['name']}`",
       "",
@@ -48,8 +49,8 @@ def render_report(s: dict[str, Any]) -> str:
       f"Infeasible: {s['feasibility_rule']}. A mitigation restores training if it is "
       f"{s['restored_definition']}.",
       timing_line(s),
-      f"Seeds: {', '.join(str(x) for x in s.get('seeds', [p['seed']]))}; the tables show seed "
-      f"{s.get('seeds', [p['seed']])[0]}, and every verdict below says how many seeds reach it.",
+      f"Seeds: {', '.join(str(x) for x in seeds)}; the tables show seed "
+      f"{seeds[0]}, and every verdict below says how many seeds reach it.",
       runner.environment_line(s.get("environment")),
       "Results vary across machines and library versions (float32 reductions, XLA's choices): "
       "a run that sits at the edge of stability can land on either side.",
@@ -156,7 +157,7 @@ def _span(values: list[float]) -> str:
 
 def seed_table_lines(s: dict[str, Any]) -> list[str]:
   """Each seed's best rate of every curve and the first unstable rates, beside the published."""
-  seeds = s.get("seeds", [s["preset"]["seed"]])
+  seeds = harness_seeds.summary_seeds(s)
   per_seed = s.get("per_seed") or {str(seeds[0]): s}
   pub = s["published"]
   curves = list(s["figure4"])
@@ -352,6 +353,6 @@ MITIGATION_STATUS = {"yes": "restores training", "partly": "helps only partly",
 
 def verdicts(s: dict[str, Any]) -> list[str]:
   """Plain sentences: which published claims our numbers reproduce, and on how many seeds."""
-  seeds = s.get("seeds", [s["preset"]["seed"]])
+  seeds = harness_seeds.summary_seeds(s)
   support = s.get("verdicts") or harness_seeds.verdict_support([s], seeds, claims)
   return harness_seeds.verdict_lines(support, seeds)
