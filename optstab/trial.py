@@ -208,6 +208,10 @@ class TrialResult:
       ``eval_steps`` (e.g. ``{"loss": ..., "error_rate": ...}``).
     grad_norms: shape ``[total_steps]``, the unclipped global L2 gradient norm
       of every step.
+    skipped_steps: the 1-based steps a step guard (``optstab.skip_spikes``)
+      skipped, strictly increasing; empty when none was (or no guard ran).
+      Their ``train_loss`` and ``grad_norms`` are still the batch's: a skipped
+      step is measured, only its update is dropped.
   """
 
   config: TrialConfig
@@ -215,6 +219,8 @@ class TrialResult:
   eval_steps: np.ndarray
   eval_metrics: dict[str, np.ndarray]
   grad_norms: np.ndarray
+  skipped_steps: np.ndarray = dataclasses.field(
+      default_factory=lambda: np.zeros((0,), np.int64))
 
   def __post_init__(self):
     self.check()
@@ -237,6 +243,8 @@ class TrialResult:
     self.grad_norms = _real_array("grad_norms", self.grad_norms)
     _validation.check_steps("eval_steps", self.eval_steps, self.config.total_steps)
     self.eval_steps = np.asarray(self.eval_steps, dtype=np.int64)
+    _validation.check_steps("skipped_steps", self.skipped_steps, self.config.total_steps)
+    self.skipped_steps = np.asarray(self.skipped_steps, dtype=np.int64).reshape(-1)
     self.eval_metrics = {
         k: _real_array(f"eval_metrics[{k!r}]", v) for k, v in self.eval_metrics.items()
     }
@@ -264,6 +272,8 @@ class TrialResult:
         "eval_steps": [int(s) for s in self.eval_steps],
         "eval_metrics": {k: clean(v) for k, v in self.eval_metrics.items()},
         "grad_norms": clean(self.grad_norms),
+        # Only when a guard skipped a step, so results without one serialize as before.
+        **({"skipped_steps": [int(s) for s in self.skipped_steps]} if len(self.skipped_steps) else {}),
     }
 
   @classmethod
@@ -277,6 +287,7 @@ class TrialResult:
         eval_steps=np.asarray(data["eval_steps"], dtype=np.int64),
         eval_metrics={k: restore(v) for k, v in data["eval_metrics"].items()},
         grad_norms=restore(data["grad_norms"]),
+        skipped_steps=np.asarray(data.get("skipped_steps", []), dtype=np.int64),
     )
 
 

@@ -191,7 +191,7 @@ def _train_step(spec: TrialSpec, graphdef: Any) -> Callable[..., Any]:
     updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return (runner.TrainState(params, model_state, opt_state),
-            {"loss": loss, "grad_norm": telemetry.global_norm(grads)})
+            runner.step_metrics(loss, telemetry.global_norm(grads), opt_state))
 
   return train_step
 

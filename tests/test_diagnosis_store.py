@@ -119,6 +119,18 @@ def test_record_round_trip_keeps_results(tmp_path):
   np.testing.assert_array_equal(back.result.eval_steps, config.eval_steps())
   # Another config (other seed) has another key: not found.
   assert TrialStore(tmp_path).get(config.replace(seed=1)) is None
+  assert back.result.skipped_steps.size == 0 and "skipped_steps" not in result.to_dict()
+
+
+def test_skipped_steps_round_trip_and_are_checked():
+  config = TrialConfig(learning_rate=0.1, num_steps=20, eval_every=20)
+  result = TrialResult(config, np.ones(20), [20], {"loss": [1.0]}, np.ones(20), skipped_steps=[3, 9])
+  back = TrialResult.from_dict(json.loads(json.dumps(result.to_dict())))
+  np.testing.assert_array_equal(back.skipped_steps, [3, 9])
+  with pytest.raises(ValueError, match=r"skipped_steps must be .*steps in \[1, 20\]"):
+    TrialResult(config, np.ones(20), [20], {"loss": [1.0]}, np.ones(20), skipped_steps=[0, 3])
+  with pytest.raises(ValueError, match="skipped_steps must be .*strictly increasing"):
+    TrialResult(config, np.ones(20), [20], {"loss": [1.0]}, np.ones(20), skipped_steps=[9, 3])
 
 
 def test_corrupt_line_in_the_middle_is_skipped(tmp_path):

@@ -215,6 +215,9 @@ def test_the_fixes_a_config_asks_for_are_applied_and_declared():
   guarded = nnx_trial(train_batches=nan_at_step_5)(config.replace(skip_spikes=True))
   assert np.isnan(guarded.train_loss[5]) and np.all(np.isfinite(guarded.train_loss[6:]))
   assert np.all(np.isnan(lost.train_loss[6:]))
+  # The skipped step is recorded (1-based), and only under the guard.
+  np.testing.assert_array_equal(guarded.skipped_steps, [6])
+  assert lost.skipped_steps.size == 0 and plain.skipped_steps.size == 0
   assert np.isfinite(guarded.eval_metrics["loss"][-1])
 
 

@@ -42,6 +42,7 @@ from optstab.runner.machine import environment as environment
 from optstab.runner.machine import environment_line as environment_line
 from optstab.runner.fixes import apply_fixes as apply_fixes
 from optstab.runner.fixes import with_fixes as with_fixes
+from optstab.runner.fixes import step_metrics as step_metrics
 from optstab.runner.learning_rate import injectable_learning_rate as injectable_learning_rate
 from optstab.runner.learning_rate import set_learning_rate as set_learning_rate
 from optstab.runner.loop import CompiledSteps as CompiledSteps
@@ -90,6 +91,7 @@ __all__ = [
     "set_learning_rate",
     "with_fixes",
     "apply_fixes",
+    "step_metrics",
     "Prefetcher",
     "prefetch_to_device",
 ]

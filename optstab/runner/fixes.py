@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+import jax
 import optax
 
 from optstab import spike_guard
 from optstab.trial import TrialConfig
 
-__all__ = ["with_fixes", "apply_fixes"]
+__all__ = ["with_fixes", "apply_fixes", "step_metrics"]
 
 
 def with_fixes(parts: list[optax.GradientTransformation], *, clip_norm: Optional[float] = None,
@@ -37,3 +38,18 @@ def apply_fixes(setup: Any, config: TrialConfig) -> Any:
   ``clip_norm`` and ``optimizer``; the setup's own validation checks the values.
   """
   return dataclasses.replace(setup, **config.fixes)
+
+
+def step_metrics(loss: jax.Array, grad_norm: jax.Array, opt_state: Any) -> dict[str, jax.Array]:
+  """A training step's metrics for the runner's loop: ``{"loss", "grad_norm"}``, and ``"skipped"``.
+
+  ``"skipped"`` (whether ``optstab.skip_spikes`` dropped this step's update)
+  is there only when the optimizer state holds a step guard, so the loop
+  records the skipped steps (``TrialResult.skipped_steps``) without a
+  per-step transfer.
+  """
+  metrics = {"loss": loss, "grad_norm": grad_norm}
+  skipped = optax.tree.get(opt_state, "skipped")
+  if skipped is not None:
+    metrics["skipped"] = skipped
+  return metrics

@@ -100,7 +100,9 @@ class Workload:
       NamedTuple of arrays.
     train_step: ``graphdef -> step(state, *batch, learning_rate) -> (state,
       {"loss": scalar, "grad_norm": scalar})``, not jitted: the loss of the
-      batch before the update and the unclipped global gradient norm.
+      batch before the update and the unclipped global gradient norm, and
+      ``"skipped"`` when a step guard may drop the update
+      (:func:`~optstab.runner.step_metrics` builds the dict).
     eval_step: ``graphdef -> evaluate(params, model_state, *batch) -> tuple of
       scalar sums`` over the batch's valid examples, not jitted.
     eval_metrics: ``(*sums over the evaluation set) -> {name: scalar}`` (e.g.
@@ -249,6 +251,7 @@ def train(workload: Workload, config: TrialConfig, *, mesh: Optional[Mesh] = Non
 
   losses: list[float] = []
   norms: list[float] = []
+  skipped: list[int] = []  # 1-based steps a step guard skipped (``step_metrics``' "skipped")
   evals: list[dict[str, float]] = []
   pending: list[tuple[str, Any]] = []  # device metrics not fetched yet
 
@@ -257,6 +260,8 @@ def train(workload: Workload, config: TrialConfig, *, mesh: Optional[Mesh] = Non
       if kind == "train":
         losses.append(float(value["loss"]))
         norms.append(float(value["grad_norm"]))
+        if bool(value.get("skipped", False)):
+          skipped.append(len(losses))
       else:
         evals.append({k: float(v) for k, v in value.items()})
     pending.clear()
@@ -301,4 +306,5 @@ def train(workload: Workload, config: TrialConfig, *, mesh: Optional[Mesh] = Non
       eval_steps=config.eval_steps(),
       eval_metrics={k: np.asarray([e[k] for e in evals]) for k in names},
       grad_norms=np.asarray(norms),
+      skipped_steps=np.asarray(skipped, np.int64),
   )

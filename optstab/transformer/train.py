@@ -162,7 +162,7 @@ def _train_step(setup: TrainSetup, graphdef):
     updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return (runner.TrainState(params, state.model_state, opt_state),
-            {"loss": loss, "grad_norm": optstab.global_norm(grads)})
+            runner.step_metrics(loss, optstab.global_norm(grads), opt_state))
 
   return step
 

@@ -277,7 +277,7 @@ def _train_step(setup: TrainSetup, graphdef):
     opt_state = runner.set_learning_rate(state.opt_state, learning_rate)
     updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return TrainState(params, batch_stats, opt_state), {"loss": ce, "grad_norm": grad_norm}
+    return TrainState(params, batch_stats, opt_state), runner.step_metrics(ce, grad_norm, opt_state)
 
   return step
 
