@@ -6,6 +6,7 @@ Run from the repository root::
   python docs/make_gallery.py --workers 1      # every trial in one process per demo
   python docs/make_gallery.py --no-run         # only rewrite the pages from docs/gallery/
   python docs/make_gallery.py --preset standard   # the standard presets' measured tables
+  python docs/make_gallery.py --preset spikes     # the Transformer's Figure 7b study
 
 It runs ``optstab-wrn --preset quick`` and ``optstab-transformer --preset
 quick`` into ``--runs`` (default ``runs/gallery``; an existing folder resumes:
@@ -27,6 +28,11 @@ nothing.
 minutes each on 2 idle cores) into ``runs/standard`` and keeps only their
 ``results.json`` and run record, in ``docs/gallery/<demo>/standard/``, with the
 ``measured.md`` made from them.
+
+``--preset spikes`` runs the Transformer demo's Figure 7b study (about 3
+minutes) into ``runs/spikes/transformer`` and keeps its ``results.json``, run
+record and figure in ``docs/gallery/transformer/spikes/``, with its
+``measured.md``.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ GALLERY = DOCS / "gallery"
 PAGE = DOCS / "gallery.md"
 PRESET = "quick"  # the gallery's figures and reports
 STANDARD = "standard"  # measured tables only, in docs/gallery/<demo>/standard/
+SPIKES = "spikes"  # the Transformer's Figure 7b study: its table and figure, in .../spikes/
 RUN_RECORD = "gallery_run.json"  # the command, its wall and CPU time, the load
 COLORS = 128  # palette size of the committed PNGs: the figures use a few dozen colours
 
@@ -59,6 +66,8 @@ DEMOS = {
                     "Post-LN vs Pre-LN Transformer warmup (FAQ Figures 6, 7 and 8)"),
 }
 DIAGNOSED = {"post_ln": "Post-LN", "pre_ln": "Pre-LN"}
+# The presets each demo has beside the gallery's own.
+PRESETS = {"wrn": (PRESET, STANDARD), "transformer": (PRESET, STANDARD, SPIKES)}
 
 # What each figure shows, by file name (a figure without an entry gets its name only).
 CAPTIONS = {
@@ -80,6 +89,9 @@ CAPTIONS = {
         "Figure 7a: Post-LN's learning-rate sweep without warmup, lr* marked.",
     "fig7b_long_checks.png":
         "Figure 7b: Post-LN trained at multiples of its lr*.",
+    "fig7b_midtraining.png":
+        "Figure 7b (`--preset spikes`): Post-LN trains, then fails mid-run; the same runs with "
+        "the step guard (skipped steps marked) and with clipping, on 3 seeds.",
     "sweep.png": "The learning-rate sweep `optstab.diagnose` ran, lr* marked.",
     "above_best_loss.png": "Training loss at the rates above lr*.",
     "short_check_every_step.png": "The short check at every step.",
@@ -148,7 +160,8 @@ def copy_outputs(demo: str, out: pathlib.Path, preset: str = PRESET) -> None:
   """Copies a finished run's outputs into ``destination(demo, preset)``.
 
   The quick preset's figures, reports and ``results.json`` make the gallery; of the
-  standard preset only ``results.json`` and the run record are kept, for its tables.
+  standard preset only ``results.json`` and the run record are kept, for its tables; of
+  the spikes study, those and its figure.
   """
   dest = destination(demo, preset)
   if not (out / "results.json").exists():
@@ -159,9 +172,11 @@ def copy_outputs(demo: str, out: pathlib.Path, preset: str = PRESET) -> None:
     for name in ("results.json", RUN_RECORD):
       if (out / name).exists():
         shutil.copyfile(out / name, dest / name)
+    for png in sorted(out.glob("*.png")) if preset == SPIKES else ():
+      optimize_png(png, dest / png.name)
     return
   for old in (dest.iterdir() if dest.exists() else ()):  # keep the other presets' folders
-    if old.name != STANDARD:
+    if old.name not in PRESETS[demo]:
       shutil.rmtree(old) if old.is_dir() else old.unlink()
   for src in sorted(out.rglob("*")):
     rel = src.relative_to(out)
@@ -315,7 +330,22 @@ def transformer_tables(s: dict[str, Any], folder: pathlib.Path) -> str:
   return "\n".join(lines) + "\n"
 
 
+def spikes_tables(s: dict[str, Any], folder: pathlib.Path) -> str:
+  """The Figure 7b study's measured table and verdicts (``optstab.transformer.spikes``)."""
+  from optstab.transformer import spikes  # pylint: disable=import-outside-toplevel
+
+  lines = [f"Measured by `optstab-transformer --preset {s['study']['name']}`: "
+           f"{_machine(folder, s)}.", ""] + spikes.results_table(s)
+  lines += ["", "What the runs show:", ""] + [f"- {v}" for v in spikes.verdicts(s)]
+  return "\n".join(lines) + "\n"
+
+
 TABLES = {"wrn": wrn_tables, "transformer": transformer_tables}
+
+
+def tables(demo: str, preset: str):
+  """The function that writes ``preset``'s ``measured.md`` for ``demo``."""
+  return spikes_tables if preset == SPIKES else TABLES[demo]
 
 
 def _figure(path: str, caption: str) -> str:
@@ -343,6 +373,10 @@ def gallery_page() -> str:
     for png in sorted(folder.glob("*.png")):
       parts.append(_figure(f"gallery/{demo}/{png.name}",
                            f"{CAPTIONS.get(png.name, png.stem)} (`{png.name}`)"))
+    for preset in PRESETS[demo][1:]:  # a study's own figures, drawn by its own preset
+      for png in sorted(destination(demo, preset).glob("*.png")):
+        parts.append(_figure(f"gallery/{demo}/{preset}/{png.name}",
+                             f"{CAPTIONS.get(png.name, png.stem)} (`{preset}/{png.name}`)"))
     diagnosis = folder / "diagnosis"
     for model in sorted(p.name for p in diagnosis.glob("*") if p.is_dir()) if diagnosis.exists() else []:
       pretty = DIAGNOSED.get(model, model)
@@ -372,10 +406,10 @@ def write_pages() -> dict[pathlib.Path, str]:
   for demo in DEMOS:
     for md in (GALLERY / demo / "diagnosis").glob("*/diagnosis.md"):
       retitle_diagnosis(md, md.parent.name)
-    for preset in (PRESET, STANDARD):
+    for preset in PRESETS[demo]:
       folder = destination(demo, preset)
       if (folder / "results.json").exists():
-        written[folder / "measured.md"] = TABLES[demo](_load(folder), folder)
+        written[folder / "measured.md"] = tables(demo, preset)(_load(folder), folder)
   written[PAGE] = gallery_page()
   for path, text in written.items():
     path.write_text(text, encoding="utf-8")
@@ -391,19 +425,21 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser.add_argument("--runs", default=None,
                       help="the runs' folder (default runs/gallery, runs/standard for "
                       "--preset standard; an existing one resumes)")
-  parser.add_argument("--preset", choices=(PRESET, STANDARD), default=PRESET,
+  parser.add_argument("--preset", choices=(PRESET, STANDARD, SPIKES), default=PRESET,
                       help="quick: the gallery's figures, reports and tables (default); "
-                      "standard: the standard presets' measured tables only")
+                      "standard: the standard presets' measured tables only; spikes: the "
+                      "Transformer's Figure 7b study")
   parser.add_argument("--workers", default=None,
                       help="the demos' --workers (default: theirs, one process per core)")
   parser.add_argument("--no-run", action="store_true",
                       help="train nothing: rewrite the pages from docs/gallery/ as committed")
   args = parser.parse_args(argv)
   if not args.no_run:
-    runs = pathlib.Path(args.runs or f"runs/{'gallery' if args.preset == PRESET else STANDARD}")
-    for demo in DEMOS:
+    runs = pathlib.Path(args.runs or f"runs/{'gallery' if args.preset == PRESET else args.preset}")
+    demos = [d for d in DEMOS if args.preset in PRESETS[d]]
+    for demo in demos:
       run_demo(demo, runs / demo, args.workers, args.preset)
-    for demo in DEMOS:
+    for demo in demos:
       copy_outputs(demo, runs / demo, args.preset)
     if args.preset == PRESET:  # the standard presets' PNGs are not copied
       before = _size(p for demo in DEMOS for p in (runs / demo).rglob("*.png")

@@ -26,7 +26,7 @@ DOCS = ROOT / "docs"
 GALLERY = DOCS / "gallery"
 # The modules that draw the quick presets' figures.
 FIGURE_CODE = ["optstab/wrn/figures.py", "optstab/transformer/figures.py",
-               "optstab/diagnosis/report.py"]
+               "optstab/transformer/spikes.py", "optstab/diagnosis/report.py"]
 
 
 def _make_gallery():
@@ -92,8 +92,9 @@ def test_pages_and_tables_are_what_the_script_writes(monkeypatch, tmp_path):
         "results.json: run python docs/make_gallery.py --no-run")
 
 
-@pytest.mark.parametrize("demo", ["wrn", "transformer"])
-@pytest.mark.parametrize("folder", ["", "standard/"])
+@pytest.mark.parametrize("demo, folder", [("wrn", ""), ("wrn", "standard/"), ("transformer", ""),
+                                          ("transformer", "standard/"),
+                                          ("transformer", "spikes/")])
 def test_figures_md_includes_the_measured_tables(demo, folder):
   figures = (DOCS / "guide" / "figures.md").read_text(encoding="utf-8")
   assert (GALLERY / demo / folder / "results.json").is_file()

@@ -34,7 +34,7 @@ def check_seeds(seeds: Optional[Sequence[int]], default: int) -> tuple[int, ...]
 
 def summary_seeds(summary: dict[str, Any]) -> list[int]:
   """The seeds a demo's ``results.json`` covers: its ``seeds``, else its preset's one ``seed``."""
-  return summary.get("seeds", [summary["preset"]["seed"]])
+  return summary["seeds"] if "seeds" in summary else [summary["preset"]["seed"]]
 
 
 def verdict_support(summaries: Sequence[dict[str, Any]], seeds: Sequence[int],
