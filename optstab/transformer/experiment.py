@@ -94,6 +94,28 @@ def setup_for(preset: Preset, corpus: corpus_data.CharCorpus) -> transformer_tra
       fetch_every=min(50, preset.num_steps), eval_batch_size=min(256, preset.eval_sequences))
 
 
+def use_corpus(run: harness.Run, preset: Preset,
+               corpus: Union[None, PathLike, corpus_data.CharCorpus], *,
+               mesh=None) -> corpus_data.CharCorpus:
+  """Loads the corpus, checks it fits ``preset``, and has ``run`` train the preset's model on it."""
+  source = corpus if isinstance(corpus, corpus_data.CharCorpus) else data_source_for(preset, corpus)
+  text = runner.load_data(source)
+  corpus_data.check_size(text, preset.seq_len, preset.batch_size, preset.eval_sequences)
+  run.use(transformer_train.make_trial_fn(setup_for(preset, text), source, mesh=mesh,
+                                          progress=run.trial_progress))
+  return text
+
+
+def trivial_levels(preset: Preset, text: corpus_data.CharCorpus) -> dict[str, float]:
+  """The unigram levels (a model that learned only symbol frequencies) the reports judge against."""
+  return {
+      "train_unigram_entropy": text.unigram_entropy,
+      "eval_unigram_loss": text.unigram_loss(
+          corpus_data.eval_windows(text, preset.seq_len, preset.eval_sequences)[:, 1:]),
+      "valid_unigram_loss": text.valid_unigram_loss,
+  }
+
+
 def _config(preset: Preset, norm_position: str, warmup_steps: int,
             learning_rate: Optional[float] = None) -> TrialConfig:
   """A run of ``preset.num_steps`` steps in all: ``warmup_steps`` of linear warmup, then constant."""
@@ -187,19 +209,9 @@ def run_experiment(preset: Union[str, Preset], out_dir: PathLike, *,
   plan = trial_plan(preset, seeds)
   run = harness.start(out_dir, mesh=mesh, executor=executor, progress=progress,
                       trial_timeout=trial_timeout)
-  source = corpus if isinstance(corpus, corpus_data.CharCorpus) else data_source_for(preset, corpus)
-  text = runner.load_data(source)
-  setup = setup_for(preset, text)
-  corpus_data.check_size(text, preset.seq_len, preset.batch_size, preset.eval_sequences)
-  run.use(transformer_train.make_trial_fn(setup, source, mesh=mesh,
-                                          progress=run.trial_progress))
+  text = use_corpus(run, preset, corpus, mesh=mesh)
   run.run_ahead(plan.configs)
-  trivial = {
-      "train_unigram_entropy": text.unigram_entropy,
-      "eval_unigram_loss": text.unigram_loss(
-          corpus_data.eval_windows(text, preset.seq_len, preset.eval_sequences)[:, 1:]),
-      "valid_unigram_loss": text.valid_unigram_loss,
-  }
+  trivial = trivial_levels(preset, text)
   runs = [_run_seed(preset.replace(seed=seed), run, text, trivial, diagnosis=i == 0)
           for i, seed in enumerate(plan.seeds)]
   summary, sweeps, fig6, long_runs = runs[0]

@@ -43,17 +43,16 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from optstab import _validation, harness, runner
+from optstab import _validation, harness
 from optstab._types import PathLike
 from optstab.harness import ExperimentResult
 from optstab.harness.report import fmt, timing_line
 from optstab.trial import TrialConfig, TrialRecord
 from optstab.transformer import data as corpus_data
-from optstab.transformer import train as transformer_train
-from optstab.transformer.experiment import data_source_for, setup_for
+from optstab.transformer.experiment import trivial_levels, use_corpus
 from optstab.transformer.model import NORM_POSITIONS
 from optstab.transformer.presets import PRESETS, get_preset
-from optstab.transformer.summary import SMOOTHING, STALL_MARGIN, run_summary, running_mean
+from optstab.transformer.summary import STALL_MARGIN, run_summary, running_mean
 
 __all__ = ["SpikeStudy", "SPIKE_STUDIES", "VARIANTS", "SETBACK_WINDOW", "FAILURE_FRACTION",
            "setback", "fails_mid_training", "study_plan", "run_spike_study", "results_table",
@@ -365,17 +364,10 @@ def run_spike_study(study: Union[str, SpikeStudy], out_dir: PathLike, *,
     study = study.replace(seeds=tuple(seeds))
   preset = get_preset(study.base)
   run = harness.start(out_dir, executor=executor, progress=progress, trial_timeout=trial_timeout)
-  source = corpus if isinstance(corpus, corpus_data.CharCorpus) else data_source_for(preset, corpus)
-  text = runner.load_data(source)
-  corpus_data.check_size(text, preset.seq_len, preset.batch_size, preset.eval_sequences)
-  run.use(transformer_train.make_trial_fn(setup_for(preset, text), source,
-                                          progress=run.trial_progress))
+  text = use_corpus(run, preset, corpus)
   plan = study_plan(study)
   records = run.trials(plan.configs, "Figure 7b study")
-  levels = {"train_unigram_entropy": text.unigram_entropy,
-            "eval_unigram_loss": text.unigram_loss(
-                corpus_data.eval_windows(text, preset.seq_len, preset.eval_sequences)[:, 1:])}
-  summary = summarize(study, records, levels)
+  summary = summarize(study, records, trivial_levels(preset, text))
   summary["plan"] = plan.counts()
   run.measured(summary)
   figures = write_figure(study, run.out_dir, records, summary)
